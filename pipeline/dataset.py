@@ -1,0 +1,148 @@
+"""A dataset on disk: URLs, its Parquet files, its Unischema and its provenance metadata.
+
+A *Petastorm dataset* is a folder of Parquet files plus a ``_common_metadata`` file that holds
+the pickled Unischema (written by ``petastorm.etl.dataset_metadata.materialize_dataset``). A
+*plain Parquet dataset* has the files and no Unischema. Both are read by Spark, pyarrow and
+DuckDB alike; only the first one has codecs that ``make_reader`` decodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import DatasetError
+
+__all__ = [
+    "PROVENANCE_KEY",
+    "DatasetFiles",
+    "is_petastorm_dataset",
+    "list_dataset_files",
+    "normalize_url",
+    "read_provenance",
+    "read_unischema",
+]
+
+PROVENANCE_KEY = b"pipeline.provenance.v1"
+"""Key of the JSON provenance record in ``_common_metadata`` (source, options, counts, ...)."""
+
+_UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
+_NOT_DATA = ("_", ".")
+
+
+def normalize_url(path_or_url: str | os.PathLike[str]) -> str:
+    """Turn a local path or URL into the URL form petastorm expects (``file:///abs/path``)."""
+    text = os.fspath(path_or_url)
+    parsed = urlparse(text)
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        if parsed.scheme == "file":
+            return "file://" + str(Path(parsed.path).resolve())
+        return text.rstrip("/")
+    return "file://" + str(Path(text).expanduser().resolve())
+
+
+def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"cannot open {url}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The Parquet data files of a dataset and the filesystem they live on."""
+
+    url: str
+    filesystem: pafs.FileSystem
+    root: str
+    files: tuple[str, ...]
+    common_metadata: str | None
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes on disk of the data files."""
+        infos = self.filesystem.get_file_info(list(self.files))
+        return sum(info.size or 0 for info in infos)
+
+
+def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
+    """List a dataset's Parquet files, or raise :class:`DatasetError` with a hint.
+
+    Data files end in ``.parquet`` or ``.parq``; hidden files and anything under a name starting
+    with ``_`` (``_SUCCESS``, ``_common_metadata``, ``_skipped.jsonl``) are not data.
+    """
+    url = normalize_url(url)
+    fs, root = _filesystem(url)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DatasetError(f"{url} does not exist", hint="check the path, or convert data into it first")
+    if info.type == pafs.FileType.File:
+        if not root.endswith(".parquet"):
+            raise DatasetError(
+                f"{url} is a file, not a dataset folder", hint="pass the folder that holds the Parquet files"
+            )
+        return DatasetFiles(url, fs, root, (root,), None)
+    selector = pafs.FileSelector(root, recursive=True)
+    files: list[str] = []
+    common = None
+    for entry in fs.get_file_info(selector):
+        if entry.type != pafs.FileType.File:
+            continue
+        rel = entry.path[len(root) :].lstrip("/")
+        parts = rel.split("/")
+        if rel == "_common_metadata":
+            common = entry.path
+        if any(p.startswith(_NOT_DATA) for p in parts):
+            continue
+        if entry.path.endswith((".parquet", ".parq")):
+            files.append(entry.path)
+    if not files:
+        raise DatasetError(
+            f"no Parquet files under {url}",
+            hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
+        )
+    return DatasetFiles(url, fs, root, tuple(sorted(files)), common)
+
+
+def _key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
+    if files.common_metadata is None:
+        return {}
+    try:
+        with files.filesystem.open_input_file(files.common_metadata) as fh:
+            schema = pq.read_schema(fh)
+    except Exception as exc:  # a damaged metadata file is reported, not fatal for data access
+        raise DatasetError(f"{files.url}: cannot read _common_metadata: {exc}") from None
+    return dict(schema.metadata or {})
+
+
+def is_petastorm_dataset(url: str | os.PathLike[str]) -> bool:
+    """Whether the dataset has a Petastorm Unischema in ``_common_metadata``."""
+    return _UNISCHEMA_KEY in _key_value_metadata(list_dataset_files(url))
+
+
+def read_unischema(url: str | os.PathLike[str]) -> Any:
+    """The dataset's ``petastorm.unischema.Unischema``, or ``None`` for plain Parquet."""
+    files = list_dataset_files(url)
+    if _UNISCHEMA_KEY not in _key_value_metadata(files):
+        return None
+    from petastorm.etl.dataset_metadata import get_schema_from_dataset_url
+
+    return get_schema_from_dataset_url(files.url)
+
+
+def read_provenance(url: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance record written by ``pipeline convert``, or ``None`` when there is none."""
+    raw = _key_value_metadata(list_dataset_files(url)).get(PROVENANCE_KEY)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{url}: provenance metadata is not valid JSON: {exc}") from None

@@ -1,0 +1,152 @@
+"""The one place a SparkSession is built: from ``conf/spark.yaml``, bound to loopback, always stopped.
+
+Every job, CLI command and notebook goes through :func:`spark_session`::
+
+    with spark_session(SparkConfig(master="local[2]")) as spark:
+        convert_images(spark, ...)
+
+When a session is already active (a Databricks or Jupyter notebook), it is reused and left
+running; only a session this function created is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["SparkConfig", "check_java", "load_spark_config", "spark_session"]
+
+log = logging.getLogger(__name__)
+
+JAVA_HINT = (
+    "install Java 17 (Debian/Ubuntu: `apt-get install -y openjdk-17-jre-headless`; "
+    "macOS: `brew install openjdk@17`) or point JAVA_HOME at a Java 17+ runtime"
+)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """Spark session settings (``conf/spark.yaml``)."""
+
+    master: str = "local[*]"
+    """Spark master URL: ``local[*]``, ``local[N]`` or ``spark://host:port``."""
+    app_name: str = "pipeline"
+    driver_memory: str = "4g"
+    """Heap of the driver JVM; only effective when this process starts the JVM."""
+    bind_address: str = "127.0.0.1"
+    """Driver host and bind address; loopback unless the cluster must reach the driver."""
+    ui: bool = False
+    """Whether to start the Spark web UI."""
+    log_level: str = "WARN"
+    shuffle_partitions: int = 8
+    python: str | None = None
+    """Interpreter for Spark's Python workers; ``None`` uses the driver's own interpreter."""
+    extra: dict[str, str] = field(default_factory=dict)
+    """Any other ``spark.*`` settings, passed through as they are."""
+
+
+def load_spark_config(path: str | None = None, *, master: str | None = None) -> SparkConfig:
+    """Load ``conf/spark.yaml`` (or ``path``) with ``--master`` overriding the file."""
+    return load_config(SparkConfig, path or "spark.yaml", overrides={"master": master})
+
+
+def _java_executable() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        candidate = os.path.join(home, "bin", "java")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("java")
+
+
+def check_java(minimum: int = 17) -> int:
+    """Return the Java major version, or raise a one-line :class:`PipelineError` with a hint."""
+    java = _java_executable()
+    if java is None:
+        raise PipelineError(
+            f"Java {minimum} or newer is required by Spark and none was found", hint=JAVA_HINT
+        )
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PipelineError(f"could not run {java} -version: {exc}", hint=JAVA_HINT) from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise PipelineError(f"could not read the Java version from {java}", hint=JAVA_HINT)
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < minimum:
+        raise PipelineError(
+            f"Java {major} found at {java}; Spark 4 needs Java {minimum} or newer", hint=JAVA_HINT
+        )
+    return major
+
+
+@contextmanager
+def spark_session(config: SparkConfig | None = None, **overrides: object) -> Iterator[SparkSession]:
+    """Yield a SparkSession built from ``config``; stop it on exit if this call created it.
+
+    Args:
+        config: Session settings. Defaults to ``conf/spark.yaml`` or the built-in defaults.
+        **overrides: Field overrides for ``config``, e.g. ``master="local[2]"``; ``None`` values
+            are ignored.
+
+    Yields:
+        The active SparkSession.
+    """
+    from pyspark.sql import SparkSession
+
+    config = config or load_spark_config()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        config = replace(config, **changes)  # type: ignore[arg-type]
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
+        yield active
+        return
+
+    check_java()
+    python = config.python or sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", config.bind_address)
+    os.environ.setdefault("PYSPARK_PYTHON", python)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    builder = (
+        SparkSession.builder.master(config.master)
+        .appName(config.app_name)
+        .config("spark.driver.host", config.bind_address)
+        .config("spark.driver.bindAddress", config.bind_address)
+        .config("spark.driver.memory", config.driver_memory)
+        .config("spark.ui.enabled", str(config.ui).lower())
+        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.pyspark.python", python)
+        .config("spark.pyspark.driver.python", sys.executable)
+    )
+    for key, value in config.extra.items():
+        builder = builder.config(key, value)
+    log.info("starting Spark (master %s)", config.master)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level)
+    try:
+        yield spark
+    finally:
+        spark.stop()

@@ -1,0 +1,81 @@
+"""Shared fixtures: one local[2] SparkSession for the run, tiny datasets, and a leak check."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def _is_long_lived(thread: threading.Thread) -> bool:
+    """Threads that py4j and Spark keep for the life of the process once started."""
+    target = getattr(thread, "_target", None)
+    owner = getattr(target, "__self__", None)
+    module = type(owner).__module__ if owner is not None else getattr(target, "__module__", "") or ""
+    return module.startswith(("py4j", "pyspark", "socketserver")) or thread.name.startswith(
+        ("py4j", "pydevd")
+    )
+
+
+def _children() -> set[int]:
+    try:
+        return {
+            p.pid for p in psutil.Process().children(recursive=False) if p.status() != psutil.STATUS_ZOMBIE
+        }
+    except psutil.Error:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a thread or a child process running (waits up to 10 s)."""
+    threads_before = set(threading.enumerate())
+    children_before = _children()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        threads = [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not _is_long_lived(t)
+        ]
+        children = _children() - children_before
+        if (not threads and not children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    problems = []
+    if threads:
+        problems.append("threads " + ", ".join(sorted(t.name for t in threads)))
+    if children:
+        names = []
+        for pid in sorted(children):
+            try:
+                names.append(f"{pid} {' '.join(psutil.Process(pid).cmdline()[:3])}")
+            except psutil.Error:
+                names.append(str(pid))
+        problems.append("child processes " + "; ".join(names))
+    if problems:
+        pytest.fail(f"test left running: {' and '.join(problems)}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local[2] SparkSession for the whole run, UI off, always stopped."""
+    from pipeline.spark import SparkConfig, spark_session
+
+    config = SparkConfig(
+        master="local[2]", app_name="pipeline-tests", driver_memory="2g", shuffle_partitions=4
+    )
+    with spark_session(config) as session:
+        yield session
