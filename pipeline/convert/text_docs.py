@@ -1,0 +1,125 @@
+"""Documents inside one text file: ``.txt`` (whole file or one per line) and ``.jsonl``.
+
+Pure functions over the file's bytes, used inside Spark tasks. Each yields either a
+:class:`Document` or a :class:`BadDocument` (file, line and reason), so the caller applies the
+``--on-error`` policy; nothing here raises for bad input.
+
+Rules:
+
+* ``.txt`` with ``split="file"`` (default): the whole file is one document.
+* ``.txt`` with ``split="lines"``: each line is a document (``\\n``, ``\\r\\n`` and ``\\r`` end a
+  line; the line ending is not part of the document).
+* ``.jsonl``: each line is a JSON object whose ``text_field`` is a string document.
+* Blank lines and empty documents produce nothing (they would be rows of zero tokens).
+* Invalid UTF-8 is bad input (``errors="strict"``) or becomes U+FFFD (``errors="replace"``).
+  A leading UTF-8 byte-order mark is removed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["TEXT_SUFFIXES", "BadDocument", "Document", "iter_documents"]
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+"""File name endings that text conversion reads (case-insensitive)."""
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: its text and where it came from (``line`` is 1-based, ``None`` for a whole file)."""
+
+    text: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class BadDocument:
+    """A record that could not be read: ``line`` is 1-based, ``None`` when the whole file is bad."""
+
+    reason: str
+    line: int | None = None
+
+
+def _decode(data: bytes, errors: str) -> tuple[str | None, str | None]:
+    try:
+        return data.decode("utf-8", errors=errors), None
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 at byte {exc.start}: {data[exc.start : exc.start + 4]!r}"
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    yield from enumerate(data.splitlines(), start=1)
+
+
+def iter_documents(
+    name: str,
+    data: bytes,
+    *,
+    split: Literal["file", "lines"] = "file",
+    text_field: str = "text",
+    errors: Literal["strict", "replace"] = "strict",
+) -> Iterator[Document | BadDocument]:
+    """Documents of one file, in file order.
+
+    Args:
+        name: File name; its ending (``.txt`` or ``.jsonl``) picks the format.
+        data: The file's bytes.
+        split: ``"file"`` (one document per ``.txt`` file) or ``"lines"``. Defaults to ``"file"``.
+        text_field: Key of the text in each ``.jsonl`` object. Defaults to ``"text"``.
+        errors: ``"strict"`` (invalid UTF-8 is bad input) or ``"replace"``. Defaults to ``"strict"``.
+
+    Yields:
+        :class:`Document` for each non-empty document, :class:`BadDocument` for each bad record.
+    """
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    lower = name.lower()
+    if lower.endswith(".jsonl"):
+        yield from _jsonl(data, text_field, errors)
+    elif not lower.endswith(".txt"):
+        yield BadDocument(f"not a .txt or .jsonl file (file name ending {lower.rsplit('.', 1)[-1]!r})")
+    elif split == "lines":
+        for number, raw in _lines(data):
+            text, problem = _decode(raw, errors)
+            if problem is not None:
+                yield BadDocument(problem, number)
+            elif text and text.strip():
+                yield Document(text, number)
+    else:
+        text, problem = _decode(data, errors)
+        if problem is not None:
+            yield BadDocument(problem)
+        elif text:
+            yield Document(text)
+
+
+def _jsonl(data: bytes, text_field: str, errors: str) -> Iterator[Document | BadDocument]:
+    for number, raw in _lines(data):
+        if not raw.strip():
+            continue
+        line, problem = _decode(raw, errors)
+        if problem is not None:
+            yield BadDocument(problem, number)
+            continue
+        try:
+            obj = json.loads(line)  # type: ignore[arg-type]
+        except json.JSONDecodeError as exc:
+            yield BadDocument(f"not valid JSON: {exc.msg} at column {exc.colno}", number)
+            continue
+        if not isinstance(obj, dict):
+            yield BadDocument(f"expected a JSON object, got {type(obj).__name__}", number)
+        elif text_field not in obj:
+            keys = ", ".join(sorted(map(str, obj))[:5]) or "none"
+            yield BadDocument(f"no {text_field!r} field (keys: {keys})", number)
+        elif not isinstance(obj[text_field], str):
+            yield BadDocument(
+                f"field {text_field!r} is {type(obj[text_field]).__name__}, not a string", number
+            )
+        elif obj[text_field]:
+            yield Document(obj[text_field], number)
