@@ -1,0 +1,41 @@
+"""Spark conversion jobs: raw images, text and HDF5 files become Petastorm datasets.
+
+Modules, in the order data flows through them:
+
+* :mod:`~pipeline.convert.common` -- settings (``conf/convert.yaml``), common flags, the
+  bad-input policy (:class:`RecordErrors`) and :class:`ConversionResult`; the kind protocol.
+* :mod:`~pipeline.convert.listing` -- find input files, split them into partitions by bytes.
+* :mod:`~pipeline.convert.staging` -- atomic output next to DEST.
+* :mod:`~pipeline.convert.writer` -- Spark tasks -> Parquet + Unischema + provenance.
+* :mod:`~pipeline.convert.runner` -- the shared CLI / ``jobs/`` flow.
+* one module per kind: :mod:`~pipeline.convert.images` (+ :mod:`~pipeline.convert.imaging`), ...
+
+Library use (e.g. in a notebook)::
+
+    from pipeline.convert.images import ImageOptions, convert_images
+    result = convert_images(spark, "photos/", "data/photos", ImageOptions(size=(64, 64)))
+"""
+
+from __future__ import annotations
+
+from pipeline.convert.common import (
+    BadInput,
+    ConversionResult,
+    ConvertConfig,
+    RecordErrors,
+    SkippedRecord,
+    add_common_arguments,
+    load_options,
+    load_settings,
+)
+
+__all__ = [
+    "BadInput",
+    "ConversionResult",
+    "ConvertConfig",
+    "RecordErrors",
+    "SkippedRecord",
+    "add_common_arguments",
+    "load_options",
+    "load_settings",
+]

@@ -1,0 +1,149 @@
+"""Atomic output: a conversion writes into a staging folder next to DEST and moves it into place.
+
+Layout while a job runs (``DEST = out/train``)::
+
+    out/.train.staging-<host>-<pid>-<id>/
+        data/      what Spark and the metadata step write; becomes DEST on commit
+        errors/    per-task bad-input records written by executors (never part of DEST)
+
+Only :meth:`StagedOutput.commit` makes DEST appear, with one rename. A failure or interrupt
+removes the staging folder; a killed process leaves it behind, DEST untouched, and the next run
+removes staging folders of processes that no longer exist on this host. With ``overwrite`` the
+old DEST is renamed aside first and deleted after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from pipeline.convert.listing import local_path
+from pipeline.errors import DatasetError
+
+__all__ = ["StagedOutput", "check_destination"]
+
+log = logging.getLogger(__name__)
+
+_MARK = ".staging-"
+
+
+def check_destination(dest: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Resolve DEST and fail early if it exists and ``overwrite`` is off.
+
+    Call this before any work starts (before Spark). Returns the absolute local path.
+
+    Raises:
+        DatasetError: DEST exists without ``overwrite``, is a file, or its parent is not a folder.
+    """
+    path = local_path(dest).resolve()
+    if path.exists() and not overwrite:
+        raise DatasetError(
+            f"{path} already exists", hint="pass --overwrite to replace it, or choose another DEST"
+        )
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path} exists and is not a folder", hint="choose another DEST")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DatasetError(f"{path.parent} is not a folder", hint="choose another DEST")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(dest: Path) -> None:
+    """Delete staging folders of DEST left by killed runs of this host (their pid is gone)."""
+    if not dest.parent.is_dir():
+        return
+    host = socket.gethostname()
+    prefix = f".{dest.name}{_MARK}"
+    for entry in dest.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        owner = entry.name[len(prefix) :].rsplit("-", 2)
+        if len(owner) != 3 or owner[0] != host or not owner[1].isdigit():
+            continue
+        if not _pid_alive(int(owner[1])):
+            log.info("removing staging folder of a killed run: %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+class StagedOutput:
+    """Context manager owning the staging folder of one conversion.
+
+    Args:
+        dest: DEST path or ``file://`` URL.
+        overwrite: Replace an existing DEST on commit. Defaults to ``False``.
+
+    Example::
+
+        with StagedOutput(dest) as stage:
+            df.write.parquet(stage.data_url)
+            stage.commit()          # DEST appears here, and only here
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.dest = check_destination(dest, overwrite=overwrite)
+        self.overwrite = overwrite
+        name = f".{self.dest.name}{_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.root = self.dest.parent / name
+        self.committed = False
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder that becomes DEST."""
+        return self.root / "data"
+
+    @property
+    def data_url(self) -> str:
+        return "file://" + str(self.data_dir)
+
+    @property
+    def errors_url(self) -> str:
+        """Folder where executors write bad-input records (see :mod:`pipeline.convert.writer`)."""
+        return "file://" + str(self.root / "errors")
+
+    def __enter__(self) -> StagedOutput:
+        _remove_stale(self.dest)
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / "errors").mkdir(parents=True)
+        return self
+
+    def commit(self) -> None:
+        """Move the finished dataset into DEST (replacing an old one when ``overwrite``)."""
+        if not self.data_dir.is_dir():
+            raise DatasetError(f"nothing was written to {self.data_dir}")
+        old: Path | None = None
+        if self.dest.exists():
+            if not self.overwrite:
+                raise DatasetError(
+                    f"{self.dest} appeared while the conversion ran", hint="pass --overwrite or another DEST"
+                )
+            old = self.root / "old"
+            os.replace(self.dest, old)
+        os.replace(self.data_dir, self.dest)
+        self.committed = True
+        log.debug("moved %s into place at %s", self.data_dir, self.dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.committed and exc_type is None:
+            log.warning("conversion ended without commit; %s was not written", self.dest)

@@ -1,0 +1,332 @@
+"""Write a Petastorm dataset from work done in Spark tasks, atomically, with metadata and a report.
+
+A kind plans its work as a list of partitions (each a list of picklable items, e.g. files) and
+gives a *partition function* that turns one partition into column batches::
+
+    def process(items, errors):            # runs in a Spark executor
+        for item in items:
+            try:
+                value = decode(item)
+            except Exception as exc:
+                errors.bad(item.path, str(exc))     # raises under on_error=fail
+                continue
+            ...
+        yield {"image": [...], "label": [...]}     # columns already encoded for the Unischema
+
+    result = write_petastorm(spark, kind="images", source=src, dest=dest, schema=schema,
+                             plan=plan_partitions(spark, files, [f.size for f in files], settings),
+                             process=process, settings=settings, input_bytes=total)
+
+``spark.range(n, numPartitions=n).mapInArrow(...)`` runs exactly one task per partition, so the
+output has one Parquet file per non-empty partition, in plan order. Values must already be
+in their stored form: bytes for image and ndarray codecs (``field.codec.encode(field, value)``),
+plain Python/numpy scalars for ``ScalarCodec`` fields. Yield batches of a few MB at most.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.convert.common import BadInput, ConversionResult, ConvertConfig, RecordErrors, SkippedRecord
+from pipeline.convert.listing import choose_partitions, split_by_bytes
+from pipeline.convert.staging import StagedOutput
+from pipeline.dataset import PROVENANCE_KEY
+from pipeline.errors import InputError, PipelineError
+
+__all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
+
+log = logging.getLogger(__name__)
+
+PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
+"""``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
+
+_MARKER = "PIPELINE-BAD-INPUT "
+_SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
+_VERSIONED = ("pyspark", "petastorm", "pyarrow", "numpy", "pandas", "pillow", "opencv-python-headless")
+_HADOOP_KEYS = (
+    "parquet.summary.metadata.level",
+    "parquet.enable.summary-metadata",
+    "parquet.summary.metadata.propagate-errors",
+    "parquet.block.size.row.check.min",
+    "parquet.row-group.size.row.check.min",
+    "parquet.block.size",
+)
+
+
+def plan_partitions(
+    spark: Any, items: Sequence[Any], sizes: Sequence[int], settings: ConvertConfig
+) -> list[list[Any]]:
+    """Split ``items`` (sorted) into contiguous partitions balanced by ``sizes`` (bytes).
+
+    The number of partitions follows :func:`pipeline.convert.listing.choose_partitions`:
+    ``settings.partitions`` if set, else input bytes / ``settings.file_mb`` but at least Spark's
+    default parallelism, and never more than one per item.
+    """
+    n = choose_partitions(
+        sum(sizes),
+        len(items),
+        file_mb=settings.file_mb,
+        parallelism=spark.sparkContext.defaultParallelism,
+        fixed=settings.partitions,
+    )
+    return [list(items[a:b]) for a, b in split_by_bytes(sizes, n)]
+
+
+def _write_records(errors_url: str, name: str, records: Sequence[SkippedRecord]) -> None:
+    fs, root = pafs.FileSystem.from_uri(errors_url)
+    with fs.open_output_stream(f"{root}/{name}.jsonl") as out:
+        out.write("".join(r.to_json() + "\n" for r in records).encode("utf-8"))
+
+
+def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
+    records = []
+    for path in sorted(errors_dir.glob(f"{prefix}-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                records.append(SkippedRecord(**json.loads(line)))
+    return sorted(records, key=lambda r: (r.source, str(r.record)))
+
+
+class _TaskRunner:
+    """The ``mapInArrow`` function: runs ``process`` on the partitions whose ids it receives."""
+
+    def __init__(
+        self,
+        plan: list[list[Any]],
+        process: PartitionFn,
+        schema: pa.Schema,
+        on_error: str,
+        errors_url: str,
+    ) -> None:
+        self.plan = plan
+        self.process = process
+        self.schema = schema
+        self.on_error = on_error
+        self.errors_url = errors_url
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for pid in batch.column(0).to_pylist():
+                yield from self._run(int(pid))
+
+    def _run(self, pid: int) -> Iterator[pa.RecordBatch]:
+        errors = RecordErrors(self.on_error)
+        names = self.schema.names
+        try:
+            for columns in self.process(self.plan[pid], errors):
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(columns[n], type=self.schema.field(n).type) for n in names], schema=self.schema
+                )
+        except BadInput as exc:
+            _write_records(self.errors_url, f"failed-{pid:05d}", [exc.record])
+            raise RuntimeError(_MARKER + exc.record.to_json()) from None
+        if errors.skipped:
+            _write_records(self.errors_url, f"skipped-{pid:05d}", errors.skipped)
+
+
+@contextmanager
+def _hadoop_conf_restored(spark: Any) -> Iterator[None]:
+    """petastorm changes Parquet settings of the shared SparkContext and restores them only on success."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    saved = {k: conf.get(k) for k in _HADOOP_KEYS}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                conf.unset(key)
+            else:
+                conf.set(key, value)
+
+
+def _task_failure(exc: BaseException, errors_dir: Path) -> PipelineError:
+    """Turn a failed Spark job into one clean error naming the bad input, if that was the cause."""
+    failed = _read_records(errors_dir, "failed")
+    text = str(exc)
+    if not failed and _MARKER in text:
+        payload = text.split(_MARKER, 1)[1]
+        try:
+            failed = [SkippedRecord(**json.JSONDecoder().raw_decode(payload)[0])]
+        except (ValueError, TypeError):
+            failed = []
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return InputError(f"bad input: {first.describe()}{more}", hint=_SKIP_HINT)
+    log.debug("Spark job failed", exc_info=exc)
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception)\b.*:", ln)]
+    reason = lines[-1] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return PipelineError(
+        f"the conversion failed in Spark: {reason[:500]}", hint="run with -vv for Spark's full log"
+    )
+
+
+def _versions() -> dict[str, str]:
+    out = {"pipeline": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def _add_provenance(data_dir: Path, record: Mapping[str, Any]) -> None:
+    path = data_dir / "_common_metadata"
+    schema = pq.read_schema(path)
+    meta = dict(schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps(record, default=str, sort_keys=True).encode("utf-8")
+    pq.write_metadata(schema.with_metadata(meta), path)
+    (data_dir / "._common_metadata.crc").unlink(missing_ok=True)
+
+
+def write_petastorm(
+    spark: Any,
+    *,
+    kind: str,
+    source: str,
+    dest: str,
+    schema: Any,
+    plan: Sequence[Sequence[Any]],
+    process: PartitionFn,
+    settings: ConvertConfig,
+    input_bytes: int,
+    options: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ConversionResult:
+    """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
+
+    Steps: stage next to DEST; ``mapInArrow`` + ``write.parquet`` inside petastorm's
+    ``materialize_dataset`` (Unischema and row-group metadata); collect skipped records into
+    ``_skipped.jsonl``; add the provenance record; move into DEST. Nothing appears at DEST
+    unless every step succeeded.
+
+    Args:
+        spark: The SparkSession.
+        kind: ``"images"``, ``"text"``, ``"hdf5"``, ... (provenance and summary).
+        source: SRC as the user gave it.
+        dest: DEST path or ``file://`` URL.
+        schema: The ``petastorm.unischema.Unischema`` of the rows ``process`` yields.
+        plan: Partitions of picklable work items, e.g. from :func:`plan_partitions`.
+        process: Picklable partition function (a module-level function or ``functools.partial``).
+        settings: Row-group size, compression, bad-input policy, overwrite.
+        input_bytes: Size of the input, for the summary.
+        options: The kind's options dataclass, recorded in the provenance. Defaults to ``None``.
+        extra: Kind-specific facts for the provenance and ``ConversionResult.extra`` (class
+            names, tokenizer, ...). Defaults to ``None``.
+
+    Returns:
+        The :class:`ConversionResult` (also logged).
+
+    Raises:
+        InputError: Bad input under ``on_error="fail"``, naming the file and reason; or no
+            rows were written.
+        DatasetError: DEST exists and ``settings.overwrite`` is off.
+    """
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    started = time.perf_counter()
+    if not plan:
+        raise InputError(f"nothing to convert in {source}", hint="check SRC")
+    spark_schema = schema.as_spark_schema()
+    arrow_schema = to_arrow_schema(spark_schema)
+    compression = "uncompressed" if settings.compression == "none" else settings.compression
+    with StagedOutput(dest, overwrite=settings.overwrite) as stage:
+        errors_dir = stage.root / "errors"
+        runner = _TaskRunner(
+            [list(p) for p in plan], process, arrow_schema, settings.on_error, stage.errors_url
+        )
+        frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(runner, spark_schema)
+        spark.sparkContext.setJobDescription(f"pipeline convert {kind}: {source}")
+        try:
+            with (
+                _hadoop_conf_restored(spark),
+                materialize_dataset(spark, stage.data_url, schema, settings.row_group_mb),
+            ):
+                frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
+                if not any(stage.data_dir.glob("*.parquet")):
+                    skipped = _read_records(errors_dir, "skipped")
+                    raise InputError(
+                        f"no rows were converted from {source}"
+                        + (
+                            f": all {len(skipped)} inputs were bad, e.g. {skipped[0].describe()}"
+                            if skipped
+                            else ""
+                        ),
+                        hint="check SRC and the options",
+                    )
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise _task_failure(exc, errors_dir) from None
+        finally:
+            spark.sparkContext.setJobDescription(None)
+
+        skipped = _read_records(errors_dir, "skipped")
+        if skipped:
+            (stage.data_dir / "_skipped.jsonl").write_text("".join(r.to_json() + "\n" for r in skipped))
+            for record in skipped[:20]:
+                log.warning("skipped %s", record.describe())
+            if len(skipped) > 20:
+                log.warning("... and %d more skipped, see _skipped.jsonl", len(skipped) - 20)
+        files = sorted(stage.data_dir.glob("*.parquet"))
+        footers = [pq.read_metadata(f) for f in files]
+        rows = sum(m.num_rows for m in footers)
+        row_groups = sum(m.num_row_groups for m in footers)
+        record = {
+            "kind": kind,
+            "source": source,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "options": _jsonable(options),
+            "settings": asdict(settings),
+            "counts": {
+                "rows": rows,
+                "skipped": len(skipped),
+                "input_bytes": input_bytes,
+                "files": len(files),
+            },
+            "versions": _versions(),
+            **dict(extra or {}),
+        }
+        _add_provenance(stage.data_dir, record)
+        output_bytes = sum(p.stat().st_size for p in stage.data_dir.rglob("*") if p.is_file())
+        stage.commit()
+    result = ConversionResult(
+        kind=kind,
+        source=source,
+        output="file://" + str(stage.dest),
+        rows=rows,
+        skipped=len(skipped),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        files=len(files),
+        row_groups=row_groups,
+        seconds=time.perf_counter() - started,
+        skipped_report=str(stage.dest / "_skipped.jsonl") if skipped else None,
+        extra=dict(extra or {}),
+    )
+    log.info("%s", result.summary())
+    return result
