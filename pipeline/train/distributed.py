@@ -1,0 +1,415 @@
+"""Run one training function on N processes through Spark's ``TorchDistributor``.
+
+The driver side is :func:`run_distributed`; the rank side is :func:`setup`::
+
+    def train(cfg):
+        with setup() as ctx:                       # process group + device, from the environment
+            with pipeline.open_loader(url, device=ctx.device, ...) as loader:   # rank/world picked up
+                ...
+        return metrics                              # rank 0's value comes back to the driver
+
+    metrics = run_distributed(train, cfg, num_processes=2)   # CPU: 2 gloo processes
+    metrics = run_distributed(train, cfg, use_gpu=True)      # one NCCL process per GPU
+
+With GPUs on the driver (``local_mode=True``) there is one process per GPU and the backend is
+NCCL; otherwise N CPU processes use gloo. The same function runs unchanged with
+``local_mode=False``, one process per Spark task on the cluster's executors.
+
+An exception in any rank is recorded by the wrapper that runs the function (a JSON file in a
+folder shared with the driver in local mode, a marked line in the task output on a cluster) and
+re-raised in the driver as :class:`TrainingError` carrying that rank's traceback, rather than
+``TorchDistributor``'s "Command [...] failed with return code 1".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pipeline.errors as errors
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+    from pyspark.sql import SparkSession
+
+__all__ = [
+    "DistContext",
+    "TrainingError",
+    "gpu_count",
+    "gpu_spark_settings",
+    "resolve_use_gpu",
+    "run_distributed",
+    "setup",
+]
+
+log = logging.getLogger(__name__)
+
+_USE_GPU_ENV = "PIPELINE_USE_GPU"
+_ERROR_MARK = "PIPELINE_RANK_ERROR"
+_ERROR_LINE = re.compile(_ERROR_MARK + r" (\{.*\})")
+_RESULT_FILE = "result-rank0.pkl"
+_STAMP = "_pipeline_failed_at"
+# Errors a rank gets because another rank went away: reported after the root cause.
+_PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed out", re.IGNORECASE)
+
+
+class TrainingError(RuntimeError):
+    """A rank of a distributed run failed; the message carries that rank's traceback.
+
+    Attributes:
+        rank: The failing rank (the earliest failure when several ranks failed), or ``None``
+            when no rank recorded an error (e.g. a process was killed).
+        remote_traceback: The failing rank's formatted traceback, or ``""``.
+        launcher_output: What ``TorchDistributor`` reported (the tail of the processes' output).
+    """
+
+    def __init__(self, message: str, *, rank: int | None, remote_traceback: str, launcher_output: str):
+        super().__init__(message)
+        self.rank = rank
+        self.remote_traceback = remote_traceback
+        self.launcher_output = launcher_output
+
+
+# ----------------------------------------------------------------------------- rank side
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the run: rank, world size and the device it trains on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the rank that logs, checkpoints and writes reports)."""
+        return self.rank == 0
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without CUDA or torch's CUDA build)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def setup(*, use_gpu: bool | None = None, timeout_s: float = 1800.0) -> Iterator[DistContext]:
+    """Initialise the process group and pick the device from the environment; always tear down.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` as set by
+    torchrun (which ``TorchDistributor`` uses). Without them (a plain ``python`` call) it starts a
+    one-process group on 127.0.0.1, so the same training code also runs undistributed. With a
+    GPU, rank ``r`` uses ``cuda:LOCAL_RANK`` and NCCL; without, the CPU and gloo. The process
+    group is destroyed on exit, also when the body raises. If a group is already initialised it
+    is reused and left alone.
+
+    Args:
+        use_gpu: Train on CUDA. Defaults to ``None``: what :func:`run_distributed` decided
+            (``$PIPELINE_USE_GPU``), else whether CUDA is available.
+        timeout_s: Seconds a collective may wait for the other ranks. Defaults to ``1800.0``.
+
+    Yields:
+        The :class:`DistContext` of this process.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if use_gpu is None:
+        env = os.environ.get(_USE_GPU_ENV)
+        use_gpu = env == "1" if env is not None else torch.cuda.is_available()
+    if use_gpu and not torch.cuda.is_available():
+        raise PipelineError(
+            "use_gpu=True but this process sees no CUDA device",
+            hint="check CUDA_VISIBLE_DEVICES and the torch build, or train with use_gpu=False",
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
+    backend = "nccl" if use_gpu else "gloo"
+    if dist.is_initialized():
+        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend())
+        return
+    if use_gpu:
+        torch.cuda.set_device(device)
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if launched:
+        rank, world_size, init_method = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://"
+    else:
+        rank, world_size, init_method = 0, 1, f"tcp://127.0.0.1:{_free_port()}"
+    log.info("rank %d/%d: %s process group on %s", rank, world_size, backend, device)
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    try:
+        yield DistContext(rank, world_size, local_rank, device, backend)
+    except BaseException as exc:
+        # Stamp the failure before tearing down: destroying the group makes the other ranks fail
+        # too, and the driver reports the rank that failed first.
+        _stamp(exc)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _stamp(exc: BaseException) -> None:
+    if not hasattr(exc, _STAMP):
+        with contextlib.suppress(AttributeError):  # exceptions with __slots__
+            setattr(exc, _STAMP, time.time())
+
+
+class _RankCall:
+    """Runs the user's function in a rank; records a failure where the driver can find it."""
+
+    def __init__(self, fn: Callable[..., Any], use_gpu: bool, exchange_dir: str | None) -> None:
+        self.fn = fn
+        self.use_gpu = use_gpu
+        self.exchange_dir = exchange_dir
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        os.environ[_USE_GPU_ENV] = "1" if self.use_gpu else "0"
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            result = self.fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record(rank, exc)
+            raise
+        finally:
+            _destroy_process_group()
+        if rank == 0 and self.exchange_dir is not None:
+            from pyspark import cloudpickle
+
+            Path(self.exchange_dir, _RESULT_FILE).write_bytes(cloudpickle.dumps(result))
+        return result
+
+    def _record(self, rank: int, exc: BaseException) -> None:
+        record = {
+            "rank": rank,
+            "time": getattr(exc, _STAMP, time.time()),
+            "host": socket.gethostname(),
+            "module": type(exc).__module__,
+            "type": type(exc).__qualname__,
+            "message": getattr(exc, "message", str(exc)),
+            "hint": getattr(exc, "hint", None),
+            "traceback": traceback.format_exc(),
+        }
+        line = json.dumps(record)
+        if self.exchange_dir is not None:
+            Path(self.exchange_dir, f"error-rank{rank}.json").write_text(line, encoding="utf-8")
+        # On a cluster the driver only sees the task output: one marked line survives in its tail.
+        print(f"{_ERROR_MARK} {line}", file=sys.stderr, flush=True)
+
+
+def _destroy_process_group() -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # tearing down after a failure must not mask it
+        log.debug("destroy_process_group failed", exc_info=True)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def resolve_use_gpu(use_gpu: bool | None, *, local_mode: bool, spark: SparkSession | None = None) -> bool:
+    """Decide whether a run uses GPUs: the given value, else what the driver or cluster offers.
+
+    Args:
+        use_gpu: ``True``/``False`` is returned as is. ``None`` means auto.
+        local_mode: Auto in local mode means "this machine has CUDA"; on a cluster it means
+            "``spark.task.resource.gpu.amount`` is set".
+        spark: The session whose settings are read on a cluster. Defaults to ``None`` (the
+            active session).
+    """
+    if use_gpu is not None:
+        return use_gpu
+    if local_mode:
+        return gpu_count() > 0
+    from pyspark.sql import SparkSession
+
+    session = spark or SparkSession.getActiveSession()
+    amount = session.conf.get("spark.task.resource.gpu.amount", "0") if session else "0"
+    return float(amount or 0) > 0
+
+
+def gpu_spark_settings(workdir: str | os.PathLike[str]) -> dict[str, str]:
+    """Spark settings that let ``TorchDistributor`` see this machine's GPUs in local mode.
+
+    ``TorchDistributor(use_gpu=True, local_mode=True)`` reads the driver's GPU resources, which
+    Spark only knows when a discovery script is configured. This writes one (it lists
+    ``nvidia-smi``'s GPU indices) under ``workdir`` and returns the settings to put in
+    ``SparkConfig.extra``. Returns ``{}`` when no GPU is visible.
+    """
+    count = gpu_count()
+    if count == 0:
+        return {}
+    script = Path(workdir) / "get_gpus_resources.sh"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "#!/bin/sh\n"
+        '# Spark GPU discovery: prints {"name": "gpu", "addresses": ["0", ...]}\n'
+        "ADDRS=$(nvidia-smi --query-gpu=index --format=csv,noheader | sed -e ':a' -e 'N' -e'$!ba' "
+        "-e 's/\\n/\",\"/g')\n"
+        'echo {\\"name\\": \\"gpu\\", \\"addresses\\":[\\"$ADDRS\\"]}\n',
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    return {
+        "spark.driver.resource.gpu.amount": str(count),
+        "spark.driver.resource.gpu.discoveryScript": str(script),
+    }
+
+
+def run_distributed(
+    fn: Callable[..., Any],
+    *args: Any,
+    num_processes: int | None = None,
+    use_gpu: bool | None = None,
+    local_mode: bool = True,
+    spark: SparkSession | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``fn(*args, **kwargs)`` on every rank through ``TorchDistributor``; return rank 0's value.
+
+    Args:
+        fn: A picklable function (module-level, or anything cloudpickle handles). It calls
+            :func:`setup` to join the process group.
+        *args: Positional arguments of ``fn``.
+        num_processes: Processes (ranks). Defaults to ``None``: the number of GPUs when GPUs are
+            used in local mode, else 2.
+        use_gpu: One process per GPU with NCCL. Defaults to ``None``: see :func:`resolve_use_gpu`.
+        local_mode: Run the processes on the driver (``True``) or as barrier tasks on the
+            cluster's executors (``False``). Defaults to ``True``.
+        spark: The session ``TorchDistributor`` uses. Defaults to ``None`` (the active session).
+        **kwargs: Keyword arguments of ``fn``.
+
+    Returns:
+        What ``fn`` returned on rank 0.
+
+    Raises:
+        TrainingError: A rank failed; the message has its exception and traceback.
+        PipelineError: The failing rank raised a user error (``DatasetError`` etc.), re-raised
+            with the same class and hint, prefixed with the rank; or no Spark session is active.
+        ValueError: ``num_processes`` is not a positive integer.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+    from pyspark.sql import SparkSession
+
+    session = spark or SparkSession.getActiveSession()
+    if session is None:
+        raise PipelineError(
+            "run_distributed needs an active SparkSession for TorchDistributor",
+            hint="call it inside `with pipeline.spark.spark_session(...)`",
+        )
+    gpu = resolve_use_gpu(use_gpu, local_mode=local_mode, spark=session)
+    if num_processes is None:
+        num_processes = max(gpu_count(), 1) if gpu and local_mode else 2
+    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
+        raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+    if gpu and local_mode and "gpu" not in session.sparkContext.resources:
+        raise PipelineError(
+            "use_gpu=True in local mode, but the Spark driver has no GPU resources configured",
+            hint="build the session with SparkConfig(extra=gpu_spark_settings(workdir)) "
+            "(pipeline.train.distributed), or pass use_gpu=False",
+        )
+
+    exchange_dir = tempfile.mkdtemp(prefix="pipeline-ranks-") if local_mode else None
+    mode = "local" if local_mode else f"cluster {session.sparkContext.master}"
+    log.info(
+        "training on %d %s process(es) (%s, %s)",
+        num_processes,
+        "GPU" if gpu else "CPU",
+        "nccl" if gpu else "gloo",
+        mode,
+    )
+    try:
+        distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=gpu)
+        try:
+            output = distributor.run(_RankCall(fn, gpu, exchange_dir), *args, **kwargs)
+        except Exception as exc:
+            raise _rank_failure(exc, exchange_dir) from None
+        if exchange_dir is not None:
+            result = Path(exchange_dir, _RESULT_FILE)
+            if result.exists():
+                from pyspark import cloudpickle
+
+                return cloudpickle.loads(result.read_bytes())
+        return output
+    finally:
+        if exchange_dir is not None:
+            shutil.rmtree(exchange_dir, ignore_errors=True)
+
+
+def _rank_failure(exc: Exception, exchange_dir: str | None) -> Exception:
+    """Turn TorchDistributor's failure into an error that shows the failing rank's traceback."""
+    launcher_output = str(exc)
+    records: dict[int, dict[str, Any]] = {}
+    if exchange_dir is not None:
+        for path in sorted(Path(exchange_dir).glob("error-rank*.json")):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                records[int(record["rank"])] = record
+            except (OSError, ValueError, KeyError):
+                continue
+    for match in _ERROR_LINE.finditer(launcher_output):
+        try:
+            record = json.loads(match.group(1))
+            records.setdefault(int(record["rank"]), record)
+        except (ValueError, KeyError):
+            continue
+    if not records:
+        return TrainingError(
+            "distributed training failed and no rank recorded an exception (a process was killed "
+            f"or could not start); launcher output:\n{launcher_output[-4000:]}",
+            rank=None,
+            remote_traceback="",
+            launcher_output=launcher_output,
+        )
+    first = min(
+        records.values(),
+        key=lambda r: (bool(_PEER_ERROR.search(f"{r['type']} {r['message']}")), r.get("time", 0.0)),
+    )
+    rank = int(first["rank"])
+    others = sorted(set(records) - {rank})
+    also = f" (ranks {others} failed after it)" if others else ""
+    error_cls = getattr(errors, first["type"], None) if first["module"] == errors.__name__ else None
+    if isinstance(error_cls, type) and issubclass(error_cls, PipelineError):
+        return error_cls(f"rank {rank}: {first['message']}{also}", hint=first.get("hint"))
+    message = (
+        f"rank {rank} failed on {first['host']}: {first['type']}: {first['message']}{also}\n\n"
+        f"Traceback from rank {rank}:\n{first['traceback']}"
+    )
+    return TrainingError(
+        message, rank=rank, remote_traceback=first["traceback"], launcher_output=launcher_output
+    )

@@ -1,0 +1,148 @@
+"""The TorchDistributor helper: 2 CPU ranks in local mode, a failing rank, the rank-side setup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import DatasetError, PipelineError
+from pipeline.train.distributed import TrainingError, _rank_failure, run_distributed, setup
+from tests.conftest import REPO
+
+
+def fit_line(steps: int = 30) -> dict:
+    """A tiny DDP regression: every rank sees its own data; DDP keeps the weights identical."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with setup() as ctx:
+        gen = torch.Generator().manual_seed(ctx.rank)
+        x = torch.randn(64, 3, generator=gen)
+        y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.25
+        model = DistributedDataParallel(torch.nn.Linear(3, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        weights = [torch.zeros(4) for _ in range(ctx.world_size)]
+        flat = torch.cat([p.detach().flatten() for p in model.module.parameters()])
+        dist.all_gather(weights, flat)
+        return {
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "backend": ctx.backend,
+            "device": str(ctx.device),
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "weights_agree": all(torch.allclose(w, weights[0]) for w in weights),
+            "initialized_inside": dist.is_initialized(),
+        }
+
+
+def fail_on_rank_one() -> None:
+    import torch.distributed as dist
+
+    with setup() as ctx:
+        dist.barrier()
+        if ctx.rank == 1:
+            raise ValueError("bad batch shape on rank one")
+        dist.barrier()
+
+
+def missing_dataset() -> None:
+    with setup():
+        raise DatasetError("file:///nowhere does not exist", hint="check the path")
+
+
+@pytest.fixture
+def importable_tests(monkeypatch):
+    """torchrun's processes unpickle these test functions by reference: make `tests` importable."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+
+def test_setup_without_launcher_is_a_one_process_group_and_is_torn_down():
+    import torch.distributed as dist
+
+    with setup(use_gpu=False) as ctx:
+        assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main) == (0, 1, "gloo", True)
+        assert ctx.device == torch.device("cpu")
+        assert dist.is_initialized()
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="boom"), setup(use_gpu=False):
+        raise RuntimeError("boom")
+    assert not dist.is_initialized()
+
+
+def test_setup_asking_for_a_missing_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(PipelineError, match="sees no CUDA device"), setup(use_gpu=True):
+        pass
+
+
+def test_rank_error_is_recovered_from_the_task_output_alone():
+    """On a cluster only the task's output reaches the driver: the marked line is enough."""
+    line = (
+        'PIPELINE_RANK_ERROR {"rank": 1, "time": 1.0, "host": "w1", "module": "builtins", '
+        '"type": "KeyError", "message": "\'label\'", "hint": null, "traceback": "Traceback ...\\nKeyError"}'
+    )
+    err = _rank_failure(RuntimeError(f"Command failed with return code 1: ...\n{line}\n..."), None)
+    assert isinstance(err, TrainingError)
+    assert err.rank == 1
+    assert "rank 1 failed on w1: KeyError" in str(err)
+    assert "Traceback from rank 1" in str(err)
+    silent = _rank_failure(RuntimeError("killed"), None)
+    assert silent.rank is None and "no rank recorded" in str(silent)
+
+
+@pytest.mark.spark
+def test_two_cpu_ranks_train_in_local_mode(spark, importable_tests):
+    result = run_distributed(fit_line, num_processes=2, use_gpu=False)
+    assert result["rank"] == 0
+    assert result["world_size"] == 2
+    assert (result["backend"], result["device"]) == ("gloo", "cpu")
+    assert result["weights_agree"]
+    assert result["last_loss"] < result["first_loss"] / 10
+    assert result["initialized_inside"]
+
+
+@pytest.mark.spark
+def test_a_failing_rank_surfaces_its_traceback_in_the_driver(spark, importable_tests):
+    with pytest.raises(TrainingError) as info:
+        run_distributed(fail_on_rank_one, num_processes=2, use_gpu=False)
+    err = info.value
+    assert err.rank == 1
+    assert "ValueError: bad batch shape on rank one" in str(err)
+    assert "in fail_on_rank_one" in err.remote_traceback
+    assert err.launcher_output  # what TorchDistributor itself said, kept for debugging
+
+
+@pytest.mark.spark
+def test_a_user_error_in_a_rank_keeps_its_class_and_hint(spark, importable_tests):
+    with pytest.raises(DatasetError) as info:
+        run_distributed(missing_dataset, num_processes=1, use_gpu=False)
+    assert str(info.value).startswith("rank 0: file:///nowhere does not exist")
+    assert info.value.hint == "check the path"
+
+
+def test_num_processes_is_validated(spark):
+    with pytest.raises(ValueError, match="num_processes must be a positive integer, got 0"):
+        run_distributed(fit_line, num_processes=0, use_gpu=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_ranks_use_nccl(tmp_path, importable_tests):
+    from pipeline.spark import SparkConfig, spark_session
+    from pipeline.train.distributed import gpu_count, gpu_spark_settings
+
+    config = SparkConfig(master="local[2]", extra=gpu_spark_settings(tmp_path))
+    with spark_session(config):
+        result = run_distributed(fit_line, use_gpu=True)
+    assert result["world_size"] == gpu_count()
+    assert result["backend"] == "nccl" and result["device"].startswith("cuda")
+    assert result["weights_agree"]
