@@ -1,0 +1,254 @@
+"""``open_loader``: the training loop's view of a dataset -- torch batches, epoch after epoch.
+
+::
+
+    with pipeline.open_loader(url, batch_size=64, seed=0, num_epochs=2, device="cuda") as loader:
+        for batch in loader:            # dict[str, torch.Tensor]
+            ...                         # loader.epoch: the epoch this batch belongs to
+
+Stages, each in its own thread or module: the reader's thread pool (read + decode row groups,
+reordered into plan order) -> the prefetch thread (shuffle buffer, batching, collation into
+fresh CPU tensors or reused pinned buffers) -> on CUDA, side-stream copies one batch ahead in
+the training loop's thread. Leaving the ``with`` block stops and joins all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
+from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
+from pipeline.loader.prefetch import Prefetcher
+from pipeline.reader.config import LoaderConfig, ReaderConfig, ReadOptions
+from pipeline.reader.reader import Reader
+from pipeline.reader.source import DatasetSource
+
+__all__ = ["Loader", "open_loader", "resolve_shard"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "reader.yaml"
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<from conf/reader.yaml>"
+
+
+DEFAULT: Any = _Default()
+"""Marks an argument that was not given: its value comes from ``conf/reader.yaml`` (or the defaults)."""
+
+
+def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: as given, else from an initialized ``torch.distributed``, else ``(0, 1)``.
+
+    Raises:
+        ConfigError: Only one of them is given outside ``torch.distributed``, or rank is out of range.
+    """
+    dist = torch.distributed
+    initialized = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialized else None
+    if world_size is None:
+        world_size = dist.get_world_size() if initialized else None
+    if rank is None and world_size is None:
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ConfigError(
+            f"got rank={rank} and world_size={world_size}",
+            hint="pass both, or neither inside torch.distributed",
+        )
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+class Loader:
+    """Torch batches of one rank's shard of a dataset; a context manager and an iterator.
+
+    Build it with :func:`open_loader`. ``len(loader)`` is the number of batches per epoch of this
+    rank (the same on every rank); iterating yields ``num_epochs`` epochs of batches in one
+    stream (forever with ``num_epochs=None``), and :attr:`epoch` tells which epoch the last
+    batch came from.
+    """
+
+    def __init__(self, reader: Reader, config: LoaderConfig, transform: Any = None) -> None:
+        self.reader = reader
+        self.config = config
+        self.device = resolve_device(config.device)
+        self._batch_fn = (
+            transform if transform is not None and not hasattr(transform, "edit_fields") else None
+        )
+        self.epoch = 0
+        """Epoch of the batch most recently returned (``0`` before the first one)."""
+        self.batches_returned = 0
+        self._prefetcher: Prefetcher[Any] | None = None
+        self._slots: PinnedSlots | None = None
+        self._copier: DeviceCopier | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return self.reader.batches_per_epoch
+
+    @property
+    def fields(self) -> list[str]:
+        """Names of the fields in each batch (before any ``<name>_lengths`` and batch callable)."""
+        return list(self.reader.source.specs)
+
+    def __enter__(self) -> Loader:
+        self._start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def _start(self) -> None:
+        if self._closed:
+            raise RuntimeError("this loader is closed; open a new one with pipeline.open_loader(...)")
+        if self._prefetcher is not None:
+            return
+        self._prefetcher = Prefetcher(self._host_batches, self.config.prefetch, name="pipeline-loader")
+        if self.device is not None:
+            self._slots = PinnedSlots(self.config.prefetch + 3, self._prefetcher.stopping)
+            self._copier = DeviceCopier(
+                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots
+            )
+        self._prefetcher.start()
+
+    def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, int]]:
+        """Runs in the prefetch thread: rows -> (host batch, pinned slot or None, epoch)."""
+        specs = self.reader.source.specs
+        pad = self.config.pad_value
+        for selection in self.reader.batches():
+            slot = self._slots.acquire() if self._slots is not None else None
+            alloc = slot.allocate if slot is not None else cpu_allocator
+            if self._batch_fn is not None:
+                values = self._batch_fn(gather_selection(selection, specs))
+                batch = collate_batch(values, pad, alloc)
+            else:
+                batch = collate_selection(selection, specs, pad, alloc)
+            yield batch, slot, selection.epoch
+
+    def __next__(self) -> dict[str, Any]:
+        self._start()
+        assert self._prefetcher is not None
+        if self._copier is not None:
+            batch, epoch = self._copier.next()
+        else:
+            batch, _, epoch = self._prefetcher.get()
+        self.epoch = epoch
+        self.batches_returned += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop every thread and pool of this loader and wait for them; safe to call twice."""
+        self._closed = True
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        if self._copier is not None:
+            self._copier.close()
+
+
+def open_loader(
+    url: str | os.PathLike[str],
+    *,
+    batch_size: int = DEFAULT,
+    fields: Sequence[str] | None = None,
+    transform: Any = None,
+    shuffle: bool = DEFAULT,
+    seed: int = DEFAULT,
+    num_epochs: int | None = DEFAULT,
+    rank: int | None = None,
+    world_size: int | None = None,
+    workers: int | None = DEFAULT,
+    device: str | torch.device | None = DEFAULT,
+    drop_last: bool = DEFAULT,
+    shuffle_buffer: int = DEFAULT,
+    prefetch: int = DEFAULT,
+    pad_value: int = DEFAULT,
+    read_ahead: int = DEFAULT,
+    predicate: Any = None,
+    filesystem: Any = None,
+    config: str | os.PathLike[str] | None = CONFIG_FILE,
+) -> Loader:
+    """Open a dataset for training: seeded, sharded, multi-epoch torch batches.
+
+    Arguments left out take their value from ``conf/reader.yaml`` (sections ``reader`` and
+    ``loader``), whose values are the defaults of :class:`ReaderConfig` and :class:`LoaderConfig`.
+
+    Args:
+        url: Dataset folder or URL (``file://``, ``hdfs://``, ``s3://``...): a Petastorm dataset
+            (codecs decoded, like ``make_reader``) or plain Parquet (like ``make_batch_reader``).
+        batch_size: Rows per batch. Defaults to ``64``.
+        fields: Fields to read (names, or petastorm regex patterns). Defaults to ``None`` (all).
+        transform: A petastorm ``TransformSpec`` (per row on Petastorm datasets, per
+            ``DataFrame`` on plain Parquet) or a callable applied to each batch (a dict of numpy
+            arrays and lists) before it becomes tensors. Defaults to ``None``.
+        shuffle: Shuffle row groups per epoch and mix rows across them through the shuffle
+            buffer; ``False`` gives the stored order. Defaults to ``True``.
+        seed: Seed; the order of epoch ``e`` comes from ``(seed, e)``. Defaults to ``0``.
+        num_epochs: Epochs to read, or ``None`` for endless. Defaults to ``1``.
+        rank: This process's shard. Defaults to ``None`` (``torch.distributed``'s, else 0).
+        world_size: Number of shards. Defaults to ``None`` (``torch.distributed``'s, else 1).
+        workers: Threads reading and decoding row groups; the batches do not depend on it.
+            Defaults to ``None`` (the number of CPU cores).
+        device: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+            Defaults to ``None``.
+        drop_last: Drop each epoch's incomplete last batch, and shard evenly by dropping (not
+            padding) the uneven tail. Defaults to ``False``.
+        shuffle_buffer: Rows in the shuffle buffer. Defaults to ``4096``.
+        prefetch: Batches prepared ahead. Defaults to ``2``.
+        pad_value: Padding of variable-length 1-D fields. Defaults to ``0``.
+        read_ahead: Row groups in flight per worker. Defaults to ``2``.
+        predicate: A petastorm predicate selecting rows. Defaults to ``None``.
+        filesystem: A ``pyarrow.fs.FileSystem`` on which ``url`` is a path. Defaults to ``None``.
+        config: YAML file for the defaults. Defaults to ``"reader.yaml"`` (in ``conf/``).
+
+    Returns:
+        A :class:`Loader`; use it as a context manager so that its threads are stopped.
+    """
+    given = {k: v for k, v in locals().items() if v is not DEFAULT}
+    reader_keys = {f.name for f in dataclasses.fields(ReaderConfig)}
+    loader_keys = {f.name for f in dataclasses.fields(LoaderConfig)}
+    if isinstance(given.get("device"), torch.device):
+        given["device"] = str(given["device"])
+    reader_cfg = _load(ReaderConfig, config, "reader", {k: v for k, v in given.items() if k in reader_keys})
+    loader_cfg = _load(LoaderConfig, config, "loader", {k: v for k, v in given.items() if k in loader_keys})
+    rank, world_size = resolve_shard(rank, world_size)
+    options = ReadOptions(
+        fields=tuple(fields) if fields is not None else None,
+        transform=transform,
+        predicate=predicate,
+        filesystem=filesystem,
+    )
+    source = DatasetSource(url, options)
+    reader = Reader(
+        source,
+        reader_cfg,
+        batch_size=loader_cfg.batch_size,
+        drop_last=loader_cfg.drop_last,
+        rank=rank,
+        world_size=world_size,
+    )
+    log.debug("loader on %s: %s, %s, rank %d/%d", source.url, reader_cfg, loader_cfg, rank, world_size)
+    return Loader(reader, loader_cfg, transform)
+
+
+def _load(cls: Any, path: Any, section: str, given: dict[str, Any]) -> Any:
+    """``cls`` from the YAML section with ``given`` on top (``None`` included: endless, CPU...)."""
+    base = load_config(cls, path, section=section) if path is not None else cls()
+    try:
+        return dataclasses.replace(base, **given)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,166 @@
+"""Arrow columns of one row group -> numpy columns, decoding petastorm codecs.
+
+Every field has a :class:`FieldSpec` that fixes how its column is held, whatever the data of a
+given row group looks like:
+
+* ``fixed`` -- one ndarray ``(rows, *shape)`` (scalars, fixed-shape arrays and images);
+* ``ragged`` -- an object array of per-row ndarrays whose shape varies (token lists);
+* ``list`` -- an object array of Python values (strings, bytes, anything torch cannot hold).
+
+Petastorm codecs are decoded with petastorm's own ``codec.decode``, except the hot path of
+``CompressedImageCodec`` into a fixed-shape field: the same ``cv2.imdecode(IMREAD_UNCHANGED)``
+and BGR -> RGB conversion, written straight into the output array (OpenCV releases the GIL,
+so worker threads decode in parallel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import DatasetError
+
+__all__ = ["FieldSpec", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
+
+Kind = Literal["fixed", "ragged", "list"]
+_PY_TYPES = (str, bytes, np.str_, np.bytes_, object, Decimal)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one field is held in memory and collated."""
+
+    name: str
+    kind: Kind
+    dtype: np.dtype | None
+    shape: tuple[int | None, ...]
+
+
+def spec_from_unischema(field: Any) -> FieldSpec:
+    """The :class:`FieldSpec` of a petastorm ``UnischemaField``."""
+    dtype = field.numpy_dtype
+    shape = tuple(field.shape or ())
+    if dtype in _PY_TYPES or (isinstance(dtype, type) and issubclass(dtype, (str, bytes, Decimal))):
+        return FieldSpec(field.name, "list", None, shape)
+    kind: Kind = "ragged" if any(d is None for d in shape) else "fixed"
+    return FieldSpec(field.name, kind, np.dtype(dtype), shape)
+
+
+def unischema_field_from_arrow(arrow_field: pa.Field) -> Any:
+    """A codec-less ``UnischemaField`` for a plain Parquet column (lists -> ``None`` dims)."""
+    from petastorm.unischema import UnischemaField
+
+    t = arrow_field.type
+    shape: list[int | None] = []
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        dtype: Any = np.dtype(t.to_pandas_dtype()).type
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        dtype = np.bytes_
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        dtype = np.str_
+    else:  # dates, decimals, structs...: kept as Python objects
+        dtype = object
+    return UnischemaField(arrow_field.name, dtype, tuple(shape), None, arrow_field.nullable)
+
+
+def decode_column(spec: FieldSpec, field: Any, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Decode one column of a row group into the representation ``spec`` prescribes.
+
+    Args:
+        spec: The field's :class:`FieldSpec`.
+        field: The petastorm ``UnischemaField`` (its codec decides the decoding; ``None`` codec
+            means a plain Arrow value).
+        column: The Arrow column.
+
+    Returns:
+        ``(rows, *shape)`` ndarray for ``fixed`` fields, else a 1-D object array.
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    codec = getattr(field, "codec", None)
+    if codec is None or type(codec).__name__ == "ScalarCodec":
+        return _arrow_values(spec, array)
+    if array.null_count:
+        raise DatasetError(
+            f"field {spec.name!r} has {array.null_count} null values that codec {codec} cannot decode",
+            hint="filter those rows out with a predicate",
+        )
+    blobs = _binary_views(array)
+    if spec.kind == "fixed":
+        out = np.empty((len(blobs), *spec.shape), dtype=spec.dtype)
+        if type(codec).__name__ == "CompressedImageCodec":
+            _decode_images_into(spec, blobs, out)
+        else:
+            for i, blob in enumerate(blobs):
+                out[i] = codec.decode(field, blob)
+        return out
+    return _object_array([codec.decode(field, blob) for blob in blobs])
+
+
+def _decode_images_into(spec: FieldSpec, blobs: list[np.ndarray], out: np.ndarray) -> None:
+    import cv2
+
+    rgb = out.ndim == 4 and out.shape[3] == 3
+    for i, blob in enumerate(blobs):
+        image = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise DatasetError(f"field {spec.name!r}: row {i} is not a decodable image")
+        if image.shape != out.shape[1:]:
+            raise DatasetError(
+                f"field {spec.name!r}: row {i} decodes to shape {image.shape}, the schema says "
+                f"{out.shape[1:]}",
+                hint="was the dataset written with a fixed --size?",
+            )
+        if rgb:
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[i])
+        else:
+            out[i] = image
+
+
+def _binary_views(array: pa.Array) -> list[np.ndarray]:
+    """Zero-copy uint8 views of each value of a binary column."""
+    if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        raise DatasetError(f"expected a binary column for a codec-encoded field, got {array.type}")
+    buffers = array.buffers()
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+    return [data[offsets[i] : offsets[i + 1]] for i in range(len(array))]
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    """A 1-D object array holding ``values`` as they are (ndarrays are not broadcast)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def _arrow_values(spec: FieldSpec, array: pa.Array) -> np.ndarray:
+    if spec.kind == "list":
+        return _object_array(array.to_pylist())
+    if array.null_count:
+        raise DatasetError(
+            f"field {spec.name!r} has {array.null_count} null values; torch tensors cannot hold them",
+            hint="filter them out with a predicate or fill them in a transform",
+        )
+    t = array.type
+    if not spec.shape:
+        return array.to_numpy(zero_copy_only=False).astype(spec.dtype, copy=False)
+    if spec.kind == "fixed":
+        values = array
+        while pa.types.is_fixed_size_list(values.type):
+            values = values.flatten()
+        flat = values.to_numpy(zero_copy_only=False).astype(spec.dtype, copy=False)
+        return flat.reshape((len(array), *spec.shape))
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and len(spec.shape) == 1:
+        offsets = array.offsets.to_numpy()
+        values = array.values.to_numpy(zero_copy_only=False).astype(spec.dtype, copy=False)
+        return _object_array([values[offsets[i] : offsets[i + 1]] for i in range(len(array))])
+    return _object_array([np.asarray(v, dtype=spec.dtype) for v in array.to_pylist()])

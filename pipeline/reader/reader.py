@@ -1,0 +1,171 @@
+"""The reader: plan -> thread pool -> reorder window -> shuffle buffer -> batches of rows.
+
+``workers`` threads read and decode work items (slices of row groups) ahead of time; a window
+of at most ``workers * read_ahead`` items is in flight and results are taken out in plan order,
+whatever order the threads finish in. Chunks then go through the seeded
+:class:`~pipeline.reader.shuffle.ShuffleBuffer`, which is drained at the end of each epoch
+(every row exactly once per epoch) while the threads are already reading the next epoch.
+
+The sequence of batches is a function of the data, the options and the seed only: the plan
+is pure, the window restores plan order, and the buffer's generator is derived from
+``(seed, epoch, rank, world_size)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.reader.config import ReaderConfig
+from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
+from pipeline.reader.shuffle import ShuffleBuffer
+from pipeline.reader.source import Chunk, DatasetSource
+
+__all__ = ["Reader", "Selection"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The rows of one batch: ``columns[name][positions]``; valid until the next batch is drawn."""
+
+    epoch: int
+    columns: dict[str, np.ndarray]
+    positions: np.ndarray
+
+
+@dataclass(frozen=True)
+class _EpochEnd:
+    epoch: int
+
+
+class Reader:
+    """Batches of rows of one rank's shard, epoch after epoch.
+
+    Args:
+        source: The dataset.
+        config: Order, epochs and threads.
+        batch_size: Rows per batch.
+        drop_last: Drop the last incomplete batch of each epoch and the uneven shard tail.
+        rank: This process's rank.
+        world_size: Number of ranks.
+    """
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        config: ReaderConfig,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self._sizes = source.sizes
+        self.rows_per_epoch = rows_per_rank(sum(self._sizes), world_size, drop_last)
+        """Rows this rank reads per epoch (the same on every rank)."""
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.rows_per_epoch, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def plan(self, epoch: int) -> list[WorkItem]:
+        """This rank's work items of ``epoch``."""
+        return epoch_plan(
+            self._sizes,
+            seed=self.config.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle=self.config.shuffle,
+            drop_last=self.drop_last,
+        )
+
+    def _row_rng(self, epoch: int) -> np.random.Generator | None:
+        if not self.config.shuffle:
+            return None
+        return np.random.default_rng([self.config.seed, epoch, self.rank, self.world_size, 1])
+
+    def _entries(self) -> Iterator[WorkItem | _EpochEnd]:
+        epochs = range(self.config.num_epochs) if self.config.num_epochs is not None else itertools.count()
+        for epoch in epochs:
+            yield from self.plan(epoch)
+            yield _EpochEnd(epoch)
+
+    def _read(self, item: WorkItem) -> Chunk:
+        try:
+            return self.source.read(item)
+        except Exception as exc:
+            exc.add_note(f"while reading {self.source.describe(item)}")
+            raise
+
+    def chunks(self) -> Iterator[tuple[int, Chunk | None]]:
+        """``(epoch, chunk)`` in plan order, and ``(epoch, None)`` when an epoch's items are done."""
+        workers = self.config.worker_threads
+        limit = max(1, workers) * self.config.read_ahead
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="pipeline-reader") if workers else None
+        window: deque[tuple[WorkItem | _EpochEnd, Future[Chunk] | None]] = deque()
+        in_flight = 0
+        entries = self._entries()
+        try:
+            while True:
+                while in_flight < limit:
+                    entry = next(entries, None)
+                    if entry is None:
+                        break
+                    future = None
+                    if isinstance(entry, WorkItem) and pool is not None:
+                        future = pool.submit(self._read, entry)
+                        in_flight += 1
+                    window.append((entry, future))
+                if not window:
+                    return
+                entry, future = window.popleft()
+                if isinstance(entry, _EpochEnd):
+                    yield entry.epoch, None
+                    continue
+                if future is not None:
+                    in_flight -= 1
+                    chunk = future.result()
+                else:
+                    chunk = self._read(entry)
+                yield entry.epoch, chunk
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def batches(self) -> Iterator[Selection]:
+        """Batches of rows across all epochs; each is valid until the next one is requested."""
+        buffer = ShuffleBuffer(self.source.specs, self.config.shuffle_buffer, self._row_rng(0))
+        bs = self.batch_size
+        for epoch, chunk in self.chunks():
+            if chunk is not None:
+                buffer.add(chunk)
+                while buffer.ready(bs):
+                    yield from self._draw(buffer, epoch, bs)
+                continue
+            while len(buffer) >= bs or (len(buffer) and not self.drop_last):
+                yield from self._draw(buffer, epoch, bs)
+            buffer.remove(buffer.select(len(buffer)))  # drop_last: the incomplete batch
+            buffer.set_rng(self._row_rng(epoch + 1))
+            log.debug("epoch %d done on rank %d", epoch, self.rank)
+
+    @staticmethod
+    def _draw(buffer: ShuffleBuffer, epoch: int, count: int) -> Iterator[Selection]:
+        positions = buffer.select(count)
+        yield Selection(epoch, buffer.columns, positions)
+        buffer.remove(positions)

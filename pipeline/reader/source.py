@@ -1,0 +1,210 @@
+"""A dataset as a list of row groups, and the reading + decoding of one work item.
+
+:class:`DatasetSource` opens a Petastorm dataset (Unischema with codecs, read like
+``make_reader``) or plain Parquet (Arrow schema, read like ``make_batch_reader``), lists its row
+groups from the Parquet footers, evaluates a petastorm predicate once per row group on the
+predicate's columns (so that the plan knows every row group's row count), and reads a
+:class:`~pipeline.reader.plan.WorkItem` into a :class:`Chunk` of numpy columns. ``read`` is
+thread-safe: pyarrow reads and OpenCV decodes release the GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.dataset import DatasetFiles, list_dataset_files, normalize_url
+from pipeline.errors import DatasetError
+from pipeline.reader.config import ReadOptions
+from pipeline.reader.decode import FieldSpec, decode_column, spec_from_unischema, unischema_field_from_arrow
+from pipeline.reader.plan import WorkItem
+from pipeline.reader.transform import apply_transform_spec, transformed_specs
+
+__all__ = ["Chunk", "DatasetSource", "RowGroup"]
+
+log = logging.getLogger(__name__)
+
+_UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Row group ``index`` of the Parquet file ``path``."""
+
+    path: str
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Decoded columns of a slice of one row group (see :mod:`pipeline.reader.decode`)."""
+
+    columns: dict[str, np.ndarray]
+    rows: int
+
+
+class DatasetSource:
+    """The row groups of a dataset and how to read them.
+
+    Args:
+        url: Dataset folder or URL (``file://``, ``hdfs://``, ``s3://``...), or a path on
+            ``options.filesystem``.
+        options: Fields, transform, predicate and filesystem. Defaults to ``ReadOptions()``.
+
+    Raises:
+        DatasetError: The dataset is missing or a requested field does not exist.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], options: ReadOptions | None = None) -> None:
+        self.options = options or ReadOptions()
+        files = _list_files(url, self.options.filesystem)
+        self.url = files.url
+        self._fs = files.filesystem
+        self._footers = {path: _footer(self._fs, path) for path in files.files}
+        stored = _unischema(files)
+        self.kind = "petastorm" if stored is not None else "parquet"
+        if stored is None:
+            from petastorm.unischema import Unischema
+
+            arrow_schema = self._footers[files.files[0]].schema.to_arrow_schema()
+            stored = Unischema("ParquetSchema", [unischema_field_from_arrow(f) for f in arrow_schema])
+        self.schema = _select(stored, self.options.fields, self.url)
+        self.row_groups = [
+            RowGroup(path, i, meta.row_group(i).num_rows)
+            for path, meta in self._footers.items()
+            for i in range(meta.num_row_groups)
+        ]
+        spec = self.options.transform
+        self._spec = spec if spec is not None and hasattr(spec, "edit_fields") else None
+        self._in_specs = {name: spec_from_unischema(f) for name, f in self.schema.fields.items()}
+        self.specs = transformed_specs(self.schema, self._spec) if self._spec else self._in_specs
+        self._masks: list[np.ndarray] | None = None
+        if self.options.predicate is not None:
+            self._masks = [self._predicate_mask(rg, stored) for rg in self.row_groups]
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows of each row group that the plan can use (after the predicate)."""
+        if self._masks is None:
+            return [rg.rows for rg in self.row_groups]
+        return [int(np.count_nonzero(m)) for m in self._masks]
+
+    def describe(self, item: WorkItem) -> str:
+        rg = self.row_groups[item.piece]
+        return f"{rg.path} row group {rg.index} (rows {item.start}:{item.stop}, epoch {item.epoch})"
+
+    def read(self, item: WorkItem) -> Chunk:
+        """Read, filter, slice, decode and transform the rows of one work item."""
+        rg = self.row_groups[item.piece]
+        table = self._read_table(rg, list(self.schema.fields))
+        if self._masks is not None:
+            table = table.filter(pa.array(self._masks[item.piece]))
+        table = table.slice(item.start, item.rows)
+        columns = {
+            name: decode_column(self._in_specs[name], field, table.column(name))
+            for name, field in self.schema.fields.items()
+        }
+        if self._spec is not None:
+            columns = apply_transform_spec(
+                self._spec, columns, item.rows, self.specs, batch=self.kind == "parquet"
+            )
+        return Chunk(columns, item.rows)
+
+    def _read_table(self, rg: RowGroup, columns: list[str]) -> pa.Table:
+        with self._fs.open_input_file(rg.path) as fh:
+            parquet = pq.ParquetFile(fh, metadata=self._footers[rg.path])
+            return parquet.read_row_group(rg.index, columns=columns)
+
+    def _predicate_mask(self, rg: RowGroup, stored: Any) -> np.ndarray:
+        predicate = self.options.predicate
+        names = list(predicate.get_fields())
+        unknown = sorted(set(names) - set(stored.fields))
+        if not names or unknown:
+            raise DatasetError(
+                f"predicate fields {unknown or names} are not fields of {self.url}",
+                hint=f"available fields: {', '.join(stored.fields)}",
+            )
+        table = self._read_table(rg, names)
+        cols = {
+            n: decode_column(spec_from_unischema(stored.fields[n]), stored.fields[n], table.column(n))
+            for n in names
+        }
+        return np.fromiter(
+            (bool(predicate.do_include({n: cols[n][i] for n in names})) for i in range(rg.rows)),
+            dtype=bool,
+            count=rg.rows,
+        )
+
+
+def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
+    if filesystem is None:
+        return list_dataset_files(url)
+    if not isinstance(filesystem, pafs.FileSystem):
+        raise DatasetError(
+            f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}",
+            hint="wrap an fsspec filesystem with pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))",
+        )
+    root = os.fspath(url).rstrip("/")
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DatasetError(f"{root} does not exist on {filesystem.type_name}", hint="check the path")
+    entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    common = None
+    files = []
+    for entry in entries:
+        rel = entry.path[len(root) :].lstrip("/")
+        if rel == "_common_metadata":
+            common = entry.path
+        elif entry.type == pafs.FileType.File and entry.path.endswith((".parquet", ".parq")):
+            if not any(p.startswith(("_", ".")) for p in rel.split("/")):
+                files.append(entry.path)
+    if not files:
+        raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
+    return DatasetFiles(normalize_url(root), filesystem, root, tuple(sorted(files)), common)
+
+
+def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
+    try:
+        with fs.open_input_file(path) as fh:
+            return pq.ParquetFile(fh).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(
+            f"{path} is not a readable Parquet file: {exc}", hint="is the dataset complete?"
+        ) from None
+
+
+def _unischema(files: DatasetFiles) -> Any:
+    if files.common_metadata is None:
+        return None
+    with files.filesystem.open_input_file(files.common_metadata) as fh:
+        metadata = pq.read_schema(fh).metadata or {}
+    if _UNISCHEMA_KEY not in metadata:
+        return None
+    from petastorm.etl.legacy import depickle_legacy_package_name_compatible
+
+    return depickle_legacy_package_name_compatible(metadata[_UNISCHEMA_KEY])
+
+
+def _select(schema: Any, fields: tuple[str, ...] | None, url: str) -> Any:
+    """A view of ``schema`` with ``fields`` (exact names or petastorm regexes) in the given order."""
+    if fields is None:
+        return schema
+    from petastorm.unischema import Unischema, match_unischema_fields
+
+    chosen: list[Any] = []
+    for name in fields:
+        matches = [schema.fields[name]] if name in schema.fields else match_unischema_fields(schema, [name])
+        if not matches:
+            raise DatasetError(
+                f"field {name!r} is not in {url}", hint=f"available fields: {', '.join(schema.fields)}"
+            )
+        chosen.extend(m for m in matches if m not in chosen)
+    return Unischema(schema._name, chosen)

@@ -1,0 +1,99 @@
+"""Petastorm ``TransformSpec`` semantics on numpy columns: per row, or per ``pandas.DataFrame``.
+
+* Row form (``make_reader``, Petastorm datasets): ``func(row_dict) -> row_dict`` for each row,
+  then ``removed_fields`` are dropped.
+* Batch form (``make_batch_reader``, plain Parquet): ``func(DataFrame) -> DataFrame`` per
+  row-group slice, then ``removed_fields`` are dropped.
+
+The fields after the transform are petastorm's own ``transform_schema`` (``edit_fields``,
+``removed_fields``, ``selected_fields``); their :class:`FieldSpec` fixes how values are held.
+A transform must keep the number of rows: the shard plan counts rows before reading them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.reader.decode import FieldSpec, spec_from_unischema
+
+__all__ = ["apply_transform_spec", "transformed_specs"]
+
+
+def transformed_specs(unischema: Any, spec: Any) -> dict[str, FieldSpec]:
+    """Field specs after ``spec``, by petastorm's ``transform_schema``, in output order."""
+    from petastorm.transform import transform_schema
+
+    schema = transform_schema(unischema, spec)
+    return {name: spec_from_unischema(f) for name, f in schema.fields.items()}
+
+
+def apply_transform_spec(
+    spec: Any, columns: dict[str, np.ndarray], rows: int, out_specs: dict[str, FieldSpec], *, batch: bool
+) -> dict[str, np.ndarray]:
+    """Apply ``spec`` to one chunk of columns and return the columns ``out_specs`` describes."""
+    if spec.func is None:
+        values: dict[str, Any] = dict(columns)
+    elif batch:
+        values = _apply_to_frame(spec.func, columns, rows)
+    else:
+        values = _apply_to_rows(spec.func, columns, rows)
+    for name in spec.removed_fields:
+        values.pop(name, None)
+    out = {}
+    for name, fspec in out_specs.items():
+        if name not in values:
+            raise PipelineError(
+                f"transform did not return field {name!r}",
+                hint="return every field of the post-transform schema, or list it in removed_fields",
+            )
+        out[name] = _as_column(fspec, values[name], rows)
+    return out
+
+
+def _apply_to_rows(func: Any, columns: dict[str, np.ndarray], rows: int) -> dict[str, list[Any]]:
+    results = [func({name: col[i] for name, col in columns.items()}) for i in range(rows)]
+    names = results[0].keys() if results else columns.keys()
+    return {name: [r.get(name) for r in results] for name in names}
+
+
+def _apply_to_frame(func: Any, columns: dict[str, np.ndarray], rows: int) -> dict[str, Any]:
+    import pandas as pd
+
+    frame = pd.DataFrame({name: col if col.ndim == 1 else list(col) for name, col in columns.items()})
+    result = func(frame)
+    if not isinstance(result, pd.DataFrame):
+        raise PipelineError(
+            f"batch-form TransformSpec func must return a pandas DataFrame, got {type(result).__name__}"
+        )
+    if len(result) != rows:
+        raise PipelineError(
+            f"transform changed the number of rows from {rows} to {len(result)}",
+            hint="keep one output row per input row; filter rows with a petastorm predicate instead",
+        )
+    return {name: result[name].to_numpy() for name in result.columns}
+
+
+def _as_column(spec: FieldSpec, values: Any, rows: int) -> np.ndarray:
+    """Hold ``values`` (a list, a Series' array or an ndarray) the way ``spec`` prescribes."""
+    if len(values) != rows:
+        raise PipelineError(f"field {spec.name!r}: transform returned {len(values)} values for {rows} rows")
+    if spec.kind == "fixed":
+        if isinstance(values, np.ndarray) and values.dtype != object and values.shape[1:] == spec.shape:
+            return values.astype(spec.dtype, copy=False)
+        out = np.empty((rows, *spec.shape), dtype=spec.dtype)
+        for i, value in enumerate(values):
+            value = np.asarray(value)
+            if value.shape != spec.shape:
+                raise PipelineError(
+                    f"field {spec.name!r}: transform returned shape {value.shape}, the schema says {spec.shape}",
+                    hint="declare the new shape with TransformSpec(edit_fields=[(name, dtype, shape, nullable)])",
+                )
+            out[i] = value
+        return out
+    out = np.empty(rows, dtype=object)
+    for i, value in enumerate(values):
+        out[i] = np.asarray(value, dtype=spec.dtype) if spec.kind == "ragged" else value
+    return out
