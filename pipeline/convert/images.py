@@ -1,0 +1,303 @@
+"""Convert an image folder, flat folder or manifest into a Petastorm dataset of RGB images.
+
+Sources (``SRC``):
+
+* **image-folder tree** -- ``SRC/<class>/**/<image>``: each sub-folder of SRC that holds images is
+  a class; classes are sorted by name and ``label`` is the index into that list (stored as
+  ``class_names`` in the dataset's provenance). Images directly in SRC next to class folders are
+  an error (their class would be unknown).
+* **flat folder** -- images directly in SRC, no sub-folders: ``label`` is ``-1`` (no label) and
+  ``class_names`` is empty.
+* **manifest** -- a ``.csv`` or ``.jsonl`` file with a ``path`` column (relative to the manifest's
+  folder, or absolute) and an optional ``label``: integers are stored as they are; names are
+  sorted into ``class_names`` and stored as their index; a missing label is ``-1``.
+
+Fields: ``image`` (uint8 ``H x W x 3``, PNG or JPEG compressed; ``H`` and ``W`` fixed with
+``--size``, variable without), ``label`` (int64) and ``path`` (the file's path relative to SRC,
+or as written in the manifest). Decoding rules: :mod:`pipeline.convert.imaging`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.config import load_config
+from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options, parse_size
+from pipeline.convert.imaging import EXTENSIONS, FITS, JPEG_EXTENSIONS, ImageError, prepare_image
+from pipeline.convert.listing import SourceFile, list_source_files, local_path
+from pipeline.errors import ConfigError, InputError
+
+__all__ = [
+    "ImageOptions",
+    "ImageSource",
+    "add_arguments",
+    "convert_images",
+    "find_images",
+    "options_from_args",
+]
+
+log = logging.getLogger(__name__)
+
+_BATCH_BYTES = 8 * 1024 * 1024
+_BATCH_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images are stored (``conf/convert_images.yaml``)."""
+
+    size: tuple[int, int] | None = None
+    """``(height, width)`` of every stored image; ``None`` keeps each image's own size. Defaults to ``None``."""
+    fit: Literal["center-crop", "resize", "pad"] = "center-crop"
+    """How an image is fitted to ``size``. Defaults to ``"center-crop"``."""
+    encoding: Literal["auto", "png", "jpeg"] = "auto"
+    """Stored encoding; ``auto`` = ``jpeg`` when every source is a JPEG, else ``png``. Defaults to ``"auto"``."""
+    jpeg_quality: int = 95
+    """JPEG quality (1-100) when images are (re-)encoded as JPEG. Defaults to ``95``."""
+    png_compression: int = 1
+    """PNG zlib level (0-9) when images are encoded as PNG; 1 is fast. Defaults to ``1``."""
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    """Resampling filter used when resizing. Defaults to ``"bilinear"``."""
+    pass_through: bool = True
+    """Keep the source bytes when no change is needed (see :mod:`~pipeline.convert.imaging`). Defaults to ``True``."""
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ConfigError(f"size must be [height, width] with positive integers, got {self.size!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if not 0 <= self.png_compression <= 9:
+            raise ConfigError(f"png_compression must be in 0..9, got {self.png_compression}")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images found in SRC: ``(path, relative path, label)`` items and the class names."""
+
+    layout: str
+    """``"tree"``, ``"flat"`` or ``"manifest"``."""
+    items: list[tuple[str, str, int]]
+    sizes: list[int]
+    class_names: list[str]
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """The flags of ``pipeline convert images`` and ``jobs/convert_images.py``."""
+    parser.add_argument(
+        "--size", type=parse_size, default=None, metavar="HxW", help="fixed output size, e.g. 224x224"
+    )
+    parser.add_argument("--fit", choices=FITS, default=None, help="how to fit --size (default center-crop)")
+    parser.add_argument(
+        "--encoding", choices=("auto", "png", "jpeg"), default=None, help="stored encoding (default auto)"
+    )
+    parser.add_argument("--quality", type=int, default=None, help="JPEG quality 1-100 (default 95)")
+
+
+def options_from_args(args: argparse.Namespace) -> ImageOptions:
+    """``conf/convert_images.yaml`` < ``images:`` section of ``--config`` < flags."""
+    return load_options(
+        ImageOptions,
+        "convert_images.yaml",
+        config_path=args.config,
+        section="images",
+        overrides={
+            "size": args.size,
+            "fit": args.fit,
+            "encoding": args.encoding,
+            "jpeg_quality": args.quality,
+        },
+    )
+
+
+def _read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    text = manifest.read_text(encoding="utf-8-sig")
+    if manifest.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{manifest} line {n}: not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{manifest} line {n}: expected an object with a `path` key")
+            rows.append(row)
+    if not rows:
+        raise InputError(f"manifest {manifest} lists no images")
+    if any(not r.get("path") for r in rows):
+        n = next(i for i, r in enumerate(rows, 1) if not r.get("path"))
+        raise InputError(
+            f"manifest {manifest}: entry {n} has no `path`", hint="every row needs a `path` column/key"
+        )
+    return rows
+
+
+def _manifest_source(manifest: Path) -> ImageSource:
+    rows = _read_manifest(manifest)
+    labels = [r.get("label") for r in rows]
+    given = [v for v in labels if v not in (None, "")]
+    numeric = all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in given)
+    class_names = [] if numeric else sorted({str(v) for v in given})
+    index = {name: i for i, name in enumerate(class_names)}
+    items, sizes = [], []
+    for row, label in zip(rows, labels, strict=True):
+        rel = str(row["path"])
+        path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
+        value = -1 if label in (None, "") else int(label) if numeric else index[str(label)]
+        items.append((str(path), rel, value))
+        sizes.append(path.stat().st_size if path.is_file() else 0)  # a missing file is bad input later
+    return ImageSource("manifest", items, sizes, class_names)
+
+
+def find_images(src: str) -> ImageSource:
+    """List the images of SRC (tree, flat folder or manifest) with their labels."""
+    root = local_path(src)
+    if root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
+        return _manifest_source(root)
+    files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
+    base = root.resolve() if root.is_dir() else root.resolve().parent
+    rels = [Path(f.path).relative_to(base).as_posix() if root.is_dir() else Path(f.path).name for f in files]
+    nested = [r for r in rels if "/" in r]
+    if not nested:
+        items = [(f.path, r, -1) for f, r in zip(files, rels, strict=True)]
+        return ImageSource("flat", items, [f.size for f in files], [])
+    loose = [r for r in rels if "/" not in r]
+    if loose:
+        raise InputError(
+            f"{src} has class folders and also {len(loose)} image(s) directly inside it, e.g. {loose[0]}",
+            hint="move them into a class folder, delete them, or list the images in a manifest (CSV/JSONL)",
+        )
+    class_names = sorted({r.split("/", 1)[0] for r in rels})
+    index = {name: i for i, name in enumerate(class_names)}
+    items = [(f.path, r, index[r.split("/", 1)[0]]) for f, r in zip(files, rels, strict=True)]
+    return ImageSource("tree", items, [f.size for f in files], class_names)
+
+
+def process_images(
+    items: Sequence[tuple[str, str, int]], errors: RecordErrors, *, options: ImageOptions, encoding: str
+) -> Iterator[dict[str, list[Any]]]:
+    """Partition function (runs in Spark tasks): read, convert and batch the images of ``items``."""
+    batch: dict[str, list[Any]] = {"image": [], "label": [], "path": []}
+    held = 0
+    for path, rel, label in items:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            stored, _ = prepare_image(
+                data,
+                size=options.size,
+                fit=options.fit,
+                encoding=encoding,
+                resample=options.resample,
+                jpeg_quality=options.jpeg_quality,
+                png_compression=options.png_compression,
+                pass_through=options.pass_through,
+            )
+        except OSError as exc:
+            errors.bad(path, f"cannot read file: {exc.strerror or exc}")
+            continue
+        except ImageError as exc:
+            errors.bad(path, str(exc))
+            continue
+        except Exception as exc:  # any decoder failure on damaged data is bad input, not a crash
+            errors.bad(path, f"cannot decode image: {type(exc).__name__}: {exc}")
+            continue
+        batch["image"].append(stored)
+        batch["label"].append(label)
+        batch["path"].append(rel)
+        held += len(stored)
+        if held >= _BATCH_BYTES or len(batch["path"]) >= _BATCH_ROWS:
+            yield batch
+            batch, held = {"image": [], "label": [], "path": []}, 0
+    if batch["path"]:
+        yield batch
+
+
+def image_schema(size: tuple[int, int] | None, encoding: str, jpeg_quality: int) -> Any:
+    """The Unischema: ``image`` (uint8 HxWx3, compressed), ``label`` (int64), ``path`` (str)."""
+    import numpy as np
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import LongType, StringType
+
+    shape = (size[0], size[1], 3) if size else (None, None, 3)
+    return Unischema(
+        "ImageSchema",
+        [
+            UnischemaField("image", np.uint8, shape, CompressedImageCodec(encoding, jpeg_quality), False),
+            UnischemaField("label", np.int64, (), ScalarCodec(LongType()), False),
+            UnischemaField("path", np.str_, (), ScalarCodec(StringType()), False),
+        ],
+    )
+
+
+def convert_images(
+    spark: Any,
+    src: str,
+    dest: str,
+    options: ImageOptions | None = None,
+    *,
+    settings: ConvertConfig | None = None,
+) -> ConversionResult:
+    """Convert the images of ``src`` into a Petastorm dataset at ``dest``.
+
+    Args:
+        spark: The SparkSession (see :func:`pipeline.spark.spark_session`).
+        src: Image-folder tree, flat folder or manifest (``.csv``/``.jsonl``).
+        dest: Output folder or ``file://`` URL; must not exist unless ``settings.overwrite``.
+        options: Size, fit and encoding. Defaults to ``conf/convert_images.yaml``.
+        settings: Row groups, compression, bad-input policy. Defaults to ``conf/convert.yaml``.
+
+    Returns:
+        The :class:`~pipeline.convert.common.ConversionResult`; ``extra`` holds ``class_names``,
+        ``layout`` and the resolved ``encoding``.
+
+    Raises:
+        InputError: SRC holds no images, or a bad image under ``on_error="fail"``.
+        DatasetError: DEST exists and ``overwrite`` is off.
+    """
+    from pipeline.convert.staging import check_destination
+    from pipeline.convert.writer import plan_partitions, write_petastorm
+
+    options = options or load_config(ImageOptions, "convert_images.yaml")
+    settings = settings or load_config(ConvertConfig, "convert.yaml")
+    check_destination(dest, overwrite=settings.overwrite)
+    source = find_images(src)
+    encoding = options.encoding
+    if encoding == "auto":
+        all_jpeg = all(p.lower().endswith(JPEG_EXTENSIONS) for p, _, _ in source.items)
+        encoding = "jpeg" if all_jpeg else "png"
+    log.info(
+        "%d images (%s layout, %d classes) in %s; storing %s%s",
+        len(source.items),
+        source.layout,
+        len(source.class_names),
+        src,
+        encoding,
+        f" {options.size[0]}x{options.size[1]} ({options.fit})" if options.size else "",
+    )
+    process = functools.partial(process_images, options=options, encoding=encoding)
+    return write_petastorm(
+        spark,
+        kind="images",
+        source=str(src),
+        dest=dest,
+        schema=image_schema(options.size, encoding, options.jpeg_quality),
+        plan=plan_partitions(spark, source.items, source.sizes, settings),
+        process=process,
+        settings=settings,
+        input_bytes=sum(source.sizes),
+        options=replace(options, encoding=encoding),
+        extra={"class_names": source.class_names, "layout": source.layout, "encoding": encoding},
+    )

@@ -1,0 +1,221 @@
+"""One image, bytes in, bytes out: decode to 8-bit RGB, fit to a size, encode -- or keep the bytes.
+
+Pure functions without Spark, used inside the conversion's Spark tasks and by tests.
+
+How inputs become 8-bit RGB (decoded with Pillow):
+
+* EXIF orientation is applied (photos come out upright); GIF, TIFF and WebP give their first frame.
+* Grayscale, palette, CMYK and YCbCr images are converted to RGB by Pillow.
+* Alpha is dropped, as ``Image.convert("RGB")`` does (the same as torchvision's default loader):
+  the color channels are kept and not blended with any background.
+* 16- and 32-bit integer images are scaled ``value / 257`` (0..65535 -> 0..255) after clipping to
+  0..65535; float images are taken as 0..1 when their maximum is <= 1 and as 0..255 otherwise.
+  16-bit RGB PNG and TIFF are reduced to 8 bits by Pillow itself when it opens them.
+
+Fit to ``size = (H, W)``: ``resize`` stretches; ``center-crop`` resizes the short side to the
+target and crops the middle (one resampling step over the cropped region); ``pad`` resizes the
+long side to the target and centers the image on black.
+
+Pass-through: when the source is already a complete 8-bit RGB JPEG (or PNG), in the target
+encoding, upright (no EXIF rotation) and of the target size (or no size was asked for), its
+bytes are stored unchanged -- no decode, no re-encode, no quality loss.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ENCODINGS",
+    "EXTENSIONS",
+    "FITS",
+    "RESAMPLES",
+    "ImageError",
+    "decode_rgb",
+    "encode_rgb",
+    "fit_image",
+    "passthrough_ok",
+    "prepare_image",
+]
+
+EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
+"""File suffixes (case-insensitive) taken as images when listing a folder."""
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe")
+FITS = ("center-crop", "resize", "pad")
+ENCODINGS = ("png", "jpeg")
+RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos")
+
+_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """An input is not a usable image (empty, truncated, corrupt, unsupported mode)."""
+
+
+def _pil() -> Any:
+    from PIL import Image
+
+    return Image
+
+
+def _open(data: bytes) -> Any:
+    Image = _pil()
+    if not data:
+        raise ImageError("empty file")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read (unknown format or corrupt header)") from None
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        peak = float(np.nanmax(array)) if array.size else 0.0
+        scaled = array * 255.0 if peak <= 1.0 else array
+        return np.clip(np.nan_to_num(np.rint(scaled)), 0, 255).astype(np.uint8)
+    clipped = np.clip(array.astype(np.int64), 0, 65535)
+    return ((clipped * 2 + 257) // 514).astype(np.uint8)  # round(value / 257)
+
+
+def decode_rgb(data: bytes) -> Any:
+    """Decode ``data`` into an upright 8-bit RGB ``PIL.Image`` (see the module doc for the rules).
+
+    Raises:
+        ImageError: Empty, truncated, corrupt or not an image.
+    """
+    Image = _pil()
+    from PIL import ImageOps
+
+    image = _open(data)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"cannot decode {image.format or 'image'}: {exc}") from None
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith(("I", "F")):
+        gray = _to_uint8(np.asarray(image))
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"cannot convert {image.format} mode {mode} to RGB: {exc}") from None
+
+
+def fit_image(image: Any, size: tuple[int, int], fit: str = "center-crop", resample: str = "bilinear") -> Any:
+    """Fit an RGB ``PIL.Image`` to ``size = (height, width)``.
+
+    Args:
+        image: RGB image.
+        size: Target ``(height, width)``.
+        fit: ``"center-crop"``, ``"resize"`` or ``"pad"``. Defaults to ``"center-crop"``.
+        resample: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"lanczos"``. Defaults to
+            ``"bilinear"``.
+    """
+    Image = _pil()
+    height, width = size
+    w, h = image.size
+    if (h, w) == (height, width):
+        return image
+    method = getattr(Image.Resampling, resample.upper())
+    if fit == "resize":
+        return image.resize((width, height), method)
+    if fit == "center-crop":
+        scale = max(width / w, height / h)
+        crop_w, crop_h = width / scale, height / scale
+        left, top = (w - crop_w) / 2, (h - crop_h) / 2
+        return image.resize((width, height), method, box=(left, top, left + crop_w, top + crop_h))
+    if fit == "pad":
+        scale = min(width / w, height / h)
+        new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+        canvas = Image.new("RGB", (width, height))
+        canvas.paste(image.resize((new_w, new_h), method), ((width - new_w) // 2, (height - new_h) // 2))
+        return canvas
+    raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+
+
+def encode_rgb(image: Any, encoding: str, *, jpeg_quality: int = 95, png_compression: int = 1) -> bytes:
+    """Encode an RGB ``PIL.Image`` (or ``HxWx3`` uint8 array) as PNG or JPEG with OpenCV."""
+    import cv2
+
+    array = np.asarray(image, dtype=np.uint8)
+    bgr = np.ascontiguousarray(array[:, :, ::-1])
+    if encoding == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, png_compression])
+    elif encoding == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    else:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if not ok:
+        raise ImageError(f"OpenCV could not encode a {array.shape} image as {encoding}")
+    return buf.tobytes()
+
+
+def _complete(data: bytes, fmt: str) -> bool:
+    if fmt == "JPEG":
+        return data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
+
+
+def passthrough_ok(image: Any, data: bytes, encoding: str, size: tuple[int, int] | None) -> bool:
+    """Whether the lazily opened ``image`` can be stored as its original ``data`` bytes."""
+    fmt = image.format
+    if (fmt, encoding) not in (("JPEG", "jpeg"), ("PNG", "png")) or image.mode != "RGB":
+        return False
+    if size is not None and (image.height, image.width) != tuple(size):
+        return False
+    if fmt == "PNG" and (data[24:26] != b"\x08\x02" or "transparency" in image.info):
+        return False  # only 8-bit truecolor without a transparent color
+    if not _complete(data, fmt):
+        return False  # truncated (or trailing bytes): decode to find out
+    return image.getexif().get(_ORIENTATION, 1) == 1
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    size: tuple[int, int] | None,
+    fit: str = "center-crop",
+    encoding: str = "png",
+    resample: str = "bilinear",
+    jpeg_quality: int = 95,
+    png_compression: int = 1,
+    pass_through: bool = True,
+) -> tuple[bytes, bool]:
+    """Turn source bytes into stored bytes; returns ``(bytes, passed_through)``.
+
+    Raises:
+        ImageError: The input is not a usable image.
+    """
+    if pass_through:
+        try:
+            image = _open(data)
+            if passthrough_ok(image, data, encoding, size):
+                return data, True
+        except (OSError, SyntaxError, ValueError):
+            pass  # decode_rgb reports the problem
+    image = decode_rgb(data)
+    if size is not None:
+        image = fit_image(image, size, fit, resample)
+    return encode_rgb(image, encoding, jpeg_quality=jpeg_quality, png_compression=png_compression), False
