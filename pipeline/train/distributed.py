@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pipeline.errors as errors
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DistContext",
+    "DistributedConfig",
     "TrainingError",
     "gpu_count",
     "gpu_spark_settings",
@@ -84,6 +85,22 @@ class TrainingError(RuntimeError):
         self.rank = rank
         self.remote_traceback = remote_traceback
         self.launcher_output = launcher_output
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """How a training job is spread over processes (the ``distributed:`` section of its config)."""
+
+    num_processes: int | None = None
+    """Processes (ranks). Defaults to ``None``: one per GPU with GPUs in local mode, else 2."""
+    use_gpu: bool | None = None
+    """Train on GPUs with NCCL. Defaults to ``None``: auto (GPUs when there are any)."""
+    local_mode: bool = True
+    """Processes on the driver (``True``) or on the cluster's executors. Defaults to ``True``."""
+
+    def __post_init__(self) -> None:
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError(f"num_processes must be >= 1, got {self.num_processes}")
 
 
 # ----------------------------------------------------------------------------- rank side
@@ -190,14 +207,20 @@ def _stamp(exc: BaseException) -> None:
 class _RankCall:
     """Runs the user's function in a rank; records a failure where the driver can find it."""
 
-    def __init__(self, fn: Callable[..., Any], use_gpu: bool, exchange_dir: str | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], use_gpu: bool, exchange_dir: str | None, log_level: int
+    ) -> None:
         self.fn = fn
         self.use_gpu = use_gpu
         self.exchange_dir = exchange_dir
+        self.log_level = log_level
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         os.environ[_USE_GPU_ENV] = "1" if self.use_gpu else "0"
         rank = int(os.environ.get("RANK", "0"))
+        if not logging.getLogger().handlers:  # a fresh torchrun process: log like the driver does
+            logging.basicConfig(format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+            logging.getLogger("pipeline").setLevel(self.log_level)
         try:
             result = self.fn(*args, **kwargs)
         except BaseException as exc:
@@ -356,7 +379,8 @@ def run_distributed(
     try:
         distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=gpu)
         try:
-            output = distributor.run(_RankCall(fn, gpu, exchange_dir), *args, **kwargs)
+            rank_call = _RankCall(fn, gpu, exchange_dir, logging.getLogger("pipeline").getEffectiveLevel())
+            output = distributor.run(rank_call, *args, **kwargs)
         except Exception as exc:
             raise _rank_failure(exc, exchange_dir) from None
         if exchange_dir is not None:

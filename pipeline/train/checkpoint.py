@@ -1,0 +1,109 @@
+"""Save a training run from rank 0 and resume it on every rank.
+
+A checkpoint is one ``torch.save`` file holding the model and optimizer state, the number of
+finished epochs, the metrics history and the config it was trained with. It is written to a
+temporary name and renamed, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "unwrap"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` restored besides the weights."""
+
+    epoch: int
+    """Epochs finished when it was saved; training resumes with this epoch index."""
+    history: list[dict[str, Any]]
+    """Per-epoch metrics up to ``epoch``."""
+    config: dict[str, Any]
+    """The config the run was started with."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside ``DistributedDataParallel`` (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+    config: Mapping[str, Any],
+) -> Path:
+    """Write a checkpoint atomically (call it from rank 0 only).
+
+    Args:
+        path: The checkpoint file.
+        model: The model, bare or wrapped in DDP.
+        optimizer: Its optimizer.
+        epoch: Epochs finished.
+        history: Per-epoch metrics so far.
+        config: The run's config, as a mapping.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "history": list(history),
+        "config": dict(config),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    log.debug("saved checkpoint %s (epoch %d)", path, epoch)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> Checkpoint | None:
+    """Restore ``model`` (and ``optimizer``) from ``path``; ``None`` when there is no checkpoint.
+
+    Args:
+        path: The checkpoint file.
+        model: The bare model (before wrapping in DDP) to load the weights into.
+        optimizer: Its optimizer. Defaults to ``None`` (weights only).
+
+    Raises:
+        PipelineError: The file is not a checkpoint, or it holds a different model.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        unwrap(model).load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise PipelineError(
+            f"cannot resume from {path}: {str(exc).splitlines()[0]}",
+            hint="it was written by a different model or config; pick a new run_dir or turn resume off",
+        ) from None
+    log.info("resumed from %s (epoch %d)", path, state["epoch"])
+    return Checkpoint(epoch=int(state["epoch"]), history=list(state["history"]), config=dict(state["config"]))

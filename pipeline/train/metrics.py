@@ -1,0 +1,94 @@
+"""Per-epoch metrics: summed over ranks, logged, written as JSON and drawn as a loss curve."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["RunningSums", "plot_loss_curve", "write_metrics"]
+
+
+class RunningSums:
+    """Sums of named values over the batches of one epoch, all-reduced across ranks at the end.
+
+    Call :meth:`add` per batch with sums (e.g. ``loss * n``, correct predictions, ``n``); they stay
+    on the device, so no per-batch ``.item()`` stalls the GPU. :meth:`reduce` sums them over all
+    ranks (when a process group is initialised) and returns Python floats.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, **values: torch.Tensor | float) -> None:
+        """Add each value (a tensor scalar or a number) to its running sum."""
+        for name, value in values.items():
+            value = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach()
+            if name in self._sums:
+                self._sums[name] += value
+            else:
+                self._sums[name] = value.clone()
+
+    def reduce(self) -> dict[str, float]:
+        """The sums over all ranks, as floats (every rank must call this)."""
+        import torch.distributed as dist
+
+        names = sorted(self._sums)
+        if not names:
+            return {}
+        stacked = torch.stack([self._sums[n] for n in names])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stacked)
+        return dict(zip(names, stacked.tolist(), strict=True))
+
+
+def write_metrics(path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]], **summary: Any) -> Path:
+    """Write ``{"epochs": history, **summary}`` as indented JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({**summary, "epochs": list(history)}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_loss_curve(
+    path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]], *, title: str = "loss"
+) -> Path:
+    """Draw every ``*_loss`` series of ``history`` against the epoch as a PNG.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend switch).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    keys = sorted({k for row in history for k in row if k.endswith("_loss")})
+    for key in keys:
+        points = [
+            (row["epoch"], row[key])
+            for row in history
+            if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axes.plot(xs, ys, marker="o", label=key.replace("_", " "))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    if keys:
+        axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
