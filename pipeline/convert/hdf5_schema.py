@@ -208,7 +208,7 @@ def _leaf_fields(source: str, info: DatasetInfo, name: str, member: tuple[str, .
         )
     if dtype.kind not in "biufc" or (dtype.kind == "f" and dtype.itemsize > 8) or dtype.itemsize > 16:
         raise InputError(
-            f"{source}: dataset {where} has dtype {dtype!s} ({_kind_name(dtype)}), which a dataset field "
+            f"{source}: dataset {where} has dtype {_kind_name(dtype)} ({dtype!s}), which a dataset field "
             "cannot hold",
             hint="leave it out with --datasets; supported: bool, ints, uints, float16/32/64, complex, strings",
         )
@@ -223,9 +223,8 @@ def _leaf_fields(source: str, info: DatasetInfo, name: str, member: tuple[str, .
 
 
 def _kind_name(dtype: np.dtype) -> str:
-    return {"V": "opaque or raw bytes", "O": "object", "M": "datetime", "m": "timedelta", "S": "bytes"}.get(
-        dtype.kind, dtype.kind
-    )
+    names = {"V": "opaque (raw bytes)", "O": "object", "M": "datetime", "m": "timedelta", "S": "bytes"}
+    return names.get(dtype.kind, dtype.name)
 
 
 def map_fields(source: str, datasets: list[DatasetInfo]) -> list[FieldSpec]:
@@ -253,27 +252,28 @@ def plan_slices(
 ) -> list[Slice]:
     """Cut rows ``[0, rows)`` of ``file`` into slices of about ``target_bytes``, aligned to chunks.
 
-    Every slice boundary (except the file's end) is a multiple of the least common multiple of
-    the datasets' first-axis chunk lengths, so each HDF5 chunk is decompressed by exactly one
-    task. When that multiple exceeds ``rows`` (very different chunkings), the largest chunk
-    length is used instead. Contiguous datasets contribute no constraint.
+    Slice boundaries (except the file's end) are multiples of the least common multiple of the
+    datasets' first-axis chunk lengths, so that each HDF5 chunk is decompressed by exactly one
+    read. When that multiple is larger than both a slice and the longest chunk (very different
+    chunkings), boundaries follow the chunks of ``chunk_rows[0]`` only, the dataset with the most
+    bytes per row; smaller datasets may then have a chunk read by two slices. Contiguous
+    datasets add no constraint. A slice is never shorter than the alignment.
 
     Args:
         file: Path of the HDF5 file.
         rows: First-axis length.
         row_bytes: Bytes of one row over all selected datasets (at least 1 is assumed).
-        chunk_rows: First-axis chunk length of each chunked dataset.
+        chunk_rows: First-axis chunk length of each chunked dataset, the largest dataset first.
         target_bytes: Wanted bytes per slice (keyword-only).
     """
     if rows < 0 or target_bytes < 1:
         raise ValueError(f"rows must be >= 0 and target_bytes >= 1, got {rows} and {target_bytes}")
     if rows == 0:
         return []
-    align = 1
-    for c in chunk_rows:
-        align = math.lcm(align, max(1, int(c)))
-    if align > rows and chunk_rows:
-        align = max(chunk_rows)
     wanted = max(1, target_bytes // max(1, row_bytes))
+    chunks = [max(1, int(c)) for c in chunk_rows]
+    align = math.lcm(*chunks) if chunks else 1
+    if chunks and align > max(wanted, *chunks):
+        align = chunks[0]
     step = max(align, (wanted // align) * align)
     return [Slice(file, start, min(rows, start + step)) for start in range(0, rows, step)]

@@ -1,0 +1,108 @@
+"""HDF5 values -> Petastorm columns: the Unischema of the fields and the read of one slice.
+
+Runs inside Spark tasks: :func:`read_slice` reads rows ``[start, stop)`` of every selected
+dataset of an open ``h5py.File`` (one hyperslab read per dataset, decompressed by HDF5) and
+returns columns in their stored form: Python scalars and strings for ``ScalarCodec`` fields,
+``np.save`` bytes for ``NdarrayCodec`` fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.convert.hdf5_schema import FieldSpec
+
+__all__ = ["StringDecodeError", "read_slice", "unischema_for"]
+
+
+class StringDecodeError(ValueError):
+    """A string value of an HDF5 dataset is not valid UTF-8 (bad input, with where it happened)."""
+
+
+def _spark_scalar_type(dtype: np.dtype) -> Any:
+    from pyspark.sql import types as T
+
+    if dtype.kind == "U":
+        return T.StringType()
+    if dtype.kind == "b":
+        return T.BooleanType()
+    if dtype.kind == "f":
+        return T.FloatType() if dtype.itemsize == 4 else T.DoubleType()
+    # Spark has no unsigned types: each unsigned width goes into the next wider signed one.
+    signed = dtype.itemsize * 2 if dtype.kind == "u" else dtype.itemsize
+    return {1: T.ByteType(), 2: T.ShortType(), 4: T.IntegerType(), 8: T.LongType()}[signed]
+
+
+def unischema_for(specs: Sequence[FieldSpec], name: str = "Hdf5Schema") -> Any:
+    """The ``Unischema`` of the fields: ``ScalarCodec`` for scalars, ``NdarrayCodec`` otherwise."""
+    from petastorm.codecs import NdarrayCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+
+    fields = []
+    for spec in specs:
+        numpy_type = np.str_ if spec.dtype.kind == "U" else spec.dtype.type
+        codec = ScalarCodec(_spark_scalar_type(spec.dtype)) if spec.codec == "scalar" else NdarrayCodec()
+        fields.append(UnischemaField(spec.name, numpy_type, spec.shape, codec, False))
+    return Unischema(name, fields)
+
+
+def _decode_strings(values: np.ndarray, where: str, start: int) -> np.ndarray:
+    """bytes (``S`` or object) -> ``str`` objects, same shape; raises :class:`StringDecodeError`."""
+    flat = values.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    per_row = max(1, flat.size // max(1, values.shape[0])) if values.ndim else 1
+    for i, item in enumerate(flat):
+        if isinstance(item, str):
+            out[i] = item
+            continue
+        try:
+            out[i] = bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            row = start + i // per_row
+            raise StringDecodeError(f"{where}: row {row}: string is not valid UTF-8 ({exc.reason})") from None
+    return out.reshape(values.shape)
+
+
+def _leaf(values: np.ndarray, member: tuple[str, ...]) -> np.ndarray:
+    for key in member:
+        values = values[key]
+    return values
+
+
+def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int) -> list[Any]:
+    if spec.dtype.kind == "U":
+        values = _decode_strings(values, where, start)
+        if spec.codec == "scalar":
+            return values.tolist()
+        values = values.astype(str) if values.size else values.astype("<U1")
+    else:
+        values = values.astype(spec.dtype, copy=False)  # native byte order, same kind and size
+    if spec.codec == "scalar":
+        return values.tolist()
+    codec = field.codec
+    return [codec.encode(field, np.asarray(row)) for row in values]
+
+
+def read_slice(
+    h5file: Any, specs: Sequence[FieldSpec], schema: Any, start: int, stop: int
+) -> dict[str, list[Any]]:
+    """Rows ``[start, stop)`` of every field, encoded for ``schema`` (from :func:`unischema_for`).
+
+    Each source dataset is read once, however many compound members it feeds.
+
+    Raises:
+        StringDecodeError: A string is not valid UTF-8 (the message names dataset and row).
+        OSError: HDF5 could not read the data (damaged file or chunk).
+    """
+    cache: dict[str, np.ndarray] = {}
+    columns: dict[str, list[Any]] = {}
+    for spec in specs:
+        raw = cache.get(spec.dataset)
+        if raw is None:
+            raw = cache[spec.dataset] = np.asarray(h5file[spec.dataset][start:stop])
+        where = spec.dataset + (f" member {'.'.join(spec.member)}" if spec.member else "")
+        columns[spec.name] = _column(spec, _leaf(raw, spec.member), schema.fields[spec.name], where, start)
+    return columns

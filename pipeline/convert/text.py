@@ -1,0 +1,291 @@
+"""Text corpora (.txt, .jsonl) -> a Petastorm dataset of token ids, tokenized in Spark tasks.
+
+Field ``tokens``: int32, 1-D, stored as a native Parquet ``list<int32>`` (petastorm
+``ScalarCodec(ArrayType(IntegerType()))``), so ``make_reader`` returns an int32 array and Spark,
+pyarrow and DuckDB read a plain list column.
+
+* Without ``--seq-len``: one row per document, its tokens only (no end-of-document token).
+* With ``--seq-len N``: language-model packing. Each Spark task joins the documents of its
+  partition (files in sorted path order, documents in file order) with the end-of-document
+  token and cuts the stream into rows of exactly ``N`` tokens. The tail of each partition
+  (fewer than ``N`` tokens) is dropped; the exact count is in the summary and provenance
+  (``dropped_tail_tokens``). Packing per partition keeps tasks independent and parallel and
+  bounds the loss to ``partitions * (N - 1)`` tokens; partitions are megabytes of text, so this
+  is a tiny fraction (use ``--partitions 1`` for exact global packing of a small corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
+from pipeline.convert.listing import SourceFile, list_source_files
+from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, iter_documents
+from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
+from pipeline.errors import ConfigError
+
+__all__ = ["TextOptions", "add_arguments", "convert_text", "options_from_args", "text_schema"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Options of text conversion (``conf/convert_text.yaml``, section ``text`` of ``--config``)."""
+
+    seq_len: int | None = None
+    """Tokens per row with LM packing; ``None`` = one row per document. Defaults to ``None``."""
+    tokenizer: str = "bytes"
+    """``"bytes"`` (UTF-8 byte ids, EOD 256) or a Hugging Face tokenizer.json path. Defaults to ``"bytes"``."""
+    eod_token: str | None = None
+    """End-of-document token of a tokenizer file; ``None`` = first known one. Defaults to ``None``."""
+    split: Literal["file", "lines"] = "file"
+    """``.txt`` documents: the whole ``file`` or each of its ``lines``. Defaults to ``"file"``."""
+    text_field: str = "text"
+    """Key of the text in ``.jsonl`` records. Defaults to ``"text"``."""
+    errors: Literal["strict", "replace"] = "strict"
+    """Invalid UTF-8: ``strict`` = bad input, ``replace`` = U+FFFD. Defaults to ``"strict"``."""
+    batch_mb: int = 4
+    """Text tokenized per call and output batch size inside a task, in MB. Defaults to ``4``."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"seq_len must be >= 1, got {self.seq_len}")
+        if self.batch_mb < 1:
+            raise ConfigError(f"batch_mb must be >= 1, got {self.batch_mb}")
+        if not self.text_field:
+            raise ConfigError("text_field must not be empty")
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """Add the text flags (shared by ``pipeline convert text`` and ``jobs/convert_text.py``)."""
+    parser.add_argument("--seq-len", type=int, default=None, metavar="N", help="pack into rows of N tokens")
+    parser.add_argument(
+        "--tokenizer", default=None, metavar="bytes|PATH", help="bytes (default) or a tokenizer.json file"
+    )
+    parser.add_argument("--eod-token", default=None, help="end-of-document token of a tokenizer file")
+    parser.add_argument(
+        "--split",
+        choices=("file", "lines"),
+        default=None,
+        help=".txt: one document per file (default) or per line",
+    )
+    parser.add_argument("--text-field", default=None, help="text key of .jsonl records (default: text)")
+    parser.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default=None,
+        help="invalid UTF-8: strict (bad input, default) or replace",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> TextOptions:
+    """``conf/convert_text.yaml`` < section ``text`` of ``--config`` < flags."""
+    return load_options(
+        TextOptions,
+        "convert_text.yaml",
+        config_path=getattr(args, "config", None),
+        section="text",
+        overrides={
+            "seq_len": args.seq_len,
+            "tokenizer": args.tokenizer,
+            "eod_token": args.eod_token,
+            "split": args.split,
+            "text_field": args.text_field,
+            "errors": args.errors,
+        },
+    )
+
+
+def text_schema(seq_len: int | None) -> Any:
+    """The Unischema: ``tokens`` int32 of shape ``(seq_len,)``, or ``(None,)`` per document."""
+    from petastorm.codecs import ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import ArrayType, IntegerType
+
+    codec = ScalarCodec(ArrayType(IntegerType(), containsNull=False))
+    return Unischema("TextSchema", [UnischemaField("tokens", np.int32, (seq_len,), codec, False)])
+
+
+def _documents(
+    items: Sequence[SourceFile], errors: RecordErrors, options: TextOptions, tokenizer: Tokenizer, stats: Any
+) -> Iterator[np.ndarray]:
+    """Token arrays of every good document of ``items``, tokenized in batches of ``batch_mb``."""
+    limit = options.batch_mb * 1024 * 1024
+    pending: list[str] = []
+    size = 0
+    for item in items:
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:
+            errors.bad(item.path, f"cannot read: {exc.strerror or exc}")
+            continue
+        for doc in iter_documents(
+            item.path, data, split=options.split, text_field=options.text_field, errors=options.errors
+        ):
+            if isinstance(doc, BadDocument):
+                errors.bad(item.path, doc.reason, record=doc.line)
+                continue
+            pending.append(doc.text)
+            size += len(doc.text)
+            if size >= limit:
+                yield from _encode(tokenizer, pending, stats)
+                pending, size = [], 0
+    yield from _encode(tokenizer, pending, stats)
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str], stats: Any) -> list[np.ndarray]:
+    if not texts:
+        return []
+    encoded = tokenizer.encode_batch(texts)
+    stats["documents"].add(len(encoded))
+    stats["document_tokens"].add(int(sum(len(e) for e in encoded)))
+    return encoded
+
+
+def _process(
+    items: Sequence[SourceFile],
+    errors: RecordErrors,
+    *,
+    options: TextOptions,
+    tokenizer: Tokenizer,
+    stats: Mapping[str, Any],
+) -> Iterator[dict[str, list[np.ndarray]]]:
+    """Partition function (runs in a Spark executor): files -> batches of ``tokens`` rows."""
+    budget = options.batch_mb * 1024 * 1024 // 4  # int32 tokens per output batch
+    docs = _documents(items, errors, options, tokenizer, stats)
+    batch: list[np.ndarray] = []
+    held = 0
+    if options.seq_len is None:
+        rows: Iterator[np.ndarray] = docs
+    else:
+        rows = _full_rows(iter_packed(docs, options.seq_len, int(tokenizer.eod_id)), stats)  # type: ignore[arg-type]
+    for row in rows:
+        batch.append(row)
+        held += len(row)
+        if held >= budget:
+            yield {"tokens": batch}
+            batch, held = [], 0
+    if batch:
+        yield {"tokens": batch}
+
+
+def _full_rows(packed: Iterator[np.ndarray], stats: Mapping[str, Any]) -> Iterator[np.ndarray]:
+    """All but the last item of :func:`iter_packed` (the tail, which is counted and dropped)."""
+    previous = next(packed)
+    for current in packed:
+        yield previous
+        previous = current
+    stats["dropped_tail_tokens"].add(len(previous))
+    stats["partitions_with_tail"].add(int(len(previous) > 0))
+
+
+class _Facts(Mapping[str, Any]):
+    """Provenance facts whose counters are read when the writer records them (after the Spark job)."""
+
+    def __init__(self, fixed: dict[str, Any], counters: Mapping[str, Any]) -> None:
+        self._fixed = fixed
+        self._counters = counters
+
+    def _resolved(self) -> dict[str, Any]:
+        return {**self._fixed, **{k: int(acc.value) for k, acc in self._counters.items()}}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._resolved()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __len__(self) -> int:
+        return len(self._fixed) + len(self._counters)
+
+
+def convert_text(
+    spark: Any,
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    options: TextOptions | None = None,
+    *,
+    settings: ConvertConfig | None = None,
+) -> ConversionResult:
+    """Tokenize the ``.txt``/``.jsonl`` files of ``src`` in Spark tasks and write DEST.
+
+    Args:
+        spark: The SparkSession.
+        src: A file, folder (recursive) or glob of ``.txt`` / ``.jsonl`` files.
+        dest: Output folder or ``file://`` URL; appears only if the whole job succeeds.
+        options: Text options. Defaults to ``None`` (``TextOptions()``).
+        settings: Common conversion settings. Defaults to ``None`` (``ConvertConfig()``).
+
+    Returns:
+        The result; ``extra`` has ``tokenizer``, ``seq_len``, ``documents``, ``document_tokens``
+        and, when packing, ``dropped_tail_tokens`` (also in the provenance).
+
+    Raises:
+        InputError: Bad input under ``on_error="fail"``, naming the file and line.
+        ConfigError: Bad options, e.g. a tokenizer without an end-of-document token for packing.
+    """
+    from pipeline.convert.writer import plan_partitions, write_petastorm
+
+    options = options or TextOptions()
+    settings = settings or ConvertConfig()
+    tokenizer = load_tokenizer(options.tokenizer, eod_token=options.eod_token)
+    if options.seq_len is not None and tokenizer.eod_id is None:
+        raise ConfigError(
+            f"tokenizer {options.tokenizer} has no end-of-document token, which --seq-len packing needs",
+            hint="name one of its special tokens with --eod-token",
+        )
+    files = list_source_files(src, extensions=TEXT_SUFFIXES, what="text files")
+    plan = plan_partitions(spark, files, [f.size for f in files], settings)
+    names = ["documents", "document_tokens"]
+    if options.seq_len is not None:
+        names += ["dropped_tail_tokens", "partitions_with_tail"]
+    counters = {name: spark.sparkContext.accumulator(0) for name in names}
+    facts = _Facts(
+        {
+            "tokenizer": tokenizer.describe(),
+            "seq_len": options.seq_len,
+            "packing": None if options.seq_len is None else "per-partition, tail dropped",
+            "partitions": len(plan),
+        },
+        counters,
+    )
+    log.info(
+        "tokenizing %d file(s) in %d task(s) with %s (vocab %d)",
+        len(files),
+        len(plan),
+        tokenizer.name,
+        tokenizer.vocab_size,
+    )
+    result = write_petastorm(
+        spark,
+        kind="text",
+        source=os.fspath(src),
+        dest=os.fspath(dest),
+        schema=text_schema(options.seq_len),
+        plan=plan,
+        process=functools.partial(_process, options=options, tokenizer=tokenizer, stats=counters),
+        settings=settings,
+        input_bytes=sum(f.size for f in files),
+        options=options,
+        extra=facts,
+    )
+    if options.seq_len is not None:
+        log.info(
+            "packed %d document(s) into %d row(s) of %d tokens; dropped %d tail token(s) of %d partition(s)",
+            result.extra["documents"],
+            result.rows,
+            options.seq_len,
+            result.extra["dropped_tail_tokens"],
+            result.extra["partitions_with_tail"],
+        )
+    return result
