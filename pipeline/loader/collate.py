@@ -72,7 +72,7 @@ def collate_batch(values: dict[str, Any], pad_value: int, alloc: Allocator = cpu
             continue
         items = list(value)
         numeric = bool(items) and all(
-            isinstance(v, np.ndarray) and v.dtype.kind in "biuf" or isinstance(v, (int, float, np.number))
+            (isinstance(v, np.ndarray) and v.dtype.kind in "biuf") or isinstance(v, (int, float, np.number))
             for v in items
         )
         _collate_values(batch, name, items, "ragged" if numeric else "list", pad_value, alloc)

@@ -15,6 +15,7 @@ cannot pin).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -148,10 +149,8 @@ class DeviceCopier:
         current = self._ahead if self._ahead is not None else self._issue()
         self._ahead = None
         if self._host_ready():  # never wait here: the consumer should start on `current` now
-            try:
+            with contextlib.suppress(StopIteration):
                 self._ahead = self._issue()  # this copy overlaps the consumer's work on `current`
-            except StopIteration:
-                pass
         moved, event, tag = current
         consumer = torch.cuda.current_stream(self.device)
         consumer.wait_event(event)

@@ -70,7 +70,13 @@ def unischema_field_from_arrow(arrow_field: pa.Field) -> Any:
     return UnischemaField(arrow_field.name, dtype, tuple(shape), None, arrow_field.nullable)
 
 
-def decode_column(spec: FieldSpec, field: Any, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def decode_column(
+    spec: FieldSpec,
+    field: Any,
+    column: pa.ChunkedArray | pa.Array,
+    out: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """Decode one column of a row group into the representation ``spec`` prescribes.
 
     Args:
@@ -78,36 +84,47 @@ def decode_column(spec: FieldSpec, field: Any, column: pa.ChunkedArray | pa.Arra
         field: The petastorm ``UnischemaField`` (its codec decides the decoding; ``None`` codec
             means a plain Arrow value).
         column: The Arrow column.
+        out: Write the values into ``out[rows[i]]`` instead of a new array (the reader's row
+            buffer, so that decoded images are written once). Defaults to ``None``.
+        rows: Row indices into ``out``, one per value. Defaults to ``None``.
 
     Returns:
-        ``(rows, *shape)`` ndarray for ``fixed`` fields, else a 1-D object array.
+        ``(rows, *shape)`` ndarray for ``fixed`` fields, else a 1-D object array; ``out`` when given.
     """
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     codec = getattr(field, "codec", None)
     if codec is None or type(codec).__name__ == "ScalarCodec":
-        return _arrow_values(spec, array)
+        return _scatter(_arrow_values(spec, array), out, rows)
     if array.null_count:
         raise DatasetError(
             f"field {spec.name!r} has {array.null_count} null values that codec {codec} cannot decode",
             hint="filter those rows out with a predicate",
         )
     blobs = _binary_views(array)
-    if spec.kind == "fixed":
-        out = np.empty((len(blobs), *spec.shape), dtype=spec.dtype)
-        if type(codec).__name__ == "CompressedImageCodec":
-            _decode_images_into(spec, blobs, out)
-        else:
-            for i, blob in enumerate(blobs):
-                out[i] = codec.decode(field, blob)
-        return out
-    return _object_array([codec.decode(field, blob) for blob in blobs])
+    if spec.kind != "fixed":
+        return _scatter(_object_array([codec.decode(field, blob) for blob in blobs]), out, rows)
+    if out is None or rows is None:
+        out, rows = np.empty((len(blobs), *spec.shape), dtype=spec.dtype), np.arange(len(blobs))
+    if type(codec).__name__ == "CompressedImageCodec":
+        _decode_images_into(spec, blobs, out, rows)
+    else:
+        for row, blob in zip(rows, blobs, strict=True):
+            out[row] = codec.decode(field, blob)
+    return out
 
 
-def _decode_images_into(spec: FieldSpec, blobs: list[np.ndarray], out: np.ndarray) -> None:
+def _scatter(values: np.ndarray, out: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray:
+    if out is None or rows is None:
+        return values
+    out[rows] = values
+    return out
+
+
+def _decode_images_into(spec: FieldSpec, blobs: list[np.ndarray], out: np.ndarray, rows: np.ndarray) -> None:
     import cv2
 
     rgb = out.ndim == 4 and out.shape[3] == 3
-    for i, blob in enumerate(blobs):
+    for i, (row, blob) in enumerate(zip(rows.tolist(), blobs, strict=True)):
         image = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
         if image is None:
             raise DatasetError(f"field {spec.name!r}: row {i} is not a decodable image")
@@ -118,9 +135,9 @@ def _decode_images_into(spec: FieldSpec, blobs: list[np.ndarray], out: np.ndarra
                 hint="was the dataset written with a fixed --size?",
             )
         if rgb:
-            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[i])
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[row])
         else:
-            out[i] = image
+            out[row] = image
 
 
 def _binary_views(array: pa.Array) -> list[np.ndarray]:

@@ -1,10 +1,11 @@
 """The reader: plan -> thread pool -> reorder window -> shuffle buffer -> batches of rows.
 
-``workers`` threads read and decode work items (slices of row groups) ahead of time; a window
-of at most ``workers * read_ahead`` items is in flight and results are taken out in plan order,
-whatever order the threads finish in. Chunks then go through the seeded
-:class:`~pipeline.reader.shuffle.ShuffleBuffer`, which is drained at the end of each epoch
-(every row exactly once per epoch) while the threads are already reading the next epoch.
+``workers`` threads read and decode work items (slices of row groups) ahead of time, straight
+into rows reserved for them in the :class:`~pipeline.reader.shuffle.RowBuffer`; a window of at
+most ``workers * read_ahead`` items is in flight and items become live in plan order, whatever
+order the threads finish in. Batches are drawn from the buffer with the epoch's seeded
+generator; it is drained at the end of each epoch (every row exactly once per epoch) while the
+threads are already reading the next epoch.
 
 The sequence of batches is a function of the data, the options and the seed only: the plan
 is pure, the window restores plan order, and the buffer's generator is derived from
@@ -24,8 +25,8 @@ import numpy as np
 
 from pipeline.reader.config import ReaderConfig
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
-from pipeline.reader.shuffle import ShuffleBuffer
-from pipeline.reader.source import Chunk, DatasetSource
+from pipeline.reader.shuffle import RowBuffer
+from pipeline.reader.source import DatasetSource
 
 __all__ = ["Reader", "Selection"]
 
@@ -106,19 +107,31 @@ class Reader:
             yield from self.plan(epoch)
             yield _EpochEnd(epoch)
 
-    def _read(self, item: WorkItem) -> Chunk:
+    def _read(self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray) -> None:
         try:
-            return self.source.read(item)
+            self.source.read_into(item, out, rows)
         except Exception as exc:
             exc.add_note(f"while reading {self.source.describe(item)}")
             raise
 
-    def chunks(self) -> Iterator[tuple[int, Chunk | None]]:
-        """``(epoch, chunk)`` in plan order, and ``(epoch, None)`` when an epoch's items are done."""
+    def _buffer(self, limit: int) -> RowBuffer:
+        largest = max(self._sizes, default=0)
+        size = self.config.shuffle_buffer
+        capacity = max(size, self.batch_size) + (limit + 1) * largest
+        return RowBuffer(self.source.specs, capacity, size, self._row_rng(0))
+
+    def filled(self) -> Iterator[tuple[int, RowBuffer, bool]]:
+        """Fill a :class:`RowBuffer` item by item in plan order.
+
+        Yields ``(epoch, buffer, False)`` after each work item's rows became live and
+        ``(epoch, buffer, True)`` when the epoch's items are all in. Workers read up to
+        ``workers * read_ahead`` items ahead into reserved rows of the buffer.
+        """
         workers = self.config.worker_threads
         limit = max(1, workers) * self.config.read_ahead
+        buffer = self._buffer(limit)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="pipeline-reader") if workers else None
-        window: deque[tuple[WorkItem | _EpochEnd, Future[Chunk] | None]] = deque()
+        window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Future[None] | None]] = deque()
         in_flight = 0
         entries = self._entries()
         try:
@@ -127,45 +140,47 @@ class Reader:
                     entry = next(entries, None)
                     if entry is None:
                         break
-                    future = None
-                    if isinstance(entry, WorkItem) and pool is not None:
-                        future = pool.submit(self._read, entry)
+                    rows = future = None
+                    if isinstance(entry, WorkItem):
+                        rows = buffer.reserve(entry.rows)
+                        if pool is not None:
+                            future = pool.submit(self._read, entry, buffer.columns, rows)
                         in_flight += 1
-                    window.append((entry, future))
+                    window.append((entry, rows, future))
                 if not window:
                     return
-                entry, future = window.popleft()
+                entry, rows, future = window.popleft()
                 if isinstance(entry, _EpochEnd):
-                    yield entry.epoch, None
+                    yield entry.epoch, buffer, True
                     continue
+                in_flight -= 1
                 if future is not None:
-                    in_flight -= 1
-                    chunk = future.result()
+                    future.result()
                 else:
-                    chunk = self._read(entry)
-                yield entry.epoch, chunk
+                    self._read(entry, buffer.columns, rows)
+                buffer.commit(rows)
+                yield entry.epoch, buffer, False
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def batches(self) -> Iterator[Selection]:
         """Batches of rows across all epochs; each is valid until the next one is requested."""
-        buffer = ShuffleBuffer(self.source.specs, self.config.shuffle_buffer, self._row_rng(0))
         bs = self.batch_size
-        for epoch, chunk in self.chunks():
-            if chunk is not None:
-                buffer.add(chunk)
+        for epoch, buffer, epoch_done in self.filled():
+            if not epoch_done:
                 while buffer.ready(bs):
                     yield from self._draw(buffer, epoch, bs)
                 continue
             while len(buffer) >= bs or (len(buffer) and not self.drop_last):
                 yield from self._draw(buffer, epoch, bs)
-            buffer.remove(buffer.select(len(buffer)))  # drop_last: the incomplete batch
+            buffer.select(len(buffer))  # drop_last: the incomplete batch
+            buffer.release()
             buffer.set_rng(self._row_rng(epoch + 1))
             log.debug("epoch %d done on rank %d", epoch, self.rank)
 
     @staticmethod
-    def _draw(buffer: ShuffleBuffer, epoch: int, count: int) -> Iterator[Selection]:
-        positions = buffer.select(count)
-        yield Selection(epoch, buffer.columns, positions)
-        buffer.remove(positions)
+    def _draw(buffer: RowBuffer, epoch: int, count: int) -> Iterator[Selection]:
+        rows = buffer.select(count)
+        yield Selection(epoch, buffer.columns, rows)
+        buffer.release()

@@ -1,13 +1,17 @@
-"""A seeded, columnar shuffle buffer that mixes rows across row groups.
+"""The row buffer: where workers decode rows to, and the seeded shuffle that draws batches.
 
-Rows of incoming chunks are copied into preallocated columns. While the buffer holds at least
-``max(size, batch)`` rows, :meth:`ShuffleBuffer.select` draws ``batch`` positions uniformly
-without replacement from its generator; after the caller gathered them, :meth:`remove` fills
-the holes with the last rows (vectorised swap-remove), so memory stays at ``size`` rows plus
-one chunk. With ``rng=None`` it is a FIFO that keeps the stored order.
+A :class:`RowBuffer` holds preallocated columns of ``capacity`` rows (``(capacity, *shape)``
+arrays for fixed-shape fields, object arrays for the rest) and two index lists: *free* rows and
+*live* rows. The reader reserves free rows for a work item when it submits it, a worker thread
+decodes the item straight into them (an image is written once, by ``cv2.cvtColor``), and the
+rows become live when the item's turn in plan order comes (:meth:`commit`). While at least
+``max(size, batch)`` rows are live, :meth:`select` draws ``batch`` of them uniformly without
+replacement from the epoch's generator; :meth:`release` frees them after the batch was
+gathered. With ``rng=None`` live rows are drawn first-in first-out: the stored order.
 
-Determinism: the rows selected depend only on the sequence of chunks added and on the
-generator, which the loader derives from ``(seed, epoch, rank, world_size)``.
+Determinism: which live rows are drawn depends only on the order of commits and on the
+generator (derived from ``(seed, epoch, rank, world_size)``), never on where rows happen to sit
+or on thread timing. Memory is fixed: ``size`` rows plus the rows of the items in flight.
 """
 
 from __future__ import annotations
@@ -15,101 +19,91 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.reader.decode import FieldSpec
-from pipeline.reader.source import Chunk
 
-__all__ = ["ShuffleBuffer"]
+__all__ = ["RowBuffer"]
 
 
-class ShuffleBuffer:
-    """Rows waiting to be batched.
+class RowBuffer:
+    """Preallocated rows, reserved by the reader, filled by workers, drawn in seeded batches.
 
     Args:
-        specs: The fields' specs (fixed fields get a preallocated ``(capacity, *shape)`` array).
-        size: Rows to hold before emitting; the larger, the better the mixing.
-        rng: Generator that draws rows; ``None`` emits rows in arrival order.
+        specs: The fields' specs (decide each column's dtype and row shape).
+        capacity: Rows to allocate; must cover ``max(size, batch)`` plus every row in flight.
+        size: Live rows to hold before drawing (the shuffle buffer size); ``0`` without ``rng``.
+        rng: Generator that draws rows; ``None`` draws them in commit order.
     """
 
-    def __init__(self, specs: dict[str, FieldSpec], size: int, rng: np.random.Generator | None) -> None:
-        self._specs = specs
+    def __init__(
+        self, specs: dict[str, FieldSpec], capacity: int, size: int, rng: np.random.Generator | None
+    ) -> None:
+        self.columns: dict[str, np.ndarray] = {}
+        """The buffer's columns; the positions of a selection index into them."""
+        for name, spec in specs.items():
+            if spec.kind == "fixed":
+                self.columns[name] = np.empty((capacity, *spec.shape), dtype=spec.dtype)
+            else:
+                self.columns[name] = np.empty(capacity, dtype=object)
+        self.capacity = capacity
         self.size = size if rng is not None else 0
         self._rng = rng
-        self._columns: dict[str, np.ndarray] = {}
-        self._capacity = 0
-        self._start = 0  # first live row (FIFO mode only)
-        self._end = 0  # one past the last live row
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)  # a stack
+        self._num_free = capacity
+        self._live = np.empty(capacity, dtype=np.int64)
+        self._num_live = 0
+        self._drawn: np.ndarray | None = None  # positions in _live of the last selection
 
     def __len__(self) -> int:
-        return self._end - self._start
-
-    @property
-    def columns(self) -> dict[str, np.ndarray]:
-        """The buffer's columns; positions from :meth:`select` index into them."""
-        return self._columns
+        """Live rows."""
+        return self._num_live
 
     def set_rng(self, rng: np.random.Generator | None) -> None:
-        """Use a new generator (one per epoch) for the rows still to be drawn."""
-        self._rng = rng if self._rng is not None else None
+        """Draw the next rows with ``rng`` (one generator per epoch); ignored in FIFO mode."""
+        if self._rng is not None:
+            self._rng = rng
 
-    def add(self, chunk: Chunk) -> None:
-        """Copy a chunk's rows into the buffer."""
-        if chunk.rows == 0:
-            return
-        if self._start and self._end + chunk.rows > self._capacity:
-            self._compact()
-        if self._end + chunk.rows > self._capacity:
-            self._grow(max(self._end + chunk.rows, self.size + chunk.rows, 2 * self._capacity))
-        lo, hi = self._end, self._end + chunk.rows
-        for name, column in self._columns.items():
-            values = chunk.columns[name]
-            if values.shape[1:] != column.shape[1:]:
-                raise ValueError(
-                    f"field {name!r}: a row group has shape {values.shape[1:]}, earlier ones {column.shape[1:]}"
-                )
-            column[lo:hi] = values
-        self._end = hi
+    def reserve(self, count: int) -> np.ndarray:
+        """Take ``count`` free rows for a work item about to be read."""
+        if count > self._num_free:
+            raise RuntimeError(f"row buffer overflow: {count} rows wanted, {self._num_free} free")
+        self._num_free -= count
+        return self._free[self._num_free : self._num_free + count].copy()
+
+    def commit(self, rows: np.ndarray) -> None:
+        """Make reserved, now filled, rows live (call in plan order)."""
+        self._live[self._num_live : self._num_live + len(rows)] = rows
+        self._num_live += len(rows)
 
     def ready(self, batch: int) -> bool:
         """Whether a full batch can be drawn without draining."""
-        return len(self) >= max(self.size, batch)
+        return self._num_live >= max(self.size, batch)
 
     def select(self, count: int) -> np.ndarray:
-        """Positions of the next ``count`` rows (``count <= len(self)``)."""
-        count = min(count, len(self))
+        """Rows of the next batch (``min(count, len(self))`` of them), valid until :meth:`release`."""
+        count = min(count, self._num_live)
         if self._rng is None:
-            return np.arange(self._start, self._start + count)
-        return self._rng.choice(len(self), size=count, replace=False)
+            self._drawn = np.arange(count)
+        else:
+            self._drawn = self._rng.choice(self._num_live, size=count, replace=False)
+        return self._live[self._drawn]
 
-    def remove(self, positions: np.ndarray) -> None:
-        """Drop the rows at ``positions`` (as returned by the last :meth:`select`)."""
-        if self._rng is None:
-            self._start += len(positions)
-            if self._start == self._end:
-                self._start = self._end = 0
+    def release(self) -> None:
+        """Free the rows of the last selection."""
+        if self._drawn is None:
             return
-        n, k = len(self), len(positions)
-        tail = np.arange(n - k, n)
-        chosen = np.zeros(n, dtype=bool)
-        chosen[positions] = True
-        holes = np.sort(positions[positions < n - k])
-        movers = tail[~chosen[n - k :]]
-        for column in self._columns.values():
-            column[holes] = column[movers]
+        drawn, self._drawn = self._drawn, None
+        n, k = self._num_live, len(drawn)
+        rows = self._live[drawn]
+        for column in self.columns.values():
             if column.dtype == object:
-                column[n - k : n] = None  # release the references
-        self._end = n - k
-
-    def _compact(self) -> None:
-        live = slice(self._start, self._end)
-        for column in self._columns.values():
-            column[: len(self)] = column[live]
-        self._end, self._start = len(self), 0
-
-    def _grow(self, capacity: int) -> None:
-        for name, spec in self._specs.items():
-            shape = spec.shape if spec.kind == "fixed" else ()
-            dtype = spec.dtype if spec.kind == "fixed" else object
-            new = np.empty((capacity, *shape), dtype=dtype)
-            if name in self._columns:
-                new[: self._end] = self._columns[name][: self._end]
-            self._columns[name] = new
-        self._capacity = capacity
+                column[rows] = None  # drop references to strings and token arrays
+        if self._rng is None:
+            self._live[: n - k] = self._live[k:n]
+        else:  # swap-remove: the last k live entries fill the holes
+            chosen = np.zeros(n, dtype=bool)
+            chosen[drawn] = True
+            holes = np.sort(drawn[drawn < n - k])
+            movers = np.arange(n - k, n)[~chosen[n - k :]]
+            self._live[holes] = self._live[movers]
+        self._num_live = n - k
+        self._free[self._num_free : self._num_free + k] = rows
+        self._num_free += k

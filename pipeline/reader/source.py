@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.dataset import DatasetFiles, list_dataset_files, normalize_url
 from pipeline.errors import DatasetError
 from pipeline.reader.config import ReadOptions
-from pipeline.reader.decode import FieldSpec, decode_column, spec_from_unischema, unischema_field_from_arrow
+from pipeline.reader.decode import decode_column, spec_from_unischema, unischema_field_from_arrow
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.transform import apply_transform_spec, transformed_specs
 
@@ -103,11 +103,7 @@ class DatasetSource:
 
     def read(self, item: WorkItem) -> Chunk:
         """Read, filter, slice, decode and transform the rows of one work item."""
-        rg = self.row_groups[item.piece]
-        table = self._read_table(rg, list(self.schema.fields))
-        if self._masks is not None:
-            table = table.filter(pa.array(self._masks[item.piece]))
-        table = table.slice(item.start, item.rows)
+        table = self._table(item)
         columns = {
             name: decode_column(self._in_specs[name], field, table.column(name))
             for name, field in self.schema.fields.items()
@@ -117,6 +113,23 @@ class DatasetSource:
                 self._spec, columns, item.rows, self.specs, batch=self.kind == "parquet"
             )
         return Chunk(columns, item.rows)
+
+    def read_into(self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Like :meth:`read`, but write row ``i`` of the item into ``out[name][rows[i]]``."""
+        if self._spec is not None:  # the transform needs the whole chunk first
+            chunk = self.read(item)
+            for name, column in chunk.columns.items():
+                out[name][rows] = column
+            return
+        table = self._table(item)
+        for name, field in self.schema.fields.items():
+            decode_column(self._in_specs[name], field, table.column(name), out[name], rows)
+
+    def _table(self, item: WorkItem) -> pa.Table:
+        table = self._read_table(self.row_groups[item.piece], list(self.schema.fields))
+        if self._masks is not None:
+            table = table.filter(pa.array(self._masks[item.piece]))
+        return table.slice(item.start, item.rows)
 
     def _read_table(self, rg: RowGroup, columns: list[str]) -> pa.Table:
         with self._fs.open_input_file(rg.path) as fh:
@@ -163,9 +176,12 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
         rel = entry.path[len(root) :].lstrip("/")
         if rel == "_common_metadata":
             common = entry.path
-        elif entry.type == pafs.FileType.File and entry.path.endswith((".parquet", ".parq")):
-            if not any(p.startswith(("_", ".")) for p in rel.split("/")):
-                files.append(entry.path)
+        elif (
+            entry.type == pafs.FileType.File
+            and entry.path.endswith((".parquet", ".parq"))
+            and not any(p.startswith(("_", ".")) for p in rel.split("/"))
+        ):
+            files.append(entry.path)
     if not files:
         raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
     return DatasetFiles(normalize_url(root), filesystem, root, tuple(sorted(files)), common)

@@ -1,0 +1,304 @@
+"""Loader throughput against petastorm's own loaders, torch over files and the decode ceiling.
+
+One process run, one dataset (default: 20,000 64x64 JPEGs written as a Petastorm dataset with
+``CompressedImageCodec('jpeg')`` by ``materialize_dataset``, plus the same images as files)::
+
+    .venv/bin/python benchmarks/bench_loader.py                # generates data under $TMPDIR once
+    .venv/bin/python benchmarks/bench_loader.py --url file:///data/my_petastorm_images
+
+Prints samples/s and ratios for: this loader; petastorm ``make_reader`` + ``DataLoader``;
+``make_batch_reader`` + a decoding ``TransformSpec`` + ``BatchedDataLoader``; a torch
+``DataLoader`` over the image files (2 worker processes); the decode ceiling (single-thread
+``cv2.imdecode`` of every image, times the cores). Then a dataset of raw uint8 arrays (no
+codec) against a plain pyarrow scan of the same files. Each path is run ``--repeat`` times and
+its best run is kept (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pipeline  # noqa: E402
+from pipeline.bench import measure  # noqa: E402
+
+SIZE = 64
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_image(i: int) -> np.ndarray:
+    """A deterministic, photo-like 64x64 RGB image (smooth gradients, a shape, mild noise)."""
+    rng = np.random.default_rng(i)
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
+    base = (
+        rng.uniform(0, 255, 3)
+        * (0.5 + 0.5 * np.sin(rng.uniform(1, 6) * x + rng.uniform(1, 6) * y))[..., None]
+    )
+    cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.1, 0.3)]
+    disk = ((y - cy) ** 2 + (x - cx) ** 2) < r * r
+    base[disk] = rng.uniform(0, 255, 3)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def _schema():
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import LongType
+
+    return Unischema(
+        "BenchImages",
+        [
+            UnischemaField("image", np.uint8, (SIZE, SIZE, 3), CompressedImageCodec("jpeg"), False),
+            UnischemaField("label", np.int64, (), ScalarCodec(LongType()), False),
+        ],
+    )
+
+
+def generate(root: Path, n: int) -> tuple[str, Path, str]:
+    """Write (once) the Petastorm dataset, the image files and the raw-array Parquet dataset."""
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds, files, raw = root / f"jpeg-{n}", root / f"files-{n}", root / f"raw-{n}"
+    if not (files / "done").exists():
+        files.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            folder = files / f"class_{i % 10}"
+            folder.mkdir(exist_ok=True)
+            cv2.imwrite(
+                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
+            )
+        (files / "done").touch()
+    if not (ds / "_common_metadata").exists():
+        from petastorm.etl.dataset_metadata import materialize_dataset
+        from petastorm.unischema import dict_to_spark_row
+
+        from pipeline.spark import SparkConfig, spark_session
+
+        schema = _schema()
+        with spark_session(SparkConfig(master=f"local[{CORES}]", driver_memory="2g")) as spark:
+            with materialize_dataset(spark, ds.as_uri(), schema, 4):
+                rdd = spark.sparkContext.parallelize(range(n), 16).map(
+                    lambda i: dict_to_spark_row(schema, {"image": make_image(i), "label": i % 10})
+                )
+                spark.createDataFrame(rdd, schema.as_spark_schema()).write.mode("overwrite").parquet(
+                    ds.as_uri()
+                )
+    if not (raw / "done").exists():
+        raw.mkdir(parents=True, exist_ok=True)
+        per_file = 2500
+        pixel = pa.list_(pa.list_(pa.list_(pa.uint8(), 3), SIZE), SIZE)
+        for f, lo in enumerate(range(0, n, per_file)):
+            ids = range(lo, min(n, lo + per_file))
+            flat = pa.array(np.stack([make_image(i) for i in ids]).reshape(-1))
+            images = pa.FixedSizeListArray.from_arrays(
+                pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, 3), SIZE), SIZE
+            )
+            assert images.type == pixel
+            table = pa.table({"image": images, "label": pa.array([i % 10 for i in ids], pa.int64())})
+            pq.write_table(table, raw / f"part-{f:03d}.parquet", row_group_size=1250)
+        (raw / "done").touch()
+    return ds.as_uri(), files, raw.as_uri()
+
+
+def best(runs: int, fn):
+    results = [fn() for _ in range(runs)]
+    return max(results, key=lambda r: r.samples_per_s)
+
+
+def ours(url: str, args: argparse.Namespace, workers: int):
+    return measure(
+        lambda: pipeline.open_loader(
+            url, batch_size=args.batch_size, workers=workers, num_epochs=args.epochs, seed=0, config=None
+        )
+    )
+
+
+def order_digest(url: str, workers: int, batches: int = 40) -> str:
+    digest = hashlib.sha256()
+    with pipeline.open_loader(url, batch_size=64, workers=workers, seed=7, config=None) as loader:
+        for i, batch in enumerate(loader):
+            digest.update(batch["label"].numpy().tobytes())
+            digest.update(batch["image"][:, 0, 0].numpy().tobytes())
+            if i + 1 == batches:
+                break
+    return digest.hexdigest()[:16]
+
+
+def petastorm_make_reader(url: str, args: argparse.Namespace):
+    from petastorm import make_reader
+    from petastorm.pytorch import DataLoader
+
+    return measure(
+        lambda: DataLoader(
+            make_reader(url, num_epochs=args.epochs, workers_count=CORES, reader_pool_type="thread"),
+            batch_size=args.batch_size,
+        )
+    )
+
+
+def petastorm_batch_reader(url: str, args: argparse.Namespace):
+    import cv2
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+    from petastorm.transform import TransformSpec
+
+    def decode(frame):
+        frame["image"] = frame["image"].map(
+            lambda b: cv2.cvtColor(
+                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB
+            )
+        )
+        return frame
+
+    spec = TransformSpec(decode, edit_fields=[("image", np.uint8, (SIZE, SIZE, 3), False)])
+    return measure(
+        lambda: BatchedDataLoader(
+            make_batch_reader(url, num_epochs=args.epochs, workers_count=CORES, transform_spec=spec),
+            batch_size=args.batch_size,
+        )
+    )
+
+
+def torch_files(files: Path, args: argparse.Namespace):
+    import torch.utils.data as tud
+
+    paths = sorted(str(p) for p in files.rglob("*.jpg"))
+    return measure(
+        lambda: tud.DataLoader(
+            _FileImages(paths),
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=2,
+            persistent_workers=False,
+        )
+    )
+
+
+class _FileImages:
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import cv2
+
+        image = cv2.cvtColor(cv2.imread(self.paths[i], cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        return {"image": image, "label": int(Path(self.paths[i]).parent.name.split("_")[-1])}
+
+
+def decode_ceiling(url: str) -> float:
+    """Single-thread ``cv2.imdecode`` of every image in the dataset, in images/s."""
+    import cv2
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import list_dataset_files
+
+    blobs = []
+    files = list_dataset_files(url)
+    for path in files.files:
+        with files.filesystem.open_input_file(path) as fh:
+            column = pq.read_table(fh, columns=["image"]).column("image")
+        blobs.extend(np.frombuffer(b, np.uint8) for b in column.to_pylist())
+    start = time.perf_counter()
+    for blob in blobs:
+        cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
+    return len(blobs) / (time.perf_counter() - start)
+
+
+def pyarrow_scan(url: str) -> float:
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import list_dataset_files
+
+    files = list_dataset_files(url)
+    start = time.perf_counter()
+    rows = 0
+    for path in files.files:
+        with files.filesystem.open_input_file(path) as fh:
+            rows += pq.read_table(fh).num_rows
+    return rows / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a Petastorm dataset with a JPEG/PNG `image` field (skips generation)")
+    parser.add_argument("--files", help="image files of the same dataset for the torch-over-files path")
+    parser.add_argument("--rows", type=int, default=20_000, help="images to generate (default 20000)")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pipeline-bench"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per path; the best is kept (default 3)")
+    parser.add_argument("--json", action="store_true", help="print all figures as one JSON line at the end")
+    args = parser.parse_args(argv)
+
+    raw_url = None
+    if args.url:
+        url, files = args.url, Path(args.files) if args.files else None
+    else:
+        url, files, raw_url = generate(Path(args.data_dir), args.rows)
+    print(
+        f"dataset {url}  cores {CORES}  batch {args.batch_size}  epochs {args.epochs}  best of {args.repeat}"
+    )
+
+    figures: dict[str, float] = {}
+    ceiling_core = max(decode_ceiling(url) for _ in range(args.repeat))
+    figures["decode ceiling (1 core)"] = ceiling_core
+    figures[f"decode ceiling x {CORES} cores"] = ceiling_core * CORES
+    figures["this loader"] = best(args.repeat, lambda: ours(url, args, CORES)).samples_per_s
+    figures["petastorm make_reader + DataLoader"] = best(
+        args.repeat, lambda: petastorm_make_reader(url, args)
+    ).samples_per_s
+    figures["petastorm make_batch_reader + TransformSpec + BatchedDataLoader"] = best(
+        args.repeat, lambda: petastorm_batch_reader(url, args)
+    ).samples_per_s
+    if files is not None:
+        figures["torch DataLoader over files (2 workers)"] = best(
+            args.repeat, lambda: torch_files(files, args)
+        ).samples_per_s
+
+    best_petastorm = max(v for k, v in figures.items() if k.startswith("petastorm"))
+    ours_rate = figures["this loader"]
+    print(f"\n{'path':<66} {'samples/s':>10} {'vs ours':>8}")
+    for name, rate in figures.items():
+        print(f"{name:<66} {rate:>10,.0f} {rate / ours_rate:>8.2f}")
+    ratios = {
+        "ours / best petastorm": ours_rate / best_petastorm,
+        "ours / decode ceiling": ours_rate / figures[f"decode ceiling x {CORES} cores"],
+    }
+    digests = {w: order_digest(url, w) for w in (1, CORES, 4)}
+    print(f"\nours / best petastorm path: {ratios['ours / best petastorm']:.2f}x (target >= 1.5)")
+    print(f"ours / {CORES}-core decode ceiling: {ratios['ours / decode ceiling']:.2f}x (target >= 0.6)")
+    print(
+        f"order digest by workers: {digests} -> {'identical' if len(set(digests.values())) == 1 else 'DIFFERENT'}"
+    )
+
+    if raw_url is not None:
+        raw_ours = best(args.repeat, lambda: ours(raw_url, args, CORES)).samples_per_s
+        scan = max(pyarrow_scan(raw_url) for _ in range(args.repeat))
+        figures["raw uint8 arrays: this loader"] = raw_ours
+        figures["raw uint8 arrays: pyarrow read_table scan"] = scan
+        print(
+            f"\nraw uint8 arrays (no codec): this loader {raw_ours:,.0f}/s, pyarrow scan {scan:,.0f}/s "
+            f"-> {raw_ours / scan:.2f}x"
+        )
+    if args.json:
+        print(json.dumps({"samples_per_s": figures, "ratios": ratios, "order_digests": digests}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
