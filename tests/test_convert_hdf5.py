@@ -302,16 +302,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
 
 
-def test_cli_fail_names_the_file_then_json_run(tmp_path):
+def test_cli_fail_names_the_file(tmp_path):
     write_bad_folder(tmp_path / "src")
     dest = tmp_path / "out"
     failed = run_cli(str(tmp_path / "src"), str(dest))
     assert failed.returncode == 2, failed.stderr
-    assert "b_not_hdf5.h5" in failed.stderr and "Traceback" not in failed.stderr
+    message = failed.stderr[failed.stderr.rindex("error: ") :].replace("\n", " ")
+    assert "b_not_hdf5.h5 is not an HDF5 file" in message and "Traceback" not in failed.stderr
     assert not dest.exists()
-    done = run_cli(str(tmp_path / "src" / "a_good.h5"), str(dest), "--datasets", "/images,grp_x", "--json")
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.spark
+def test_cli_json_with_datasets(spark, tmp_path, capsys):
+    from pipeline.cli import main
+
+    src = write_sample(tmp_path / "one.h5", 20)
+    dest = tmp_path / "out"
+    assert main(["convert", "hdf5", str(src), str(dest), "--datasets", "/images,grp_x", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["rows"], out["output"]) == (20, "file://" + str(dest)) and out["seconds"] > 0
     assert set(inspect_dataset(dest).fields) == {"images", "grp_x"}
 

@@ -175,19 +175,42 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
 
 
-def test_cli_fail_exits_nonzero_naming_the_file_then_skip_reports_json(tmp_path):
-    good = write_bad_corpus(tmp_path / "src")
+def test_cli_fail_exits_nonzero_naming_the_file(tmp_path):
+    write_bad_corpus(tmp_path / "src")
     dest = tmp_path / "out"
     failed = run_cli(str(tmp_path / "src"), str(dest))
     assert failed.returncode == 2, failed.stderr
-    assert (
-        "b_bad.txt" in failed.stderr and "invalid UTF-8" in failed.stderr and "Traceback" not in failed.stderr
-    )
+    message = failed.stderr[failed.stderr.rindex("error: ") :].replace("\n", " ")
+    # both bad files fail their task; whichever Spark reports first is named, with the reason
+    assert ("b_bad.txt: invalid UTF-8" in message) or (
+        "c_recs.jsonl (record 2): not valid JSON" in message
+    ), message
+    assert "HINT" in message
     assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
 
-    done = run_cli(str(tmp_path / "src"), str(dest), "--on-error", "skip", "--seq-len", "4", "--json")
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+
+def test_cli_json_in_process_reuses_the_session(spark, tmp_path, capsys):
+    """`pipeline convert text ... --json` through the real CLI entry point (the active session is reused)."""
+    from pipeline.cli import main
+
+    good = write_bad_corpus(tmp_path / "src")
+    dest = tmp_path / "out"
+    code = main(
+        [
+            "convert",
+            "text",
+            str(tmp_path / "src"),
+            str(dest),
+            "--on-error",
+            "skip",
+            "--seq-len",
+            "4",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"rows", "skipped", "output", "seconds"} <= set(out)
     tokens = sum(len(g.encode()) + 1 for g in good)
     assert out["skipped"] == 3
