@@ -24,6 +24,7 @@ import csv
 import functools
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -166,8 +167,8 @@ def find_images(src: str) -> ImageSource:
     if root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
         return _manifest_source(root)
     files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
-    base = root.resolve() if root.is_dir() else root.resolve().parent
-    rels = [Path(f.path).relative_to(base).as_posix() if root.is_dir() else Path(f.path).name for f in files]
+    base = str(root.resolve()) + os.sep if root.is_dir() else None
+    rels = [f.path[len(base) :].replace(os.sep, "/") if base else os.path.basename(f.path) for f in files]
     nested = [r for r in rels if "/" in r]
     if not nested:
         items = [(f.path, r, -1) for f, r in zip(files, rels, strict=True)]

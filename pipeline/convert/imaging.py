@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.convert.headers import image_header
+
 __all__ = [
     "ENCODINGS",
     "EXTENSIONS",
@@ -108,7 +110,8 @@ def decode_rgb(data: bytes) -> Any:
     image = _open(data)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+            image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"cannot decode {image.format or 'image'}: {exc}") from None
     mode = image.mode
@@ -172,24 +175,16 @@ def encode_rgb(image: Any, encoding: str, *, jpeg_quality: int = 95, png_compres
     return buf.tobytes()
 
 
-def _complete(data: bytes, fmt: str) -> bool:
-    if fmt == "JPEG":
-        return data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-    return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
-
-
-def passthrough_ok(image: Any, data: bytes, encoding: str, size: tuple[int, int] | None) -> bool:
-    """Whether the lazily opened ``image`` can be stored as its original ``data`` bytes."""
-    fmt = image.format
-    if (fmt, encoding) not in (("JPEG", "jpeg"), ("PNG", "png")) or image.mode != "RGB":
+def passthrough_ok(data: bytes, encoding: str, size: tuple[int, int] | None) -> bool:
+    """Whether ``data`` can be stored as it is (see the module doc), judged from its header only."""
+    header = image_header(data)
+    if header is None or (header.format, encoding) not in (("JPEG", "jpeg"), ("PNG", "png")):
         return False
-    if size is not None and (image.height, image.width) != tuple(size):
+    if header.channels != 3 or header.bits != 8 or header.transparency or header.orientation != 1:
         return False
-    if fmt == "PNG" and (data[24:26] != b"\x08\x02" or "transparency" in image.info):
-        return False  # only 8-bit truecolor without a transparent color
-    if not _complete(data, fmt):
+    if not header.complete:
         return False  # truncated (or trailing bytes): decode to find out
-    return image.getexif().get(_ORIENTATION, 1) == 1
+    return size is None or (header.height, header.width) == tuple(size)
 
 
 def prepare_image(
@@ -208,13 +203,8 @@ def prepare_image(
     Raises:
         ImageError: The input is not a usable image.
     """
-    if pass_through:
-        try:
-            image = _open(data)
-            if passthrough_ok(image, data, encoding, size):
-                return data, True
-        except (OSError, SyntaxError, ValueError):
-            pass  # decode_rgb reports the problem
+    if pass_through and passthrough_ok(data, encoding, size):
+        return data, True
     image = decode_rgb(data)
     if size is not None:
         image = fit_image(image, size, fit, resample)

@@ -58,12 +58,15 @@ def is_hidden(rel_path: str) -> bool:
     return any(part.startswith(".") for part in Path(rel_path).parts)
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _walk(root: str) -> Iterable[tuple[str, int]]:
+    """``(path, size)`` of the non-hidden files under ``root``, depth first, sorted per folder."""
+    with os.scandir(root) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(entry.path)
+        elif entry.is_file():
+            yield entry.path, entry.stat().st_size
 
 
 def list_source_files(
@@ -87,27 +90,27 @@ def list_source_files(
     """
     text = os.fspath(src)
     root = local_path(text)
-    if any(c in str(root) for c in "*?["):
-        candidates = [Path(p) for p in sorted(glob.glob(str(root), recursive=True))]
-        candidates = [p for p in candidates if p.is_file() and not p.name.startswith(".")]
-    elif root.is_dir():
-        candidates = list(_walk(root))
-    elif root.is_file():
-        candidates = [root]
-    else:
-        raise InputError(f"{text} does not exist", hint="check the SRC path")
     suffixes = tuple(e.lower() for e in extensions) if extensions else None
-    files: list[SourceFile] = []
-    ignored = 0
-    for path in candidates:
-        if suffixes is not None and not path.name.lower().endswith(suffixes):
-            ignored += 1
-            continue
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read file metadata: {exc.strerror}") from None
-        files.append(SourceFile(str(path.resolve()), size))
+    try:
+        if any(c in str(root) for c in "*?["):
+            matches = (Path(p) for p in sorted(glob.glob(str(root), recursive=True)))
+            found = [
+                (str(p.resolve()), p.stat().st_size)
+                for p in matches
+                if p.is_file() and not p.name.startswith(".")
+            ]
+        elif root.is_dir():
+            found = list(_walk(str(root.resolve())))
+        elif root.is_file():
+            found = [(str(root.resolve()), root.stat().st_size)]
+        else:
+            raise InputError(f"{text} does not exist", hint="check the SRC path")
+    except OSError as exc:
+        raise InputError(f"{exc.filename or text}: cannot list: {exc.strerror}") from None
+    files = [
+        SourceFile(path, size) for path, size in found if suffixes is None or path.lower().endswith(suffixes)
+    ]
+    ignored = len(found) - len(files)
     if ignored:
         log.info("ignored %d file(s) under %s without a %s suffix", ignored, text, "/".join(suffixes or ()))
     if not files:
