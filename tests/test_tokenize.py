@@ -180,3 +180,16 @@ def test_jsonl_records_and_their_errors():
 def test_other_file_types_are_bad_input():
     (doc,) = iter_documents("notes.md", b"# hi")
     assert isinstance(doc, BadDocument) and "not a .txt or .jsonl file" in doc.reason
+
+
+def test_gzip_files_stream_and_damaged_gzip_is_bad_input():
+    import gzip
+
+    data = gzip.compress(b'{"text": "one"}\n{"text": "two"}\n' * 3)
+    docs = list(iter_documents("c.jsonl.gz", data))
+    assert [d.text for d in docs] == ["one", "two"] * 3
+    assert docs[-1].line == 6
+    assert list(iter_documents("c.TXT.GZ", gzip.compress(b"whole file"))) == [Document("whole file")]
+    *good, bad = iter_documents("c.jsonl.gz", data[:-8])  # truncated: the gzip trailer is missing
+    assert good == docs
+    assert isinstance(bad, BadDocument) and "cannot read the rest of the file" in bad.reason

@@ -22,7 +22,6 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -125,21 +124,22 @@ def _documents(
     size = 0
     for item in items:
         try:
-            data = Path(item.path).read_bytes()
+            stream = open(item.path, "rb")  # noqa: SIM115 - closed below, the generator may pause
         except OSError as exc:
             errors.bad(item.path, f"cannot read: {exc.strerror or exc}")
             continue
-        for doc in iter_documents(
-            item.path, data, split=options.split, text_field=options.text_field, errors=options.errors
-        ):
-            if isinstance(doc, BadDocument):
-                errors.bad(item.path, doc.reason, record=doc.line)
-                continue
-            pending.append(doc.text)
-            size += len(doc.text)
-            if size >= limit:
-                yield from _encode(tokenizer, pending, stats)
-                pending, size = [], 0
+        with stream:
+            for doc in iter_documents(
+                item.path, stream, split=options.split, text_field=options.text_field, errors=options.errors
+            ):
+                if isinstance(doc, BadDocument):
+                    errors.bad(item.path, doc.reason, record=doc.line)
+                    continue
+                pending.append(doc.text)
+                size += len(doc.text)
+                if size >= limit:
+                    yield from _encode(tokenizer, pending, stats)
+                    pending, size = [], 0
     yield from _encode(tokenizer, pending, stats)
 
 

@@ -7,24 +7,29 @@ Pure functions over the file's bytes, used inside Spark tasks. Each yields eithe
 Rules:
 
 * ``.txt`` with ``split="file"`` (default): the whole file is one document.
-* ``.txt`` with ``split="lines"``: each line is a document (``\\n``, ``\\r\\n`` and ``\\r`` end a
-  line; the line ending is not part of the document).
+* ``.txt`` with ``split="lines"``: each line is a document (``\\n`` or ``\\r\\n`` ends a line;
+  the line ending is not part of the document).
 * ``.jsonl``: each line is a JSON object whose ``text_field`` is a string document.
 * Blank lines and empty documents produce nothing (they would be rows of zero tokens).
+* ``.txt.gz`` and ``.jsonl.gz`` are read the same way, decompressed while streaming; line-based
+  formats are never loaded whole, so files larger than memory work.
 * Invalid UTF-8 is bad input (``errors="strict"``) or becomes U+FFFD (``errors="replace"``).
   A leading UTF-8 byte-order mark is removed.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 __all__ = ["TEXT_SUFFIXES", "BadDocument", "Document", "iter_documents"]
 
-TEXT_SUFFIXES = (".txt", ".jsonl")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 """File name endings that text conversion reads (case-insensitive)."""
 
 _BOM = b"\xef\xbb\xbf"
@@ -53,13 +58,16 @@ def _decode(data: bytes, errors: str) -> tuple[str | None, str | None]:
         return None, f"invalid UTF-8 at byte {exc.start}: {data[exc.start : exc.start + 4]!r}"
 
 
-def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    yield from enumerate(data.splitlines(), start=1)
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(stream, start=1):
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        yield number, line.rstrip(b"\n").rstrip(b"\r")
 
 
 def iter_documents(
     name: str,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     split: Literal["file", "lines"] = "file",
     text_field: str = "text",
@@ -68,8 +76,8 @@ def iter_documents(
     """Documents of one file, in file order.
 
     Args:
-        name: File name; its ending (``.txt`` or ``.jsonl``) picks the format.
-        data: The file's bytes.
+        name: File name; its ending (``.txt``, ``.jsonl``, optionally + ``.gz``) picks the format.
+        data: The file's bytes, or a binary stream positioned at its start (read, not closed).
         split: ``"file"`` (one document per ``.txt`` file) or ``"lines"``. Defaults to ``"file"``.
         text_field: Key of the text in each ``.jsonl`` object. Defaults to ``"text"``.
         errors: ``"strict"`` (invalid UTF-8 is bad input) or ``"replace"``. Defaults to ``"strict"``.
@@ -77,30 +85,36 @@ def iter_documents(
     Yields:
         :class:`Document` for each non-empty document, :class:`BadDocument` for each bad record.
     """
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
+    stream: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     lower = name.lower()
-    if lower.endswith(".jsonl"):
-        yield from _jsonl(data, text_field, errors)
-    elif not lower.endswith(".txt"):
-        yield BadDocument(f"not a .txt or .jsonl file (file name ending {lower.rsplit('.', 1)[-1]!r})")
-    elif split == "lines":
-        for number, raw in _lines(data):
-            text, problem = _decode(raw, errors)
+    if lower.endswith(".gz"):
+        lower = lower[:-3]
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    try:
+        if lower.endswith(".jsonl"):
+            yield from _jsonl(stream, text_field, errors)
+        elif not lower.endswith(".txt"):
+            yield BadDocument(f"not a .txt or .jsonl file (file name ending {lower.rsplit('.', 1)[-1]!r})")
+        elif split == "lines":
+            for number, raw in _lines(stream):
+                text, problem = _decode(raw, errors)
+                if problem is not None:
+                    yield BadDocument(problem, number)
+                elif text and text.strip():
+                    yield Document(text, number)
+        else:
+            whole = stream.read()
+            text, problem = _decode(whole[len(_BOM) :] if whole.startswith(_BOM) else whole, errors)
             if problem is not None:
-                yield BadDocument(problem, number)
-            elif text and text.strip():
-                yield Document(text, number)
-    else:
-        text, problem = _decode(data, errors)
-        if problem is not None:
-            yield BadDocument(problem)
-        elif text:
-            yield Document(text)
+                yield BadDocument(problem)
+            elif text:
+                yield Document(text)
+    except (OSError, EOFError, zlib.error) as exc:  # damaged gzip stream or an I/O error mid-file
+        yield BadDocument(f"cannot read the rest of the file: {exc}")
 
 
-def _jsonl(data: bytes, text_field: str, errors: str) -> Iterator[Document | BadDocument]:
-    for number, raw in _lines(data):
+def _jsonl(stream: BinaryIO, text_field: str, errors: str) -> Iterator[Document | BadDocument]:
+    for number, raw in _lines(stream):
         if not raw.strip():
             continue
         line, problem = _decode(raw, errors)
