@@ -80,7 +80,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    expected: Mapping[str, Any] | None = None,
 ) -> Checkpoint | None:
     """Restore ``model`` (and ``optimizer``) from ``path``; ``None`` when there is no checkpoint.
 
@@ -88,19 +92,35 @@ def load_checkpoint(
         path: The checkpoint file.
         model: The bare model (before wrapping in DDP) to load the weights into.
         optimizer: Its optimizer. Defaults to ``None`` (weights only).
+        expected: Config values the checkpoint must have been trained with (the model's shape,
+            the data), checked before anything is loaded. Defaults to ``None`` (no check).
 
     Raises:
-        PipelineError: The file is not a checkpoint, or it holds a different model.
+        PipelineError: The file is not a checkpoint, it was trained with other ``expected``
+            values, or it holds a different model.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise PipelineError(
+            f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}",
+            hint="delete it, or pick another run_dir",
+        ) from None
+    saved = state.get("config", {}) if isinstance(state, dict) else {}
+    for key, value in (expected or {}).items():
+        if saved.get(key) != value:
+            raise PipelineError(
+                f"{path} was trained with {key}={saved.get(key)!r}, this run has {key}={value!r}",
+                hint="use another run_dir, delete the checkpoint, or turn resume off",
+            )
+    try:
         unwrap(model).load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise PipelineError(
             f"cannot resume from {path}: {str(exc).splitlines()[0]}",
             hint="it was written by a different model or config; pick a new run_dir or turn resume off",

@@ -35,15 +35,20 @@ class RunningSums:
             else:
                 self._sums[name] = value.clone()
 
-    def reduce(self) -> dict[str, float]:
-        """The sums over all ranks, as floats (every rank must call this)."""
+    def reduce(self, *, across_ranks: bool = True) -> dict[str, float]:
+        """The sums as floats: over all ranks (every rank must call this), or this rank's own.
+
+        Args:
+            across_ranks: All-reduce over the process group when one is initialised.
+                Defaults to ``True``.
+        """
         import torch.distributed as dist
 
         names = sorted(self._sums)
         if not names:
             return {}
         stacked = torch.stack([self._sums[n] for n in names])
-        if dist.is_available() and dist.is_initialized():
+        if across_ranks and dist.is_available() and dist.is_initialized():
             dist.all_reduce(stacked)
         return dict(zip(names, stacked.tolist(), strict=True))
 

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from pipeline.dataset import normalize_url
-from pipeline.errors import PipelineError
 from pipeline.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.train.metrics import plot_loss_curve, write_metrics
 
@@ -106,21 +105,10 @@ class RunDir:
             must_match: Keys whose value must equal the checkpoint's (the model's shape, the data).
 
         Raises:
-            PipelineError: A key in ``must_match`` differs.
+            PipelineError: A key in ``must_match`` differs, or the checkpoint does not fit the model.
         """
-        if not self.checkpoint.exists():
-            return None
-        restored = load_checkpoint(self.checkpoint, model=model, optimizer=optimizer)
-        if restored is None:
-            return None
-        for key in must_match:
-            if restored.config.get(key) != config.get(key):
-                raise PipelineError(
-                    f"{self.checkpoint} was trained with {key}={restored.config.get(key)!r}, "
-                    f"this run has {key}={config.get(key)!r}",
-                    hint="use another run_dir, delete the checkpoint, or turn resume off",
-                )
-        return restored
+        expected = {key: config.get(key) for key in must_match}
+        return load_checkpoint(self.checkpoint, model=model, optimizer=optimizer, expected=expected)
 
     def record_epoch(
         self,

@@ -1,4 +1,4 @@
-"""Real sample data that needs no download: scikit-learn's bundled handwritten digits as an image folder.
+"""Sample data that needs no download: scikit-learn's bundled digits as an image folder, and a tiny corpus.
 
 ``write_digits_folder("data/demo/digits")`` writes ``train/<digit>/<n>.png`` and
 ``heldout/<digit>/<n>.png`` (8x8 grayscale PNGs, pixel values scaled from 0-16 to 0-255) with a
@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, PipelineError
 
-__all__ = ["load_digits_arrays", "write_digits_folder"]
+__all__ = ["load_digits_arrays", "write_digits_folder", "write_sample_corpus"]
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +94,37 @@ def write_digits_folder(
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %d train and %d held-out digits under %s", len(splits["train"]), n_heldout, root)
     return {**manifest, "reused": False}
+
+
+_SUBJECTS = ("the cat", "a dog", "the old sailor", "my neighbour", "the small robot", "a tired student")
+_VERBS = ("reads", "paints", "carries", "finds", "repairs", "counts")
+_OBJECTS = ("a red book", "the blue boat", "seven apples", "an old map", "the broken clock", "a paper kite")
+_PLACES = ("in the garden", "at the harbour", "on the hill", "near the station", "by the river", "at home")
+
+
+def write_sample_corpus(root: str | os.PathLike[str], *, documents: int = 40, seed: int = 0) -> Path:
+    """Write ``documents`` small ``.txt`` files of simple, regular English sentences under ``root``.
+
+    A language model learns their structure within a few epochs, which makes a quick check that
+    training works. Deterministic for a given ``seed``; existing files are overwritten.
+
+    Args:
+        root: Output folder.
+        documents: Number of files. Defaults to ``40``.
+        seed: Seed of the sentence choices. Defaults to ``0``.
+
+    Returns:
+        ``root``.
+    """
+    if documents < 1:
+        raise ConfigError(f"documents must be >= 1, got {documents}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for doc in range(documents):
+        sentences = []
+        for _ in range(int(rng.integers(4, 9))):
+            words = [str(rng.choice(part)) for part in (_SUBJECTS, _VERBS, _OBJECTS, _PLACES)]
+            sentences.append(" ".join(words).capitalize() + ".")
+        (root / f"doc-{doc:04d}.txt").write_text(" ".join(sentences) + "\n", encoding="utf-8")
+    return root

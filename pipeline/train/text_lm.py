@@ -1,0 +1,268 @@
+"""Train :class:`~pipeline.train.models.TinyCausalLM` on packed token sequences, on every rank.
+
+The dataset is what ``pipeline convert text SRC DEST --seq-len N`` writes: one ``tokens`` field
+(int32, length ``N``). Each sequence is split into inputs ``tokens[:-1]`` and next-token targets
+``tokens[1:]``. Variable-length rows (converted without ``--seq-len``) work too: the loader pads
+them and the padding is left out of the loss.
+
+:func:`train_text` is the per-rank function, :func:`run_text_training` the driver call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import load_config
+from pipeline.dataset import read_provenance
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.train.distributed import DistributedConfig, run_distributed, setup
+from pipeline.train.metrics import RunningSums
+from pipeline.train.models import TinyCausalLM
+from pipeline.train.run import absolute_paths, cosine_lr, derive_seed, format_row, prepare_run_dir
+
+__all__ = ["TextTrainConfig", "load_text_config", "run_text_training", "train_text"]
+
+log = logging.getLogger(__name__)
+
+_IGNORE = -100
+_MUST_MATCH = ("train_url", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "seed")
+
+
+@dataclass(frozen=True)
+class TextTrainConfig:
+    """Settings of the causal language model job (``conf/train_text.yaml``)."""
+
+    train_url: str = "data/corpus/train"
+    """Training dataset with a ``tokens`` field. Defaults to ``"data/corpus/train"``."""
+    eval_url: str | None = None
+    """Held-out dataset evaluated after each epoch on rank 0. Defaults to ``None`` (none)."""
+    run_dir: str = "runs/text"
+    """Checkpoint, ``metrics.json`` and ``loss_curve.png``. Defaults to ``"runs/text"``."""
+    epochs: int = 5
+    """Epochs to train in total (a resumed run trains only the missing ones). Defaults to ``5``."""
+    batch_size: int = 16
+    """Sequences per batch on each rank. Defaults to ``16``."""
+    lr: float = 0.003
+    """Peak AdamW learning rate (1 warm-up epoch, then cosine decay). Defaults to ``0.003``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay. Defaults to ``0.01``."""
+    d_model: int = 64
+    """Embedding width. Defaults to ``64``."""
+    n_layers: int = 2
+    """Transformer blocks. Defaults to ``2``."""
+    n_heads: int = 4
+    """Attention heads. Defaults to ``4``."""
+    max_len: int = 512
+    """Longest sequence the model accepts (position embeddings). Defaults to ``512``."""
+    vocab_size: int | None = None
+    """Token ids; ``None`` reads the tokenizer's ``vocab_size`` from the provenance. Defaults to ``None``."""
+    seed: int = 0
+    """Seed of the weights, the data order (per epoch) and dropout. Defaults to ``0``."""
+    workers: int = 2
+    """Loader threads per rank. Defaults to ``2``."""
+    resume: bool = True
+    """Continue from ``run_dir/checkpoint.pt`` when it exists. Defaults to ``True``."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Processes, GPUs, local or cluster mode."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "d_model", "n_layers", "n_heads", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+def load_text_config(path: str | None = None, **overrides: Any) -> TextTrainConfig:
+    """``conf/train_text.yaml`` (or ``path``) with ``overrides`` (``None`` = not given) on top."""
+    return load_config(TextTrainConfig, path or "train_text.yaml", overrides=overrides)
+
+
+def _vocab_size(config: TextTrainConfig) -> int:
+    if config.vocab_size is not None:
+        return config.vocab_size
+    provenance = read_provenance(config.train_url) or {}
+    size = (provenance.get("tokenizer") or {}).get("vocab_size")
+    if not isinstance(size, int) or size < 2:
+        raise DatasetError(
+            f"{config.train_url} has no tokenizer vocab_size in its provenance",
+            hint="convert it with `pipeline convert text`, or set vocab_size",
+        )
+    return size
+
+
+def _inputs_and_targets(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` on ``device``; padding past a row's length is ignored by the loss."""
+    tokens = batch["tokens"].long()
+    targets = tokens[:, 1:].clone()
+    lengths = batch.get("tokens_lengths")
+    if lengths is not None:
+        positions = torch.arange(1, tokens.shape[1], device=tokens.device)
+        targets[positions.unsqueeze(0) >= lengths.to(tokens.device).unsqueeze(1)] = _IGNORE
+    inputs = tokens[:, :-1]
+    if device.type == "cuda":
+        # Pinned host memory lets the copy run asynchronously, overlapping the previous step.
+        inputs = inputs.pin_memory().to(device, non_blocking=True)
+        targets = targets.pin_memory().to(device, non_blocking=True)
+    return inputs, targets
+
+
+def _step_sums(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    loss_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=_IGNORE, reduction="sum")
+    valid = flat_targets != _IGNORE
+    correct = (flat_logits.argmax(-1)[valid] == flat_targets[valid]).sum()
+    return loss_sum, correct, valid.sum()
+
+
+def evaluate_text(model: nn.Module, url: str, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Next-token loss, accuracy and perplexity on the whole dataset at ``url``, read by this process alone."""
+    from pipeline import open_loader
+
+    model.eval()
+    sums = RunningSums(device)
+    with (
+        torch.no_grad(),
+        open_loader(url, batch_size=batch_size, shuffle=False, num_epochs=1, rank=0, world_size=1) as loader,
+    ):
+        for batch in loader:
+            inputs, targets = _inputs_and_targets(batch, device)
+            loss_sum, correct, count = _step_sums(model(inputs), targets)
+            sums.add(loss=loss_sum, correct=correct, n=count)
+    totals = sums.reduce(across_ranks=False)  # only this rank evaluates
+    if not totals.get("n"):
+        raise DatasetError(f"{url} has no tokens to evaluate on")
+    loss = totals["loss"] / totals["n"]
+    return {
+        "eval_loss": loss,
+        "eval_accuracy": totals["correct"] / totals["n"],
+        "eval_perplexity": math.exp(min(loss, 50)),
+    }
+
+
+def train_text(config: TextTrainConfig) -> dict[str, Any]:
+    """Train on this rank; the driver gets rank 0's summary (history, paths)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pipeline import open_loader
+
+    settings = dataclasses.asdict(config)
+    with setup() as ctx:
+        run = prepare_run_dir(config.run_dir, resume=True)
+        settings["vocab_size"] = vocab_size = _vocab_size(config)
+        torch.manual_seed(config.seed)
+        model = TinyCausalLM(
+            vocab_size,
+            config.max_len,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            n_heads=config.n_heads,
+        ).to(ctx.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=_MUST_MATCH)
+        start = restored.epoch if restored else 0
+        history = restored.history if restored else []
+        ddp = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+        started = time.perf_counter()
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            lr = cosine_lr(config.lr, epoch, config.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))
+            sums = RunningSums(ctx.device)
+            ddp.train()
+            # CPU batches here; _inputs_and_targets moves them with pin_memory() + non_blocking.
+            with open_loader(
+                config.train_url,
+                batch_size=config.batch_size,
+                seed=derive_seed(config.seed, epoch),
+                num_epochs=1,
+                shuffle=True,
+                drop_last=True,  # the same number of steps on every rank
+                workers=config.workers,
+                fields=["tokens"],
+            ) as loader:
+                for batch in loader:
+                    inputs, targets = _inputs_and_targets(batch, ctx.device)
+                    loss_sum, correct, count = _step_sums(ddp(inputs), targets)
+                    loss = loss_sum / count.clamp(min=1)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    sums.add(loss=loss_sum.detach(), correct=correct, n=count)
+            totals = sums.reduce()
+            n = max(totals.get("n", 0.0), 1.0)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "epochs": config.epochs,
+                "train_loss": totals.get("loss", float("nan")) / n,
+                "train_accuracy": totals.get("correct", 0.0) / n,
+                "train_tokens": int(totals.get("n", 0)),
+                "lr": lr,
+            }
+            if ctx.is_main:
+                if config.eval_url:
+                    row.update(evaluate_text(model, config.eval_url, ctx.device, config.batch_size))
+                row["seconds"] = time.perf_counter() - t0
+                row["tokens_per_s"] = row["train_tokens"] / max(row["seconds"], 1e-9)
+                history.append(row)
+                log.info("%s", format_row(row))
+                run.record_epoch(
+                    model=model,
+                    optimizer=optimizer,
+                    epoch=epoch + 1,
+                    history=history,
+                    config=settings,
+                    title="causal LM",
+                )
+            torch.distributed.barrier()
+        summary = {
+            "run_dir": str(run.path),
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "backend": ctx.backend,
+            "resumed_from_epoch": start,
+            "epochs_trained": config.epochs - start,
+            "train_seconds": time.perf_counter() - started,
+            "final": history[-1] if history else {},
+        }
+        if ctx.is_main:
+            run.finish(history, settings, **summary)
+        return {**summary, "history": history, "metrics": str(run.metrics), "loss_curve": str(run.loss_curve)}
+
+
+def run_text_training(config: TextTrainConfig, *, spark: Any = None) -> dict[str, Any]:
+    """Train through ``TorchDistributor`` as ``config.distributed`` says; return rank 0's summary.
+
+    Args:
+        config: The job's settings.
+        spark: The session for ``TorchDistributor``. Defaults to ``None`` (the active one).
+    """
+    config = absolute_paths(config)
+    prepare_run_dir(config.run_dir, resume=config.resume)
+    dist = config.distributed
+    return run_distributed(
+        train_text,
+        config,
+        num_processes=dist.num_processes,
+        use_gpu=dist.use_gpu,
+        local_mode=dist.local_mode,
+        spark=spark,
+    )

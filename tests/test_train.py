@@ -1,0 +1,197 @@
+"""The training jobs: 2 CPU ranks through TorchDistributor, resume, metrics files, the text LM."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import fields
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.train.distributed import DistributedConfig
+from pipeline.train.image_classifier import ImageTrainConfig, run_image_training, train_images
+from pipeline.train.metrics import RunningSums, plot_loss_curve, write_metrics
+from pipeline.train.models import SmallCNN, images_to_float
+from pipeline.train.run import absolute_paths, cosine_lr, derive_seed
+from pipeline.train.sample_data import write_digits_folder, write_sample_corpus
+from pipeline.train.text_lm import TextTrainConfig, train_text
+from tests.conftest import REPO
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def digits(spark, tmp_path_factory):
+    """500 real digits, converted by `pipeline convert images` into train (400) and held-out (100)."""
+    from pipeline.convert.common import ConvertConfig
+    from pipeline.convert.images import convert_images
+
+    root = tmp_path_factory.mktemp("digits")
+    folder = write_digits_folder(root / "images", limit=500)
+    urls = {}
+    for split in ("train", "heldout"):
+        result = convert_images(spark, folder[split], str(root / split), settings=ConvertConfig(partitions=2))
+        urls[split] = result.output
+    return urls
+
+
+@pytest.fixture(scope="module")
+def corpus(spark, tmp_path_factory):
+    """A tiny regular-English corpus packed into 64-token rows by `pipeline convert text`."""
+    from pipeline.convert.common import ConvertConfig
+    from pipeline.convert.text import TextOptions, convert_text
+
+    root = tmp_path_factory.mktemp("corpus")
+    src = write_sample_corpus(root / "txt", documents=40)
+    result = convert_text(
+        spark, str(src), str(root / "tokens"), TextOptions(seq_len=64), settings=ConvertConfig(partitions=2)
+    )
+    return result.output
+
+
+def image_config(digits, run_dir, **changes) -> ImageTrainConfig:
+    base = ImageTrainConfig(
+        train_url=digits["train"],
+        eval_url=digits["heldout"],
+        run_dir=str(run_dir),
+        epochs=2,
+        batch_size=32,
+        width=16,
+        workers=1,
+        distributed=DistributedConfig(num_processes=2, use_gpu=False),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_image_job_trains_on_two_cpu_ranks_in_local_mode(spark, digits, tmp_path):
+    result = run_image_training(image_config(digits, tmp_path / "run", epochs=3))
+    assert (result["world_size"], result["backend"], result["device"]) == (2, "gloo", "cpu")
+    history = result["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    # 400 rows, 2 ranks, batches of 32 with drop_last: 6 steps x 32 rows x 2 ranks per epoch
+    assert all(row["train_samples"] == 384 for row in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["eval_samples"] == 100
+    assert history[-1]["eval_accuracy"] > 0.25  # 10 classes: chance is 0.1; 18 steps in all
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    assert metrics["epochs"] == history
+    assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def history_without_timing(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "epochs")} for row in history]
+
+
+@pytest.mark.spark
+def test_resume_trains_only_the_missing_epochs_and_matches_an_uninterrupted_run(digits, tmp_path):
+    """In one process (no launcher): 2 epochs straight == 1 epoch, stop, resume to 2."""
+    straight = train_images(absolute_paths(image_config(digits, tmp_path / "straight", epochs=2, workers=2)))
+    first = train_images(absolute_paths(image_config(digits, tmp_path / "resumed", epochs=1)))
+    assert first["epochs_trained"] == 1
+    resumed = train_images(absolute_paths(image_config(digits, tmp_path / "resumed", epochs=2)))
+    assert (resumed["resumed_from_epoch"], resumed["epochs_trained"]) == (1, 1)
+    assert resumed["history"][0] == first["history"][0]
+    got, want = history_without_timing(resumed["history"]), history_without_timing(straight["history"])
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for key in g:
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+    again = train_images(absolute_paths(image_config(digits, tmp_path / "resumed", epochs=2)))
+    assert again["epochs_trained"] == 0 and again["history"] == resumed["history"]
+
+
+@pytest.mark.spark
+def test_resume_refuses_a_checkpoint_of_another_model(digits, tmp_path):
+    train_images(absolute_paths(image_config(digits, tmp_path / "run", epochs=1)))
+    with pytest.raises(PipelineError, match=r"was trained with width=16, this run has width=8"):
+        train_images(absolute_paths(image_config(digits, tmp_path / "run", epochs=2, width=8)))
+
+
+@pytest.mark.spark
+def test_text_job_loss_falls_on_a_tiny_corpus(corpus, tmp_path):
+    config = TextTrainConfig(
+        train_url=corpus,
+        eval_url=corpus,
+        run_dir=str(tmp_path / "run"),
+        epochs=4,
+        batch_size=8,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        max_len=64,
+        workers=1,
+    )
+    result = train_text(absolute_paths(config))
+    losses = [row["train_loss"] for row in result["history"]]
+    assert len(losses) == 4
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result["history"][-1]["eval_loss"] < result["history"][0]["eval_loss"]
+    assert result["history"][-1]["train_accuracy"] > result["history"][0]["train_accuracy"]
+    assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"), [(ImageTrainConfig, "train_images.yaml"), (TextTrainConfig, "train_text.yaml")]
+)
+def test_shipped_conf_files_match_the_documented_defaults(cls, name):
+    path = REPO / "conf" / name
+    assert load_config(cls, path) == cls()
+    keys = {line.split(":")[0] for line in path.read_text().splitlines() if line and line[0].isalpha()}
+    assert {f.name for f in fields(cls)} <= keys
+
+
+def test_derived_seeds_do_not_collide_like_sums():
+    assert derive_seed(1, 2) != derive_seed(2, 1)
+    assert derive_seed(0, 0) == derive_seed(0, 0)
+    assert len({derive_seed(s, e) for s in range(20) for e in range(20)}) == 400
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    lrs = [cosine_lr(1.0, e, 10) for e in range(10)]
+    assert lrs[0] == 0.5 and lrs[1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))
+    assert lrs[-1] >= 0.05
+
+
+def test_metrics_json_and_loss_curve(tmp_path):
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "eval_loss": 1.5 / e, "eval_accuracy": 0.5} for e in (1, 2, 3)
+    ]
+    path = write_metrics(tmp_path / "m" / "metrics.json", history, status="finished")
+    assert json.loads(path.read_text()) == {"status": "finished", "epochs": history}
+    png = plot_loss_curve(tmp_path / "m" / "curve.png", history)
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+
+def test_running_sums_without_a_process_group():
+    sums = RunningSums(torch.device("cpu"))
+    sums.add(loss=torch.tensor(2.0), n=4)
+    sums.add(loss=1.0, n=2)
+    assert sums.reduce() == {"loss": 3.0, "n": 6.0}
+
+
+def test_images_to_float_and_the_cnn_shapes():
+    batch = torch.randint(0, 256, (5, 8, 8, 3), dtype=torch.uint8)
+    x = images_to_float(batch)
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32 and float(x.max()) <= 1.0
+    assert SmallCNN(10, width=8)(x).shape == (5, 10)
+    with pytest.raises(ValueError, match="images must be uint8"):
+        images_to_float(batch.float())
+
+
+def test_bad_config_values_are_named(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("epochs: 0\n")
+    with pytest.raises(PipelineError, match="epochs must be >= 1, got 0"):
+        load_config(ImageTrainConfig, path)
+    path.write_text("distributed: {num_processes: 0}\n")
+    with pytest.raises(PipelineError, match="num_processes must be >= 1"):
+        load_config(TextTrainConfig, path)
