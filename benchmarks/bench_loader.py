@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline  # noqa: E402
-from pipeline.bench import measure  # noqa: E402
+import pipeline
+from pipeline.bench import measure
 
 SIZE = 64
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -44,7 +44,7 @@ def make_image(i: int) -> np.ndarray:
         rng.uniform(0, 255, 3)
         * (0.5 + 0.5 * np.sin(rng.uniform(1, 6) * x + rng.uniform(1, 6) * y))[..., None]
     )
-    cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.1, 0.3)]
+    cy, cx, r = [*rng.uniform(0.2, 0.8, 2).tolist(), rng.uniform(0.1, 0.3)]
     disk = ((y - cy) ** 2 + (x - cx) ** 2) < r * r
     base[disk] = rng.uniform(0, 255, 3)
     return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
@@ -87,14 +87,12 @@ def generate(root: Path, n: int) -> tuple[str, Path, str]:
         from pipeline.spark import SparkConfig, spark_session
 
         schema = _schema()
-        with spark_session(SparkConfig(master=f"local[{CORES}]", driver_memory="2g")) as spark:
-            with materialize_dataset(spark, ds.as_uri(), schema, 4):
-                rdd = spark.sparkContext.parallelize(range(n), 16).map(
-                    lambda i: dict_to_spark_row(schema, {"image": make_image(i), "label": i % 10})
-                )
-                spark.createDataFrame(rdd, schema.as_spark_schema()).write.mode("overwrite").parquet(
-                    ds.as_uri()
-                )
+        config = SparkConfig(master=f"local[{CORES}]", driver_memory="2g")
+        with spark_session(config) as spark, materialize_dataset(spark, ds.as_uri(), schema, 4):
+            rdd = spark.sparkContext.parallelize(range(n), 16).map(
+                lambda i: dict_to_spark_row(schema, {"image": make_image(i), "label": i % 10})
+            )
+            spark.createDataFrame(rdd, schema.as_spark_schema()).write.mode("overwrite").parquet(ds.as_uri())
     if not (raw / "done").exists():
         raw.mkdir(parents=True, exist_ok=True)
         per_file = 2500

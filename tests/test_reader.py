@@ -1,0 +1,174 @@
+"""Reading and decoding: petastorm datasets like make_reader, plain Parquet like make_batch_reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import DatasetError, PipelineError
+from pipeline.reader import DatasetSource, Reader, ReaderConfig, ReadOptions, WorkItem
+from pipeline.reader.shuffle import RowBuffer
+from tests.datasets import expected_row, write_parquet_dataset, write_petastorm_dataset
+
+
+@pytest.fixture(scope="module")
+def petastorm_url(spark, tmp_path_factory):
+    return write_petastorm_dataset(spark, tmp_path_factory.mktemp("ps") / "tiny", rows=60, files=3)
+
+
+@pytest.fixture
+def parquet_url(tmp_path):
+    return write_parquet_dataset(tmp_path / "plain", rows=50, files=3, row_group_rows=6)
+
+
+def read_all(url, options=None, **config):
+    source = DatasetSource(url, options)
+    reader = Reader(
+        source, ReaderConfig(shuffle=False, **config), batch_size=1000, drop_last=False, rank=0, world_size=1
+    )
+    out = {}
+    for sel in reader.batches():
+        for name, column in sel.columns.items():
+            out.setdefault(name, []).extend(column[sel.positions])
+    return out
+
+
+@pytest.mark.spark
+def test_petastorm_rows_decode_like_make_reader(petastorm_url):
+    from petastorm import make_reader
+
+    rows = read_all(petastorm_url, workers=2)
+    assert sorted(rows["id"]) == list(range(60))
+    for i, row_id in enumerate(rows["id"]):
+        expected = expected_row(int(row_id))
+        np.testing.assert_array_equal(rows["image"][i], expected["image"])
+        np.testing.assert_array_equal(rows["vector"][i], expected["vector"])
+        assert rows["name"][i] == expected["name"] and rows["label"][i] == expected["label"]
+    # petastorm's own reader gives the same values and dtypes
+    with make_reader(petastorm_url, workers_count=1, shuffle_row_groups=False, num_epochs=1) as reader:
+        theirs = {int(r.id): r for r in reader}
+    for i, row_id in enumerate(rows["id"]):
+        np.testing.assert_array_equal(theirs[int(row_id)].image, rows["image"][i])
+        assert np.asarray(rows["label"][i]).dtype == np.asarray(theirs[int(row_id)].label).dtype
+
+
+@pytest.mark.spark
+def test_row_form_transform_spec(petastorm_url):
+    from petastorm.transform import TransformSpec
+
+    def add_mean(row):
+        row["mean"] = np.float64(row["image"].mean())
+        row["vector"] = np.concatenate([row["vector"], row["vector"]])
+        return row
+
+    spec = TransformSpec(
+        add_mean,
+        edit_fields=[("mean", np.float64, (), False), ("vector", np.float32, (8,), False)],
+        removed_fields=["name"],
+    )
+    source = DatasetSource(petastorm_url, ReadOptions(transform=spec))
+    assert set(source.specs) == {"id", "label", "image", "vector", "mean"}
+    rows = read_all(petastorm_url, ReadOptions(transform=spec))
+    assert "name" not in rows
+    i = rows["id"].index(7)
+    assert rows["mean"][i] == pytest.approx(expected_row(7)["image"].mean())
+    np.testing.assert_array_equal(rows["vector"][i], np.full(8, 7, np.float32))
+    selected = read_all(petastorm_url, ReadOptions(transform=TransformSpec(selected_fields=["label", "id"])))
+    assert list(selected) == ["label", "id"]
+
+
+@pytest.mark.spark
+def test_predicate_and_field_selection(petastorm_url):
+    from petastorm.predicates import in_lambda
+
+    options = ReadOptions(fields=("id", "label"), predicate=in_lambda(["id"], lambda i: i % 4 == 0))
+    source = DatasetSource(petastorm_url, options)
+    assert sum(source.sizes) == 15
+    rows = read_all(petastorm_url, options)
+    assert set(rows) == {"id", "label"} and sorted(rows["id"]) == list(range(0, 60, 4))
+
+
+def test_plain_parquet_reads_like_make_batch_reader(parquet_url):
+    from petastorm import make_batch_reader
+
+    ours = read_all(parquet_url, workers=3)
+    assert ours["id"] == list(range(50))  # stored order without shuffling
+    plain = ["id", "x", "name"]  # make_batch_reader cannot read ragged lists; we can
+    with make_batch_reader(
+        "file://" + parquet_url, schema_fields=plain, workers_count=1, shuffle_row_groups=False, num_epochs=1
+    ) as reader:
+        theirs = {name: [] for name in plain}
+        for batch in reader:
+            for name in plain:
+                theirs[name].extend(getattr(batch, name))
+    assert [int(i) for i in theirs["id"]] == ours["id"]
+    np.testing.assert_array_equal(np.asarray(theirs["x"]), np.asarray(ours["x"]))
+    assert [str(s) for s in theirs["name"]] == ours["name"]
+    assert [t.tolist() for t in ours["tokens"]] == [list(range(i % 7 + 1)) for i in range(50)]
+
+
+def test_batch_form_transform_spec_on_plain_parquet(parquet_url):
+    from petastorm.transform import TransformSpec
+
+    def scale(frame):
+        frame["x"] = frame["x"] * 10
+        frame["double_id"] = frame["id"] * 2
+        return frame
+
+    spec = TransformSpec(scale, edit_fields=[("double_id", np.int64, (), False)], removed_fields=["name"])
+    rows = read_all(parquet_url, ReadOptions(transform=spec))
+    assert set(rows) == {"id", "x", "tokens", "double_id"}
+    assert rows["double_id"] == [2 * i for i in rows["id"]]
+    assert rows["x"][3] == pytest.approx(15.0)
+
+
+def test_transform_must_keep_the_row_count(parquet_url):
+    from petastorm.transform import TransformSpec
+
+    spec = TransformSpec(lambda frame: frame.iloc[:2])
+    with pytest.raises(PipelineError, match="number of rows") as info:
+        read_all(parquet_url, ReadOptions(transform=spec))
+    assert any("row group" in note for note in info.value.__notes__)
+
+
+def test_unknown_field_and_missing_dataset(parquet_url, tmp_path):
+    with pytest.raises(DatasetError, match="'nope' is not in") as info:
+        DatasetSource(parquet_url, ReadOptions(fields=("id", "nope")))
+    assert "available fields: id, x, name, tokens" in str(info.value)
+    with pytest.raises(DatasetError, match="does not exist"):
+        DatasetSource(tmp_path / "missing")
+
+
+def test_pyarrow_filesystem_passes_through(parquet_url):
+    import pyarrow.fs as pafs
+
+    rows = read_all(parquet_url, ReadOptions(filesystem=pafs.LocalFileSystem(), fields=("id",)))
+    assert rows["id"] == list(range(50))
+
+
+def test_read_into_writes_reserved_rows(parquet_url):
+    source = DatasetSource(parquet_url)
+    buffer = RowBuffer(source.specs, capacity=20, size=0, rng=None)
+    rows = buffer.reserve(4)
+    source.read_into(WorkItem(epoch=0, piece=1, start=1, stop=5), buffer.columns, rows)
+    assert buffer.columns["id"][rows].tolist() == [7, 8, 9, 10]
+    assert [list(t) for t in buffer.columns["tokens"][rows]] == [
+        list(range(i % 7 + 1)) for i in (7, 8, 9, 10)
+    ]
+
+
+def test_row_buffer_memory_is_fixed_by_the_settings_not_the_dataset(tmp_path):
+    small = write_parquet_dataset(tmp_path / "small", rows=60, files=1, row_group_rows=10)
+    large = write_parquet_dataset(tmp_path / "large", rows=6000, files=4, row_group_rows=10)
+    capacities = []
+    for url in (small, large):
+        reader = Reader(
+            DatasetSource(url),
+            ReaderConfig(shuffle_buffer=32, workers=2),
+            batch_size=8,
+            drop_last=False,
+            rank=0,
+            world_size=1,
+        )
+        capacities.append(reader._buffer(limit=4).capacity)
+    assert capacities[0] == capacities[1] == 32 + 5 * 10
