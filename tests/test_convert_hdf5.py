@@ -293,6 +293,12 @@ def test_fail_mode_and_bad_dtypes_stop_before_spark(tmp_path):
         f.create_dataset("refs", (3,), dtype=h5py.ref_dtype)
     with pytest.raises(InputError, match=r"refs\.h5: dataset /refs has dtype reference"):
         convert_hdf5(None, tmp_path / "refs.h5", tmp_path / "out")
+    with h5py.File(tmp_path / "blosc.h5", "w") as f:  # a filter id h5py has no decoder for
+        f.create_dataset("x", data=np.arange(8), chunks=(4,), compression=32001, allow_unknown_filter=True)
+    with pytest.raises(
+        InputError, match=r"blosc\.h5: dataset /x is compressed with HDF5 filter .*32001.*hdf5plugin"
+    ):
+        convert_hdf5(None, tmp_path / "blosc.h5", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -15,6 +15,7 @@ the same dtypes and row shapes (its own first-axis length may differ), otherwise
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ from pipeline.convert.hdf5_schema import (
     Slice,
     discover_datasets,
     map_fields,
+    missing_filters,
     plan_slices,
     select_datasets,
 )
@@ -111,10 +113,17 @@ class _FileMeta:
     specs: list[FieldSpec]
 
 
+def _register_plugins() -> None:
+    """Make the filters of ``hdf5plugin`` (Blosc, Bitshuffle, LZ4, Zstd, ...) readable when it is installed."""
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401
+
+
 def _read_metadata(path: str, wanted: tuple[str, ...] | None) -> _FileMeta:
     """Metadata of one file (never its data); raises :class:`InputError` for a bad file."""
     import h5py
 
+    _register_plugins()
     try:
         if not h5py.is_hdf5(path):
             raise InputError(f"{path} is not an HDF5 file (no HDF5 signature)", hint=_SKIP_HINT)
@@ -125,6 +134,14 @@ def _read_metadata(path: str, wanted: tuple[str, ...] | None) -> _FileMeta:
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InputError(f"{path}: cannot read HDF5 metadata: {exc}", hint=_SKIP_HINT) from None
     chosen, left_out = select_datasets(path, infos, wanted)
+    for info in chosen:
+        for code, name in missing_filters(info):
+            raise InputError(
+                f"{path}: dataset {info.path} is compressed with HDF5 filter {name or '?'} (id {code}), "
+                "which this h5py cannot decode",
+                hint="`pip install hdf5plugin` adds Blosc, Bitshuffle, LZ4, Zstd and more; "
+                "or leave the dataset out with --datasets",
+            )
     specs = map_fields(path, chosen)
     return _FileMeta(chosen[0].rows, chosen, left_out, specs)
 
@@ -213,6 +230,7 @@ def _process(
     """Partition function (runs in a Spark executor): each task opens its files and reads its slices."""
     import h5py
 
+    _register_plugins()
     handle: Any = None
     opened: str | None = None
     try:

@@ -38,6 +38,7 @@ __all__ = [
     "discover_datasets",
     "field_name",
     "map_fields",
+    "missing_filters",
     "plan_slices",
     "select_datasets",
 ]
@@ -53,6 +54,8 @@ class DatasetInfo:
     dtype: np.dtype
     chunks: tuple[int, ...] | None
     compression: str | None
+    filters: tuple[tuple[int, str], ...] = ()
+    """HDF5 filter pipeline as ``(filter id, name)`` pairs, e.g. ``((2, "shuffle"), (1, "deflate"))``."""
 
     @property
     def rows(self) -> int:
@@ -96,6 +99,22 @@ def field_name(*parts: str) -> str:
     return f"f{name}" if name[0].isdigit() else name
 
 
+def _filters(dataset: Any) -> tuple[tuple[int, str], ...]:
+    plist = dataset.id.get_create_plist()
+    out = []
+    for i in range(plist.get_nfilters()):
+        code, _flags, _values, name = plist.get_filter(i)
+        out.append((int(code), name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)))
+    return tuple(out)
+
+
+def missing_filters(info: DatasetInfo) -> list[tuple[int, str]]:
+    """Filters of ``info`` that this HDF5 library cannot decode (e.g. Blosc without ``hdf5plugin``)."""
+    import h5py
+
+    return [(code, name) for code, name in info.filters if not h5py.h5z.filter_avail(code)]
+
+
 def discover_datasets(h5file: Any) -> list[DatasetInfo]:
     """Every dataset of an open ``h5py.File`` (links followed once), sorted by path."""
     import h5py
@@ -111,6 +130,7 @@ def discover_datasets(h5file: Any) -> list[DatasetInfo]:
                 dtype=obj.dtype,
                 chunks=tuple(obj.chunks) if obj.chunks else None,
                 compression=obj.compression,
+                filters=_filters(obj),
             )
 
     h5file.visititems(visit)
