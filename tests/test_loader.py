@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import pipeline
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, DatasetError, PipelineError
 from pipeline.loader.collate import collate_batch
 from pipeline.reader.config import LoaderConfig, ReaderConfig
 from tests.conftest import REPO
@@ -116,6 +116,16 @@ def test_endless_mode_crosses_epoch_boundaries(url):
     for epoch in (0, 1, 2):
         assert sorted(seen[epoch]) == list(range(ROWS))
     assert seen[0] != seen[1] != seen[2]
+
+
+def test_no_rows_gives_no_batches_or_a_clear_error_when_endless(url):
+    from petastorm.predicates import in_lambda
+
+    nothing = in_lambda(["id"], lambda i: i < 0)
+    with pipeline.open_loader(url, predicate=nothing, config=None) as loader:
+        assert len(loader) == 0 and list(loader) == []
+    with pytest.raises(DatasetError, match="no rows"):
+        pipeline.open_loader(url, predicate=nothing, num_epochs=None, config=None)
 
 
 def test_ragged_fields_are_padded_and_strings_stay_lists(url):

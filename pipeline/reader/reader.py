@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import DatasetError
 from pipeline.reader.config import ReaderConfig
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer
@@ -78,6 +79,12 @@ class Reader:
         self._sizes = source.sizes
         self.rows_per_epoch = rows_per_rank(sum(self._sizes), world_size, drop_last)
         """Rows this rank reads per epoch (the same on every rank)."""
+        if self.rows_per_epoch == 0 and config.num_epochs is None:
+            raise DatasetError(
+                f"{source.url} has no rows for rank {rank} of {world_size} to read, and num_epochs=None "
+                "would wait for them forever",
+                hint="check the predicate, or use fewer ranks or drop_last=False",
+            )
 
     @property
     def batches_per_epoch(self) -> int:
