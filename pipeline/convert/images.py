@@ -195,6 +195,10 @@ def process_images(
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
+        except OSError as exc:
+            errors.bad(path, f"cannot read file: {exc.strerror or exc}")
+            continue
+        try:
             stored, _ = prepare_image(
                 data,
                 size=options.size,
@@ -205,9 +209,6 @@ def process_images(
                 png_compression=options.png_compression,
                 pass_through=options.pass_through,
             )
-        except OSError as exc:
-            errors.bad(path, f"cannot read file: {exc.strerror or exc}")
-            continue
         except ImageError as exc:
             errors.bad(path, str(exc))
             continue

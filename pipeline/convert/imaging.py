@@ -85,6 +85,8 @@ def _open(data: bytes) -> Any:
         return Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise ImageError("not an image Pillow can read (unknown format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"cannot read the image header: {exc}") from None
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

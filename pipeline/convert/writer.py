@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
 """``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
-_MARKER = "PIPELINE-BAD-INPUT "
 _SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
 _VERSIONED = ("pyspark", "petastorm", "pyarrow", "numpy", "pandas", "pillow", "opencv-python-headless")
 _HADOOP_KEYS = (
@@ -133,11 +132,21 @@ class _TaskRunner:
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(columns[n], type=self.schema.field(n).type) for n in names], schema=self.schema
                 )
+                if self.on_error == "fail" and _has_failures(self.errors_url):
+                    return  # another task hit bad input: the job will fail anyway
         except BadInput as exc:
+            # No exception into Spark: it would log a stack trace and retry the task. The driver
+            # finds this record after the job and raises one clean InputError.
             _write_records(self.errors_url, f"failed-{pid:05d}", [exc.record])
-            raise RuntimeError(_MARKER + exc.record.to_json()) from None
+            return
         if errors.skipped:
             _write_records(self.errors_url, f"skipped-{pid:05d}", errors.skipped)
+
+
+def _has_failures(errors_url: str) -> bool:
+    fs, root = pafs.FileSystem.from_uri(errors_url)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return any(info.base_name.startswith("failed-") for info in infos)
 
 
 @contextmanager
@@ -155,16 +164,10 @@ def _hadoop_conf_restored(spark: Any) -> Iterator[None]:
                 conf.set(key, value)
 
 
-def _task_failure(exc: BaseException, errors_dir: Path) -> PipelineError:
-    """Turn a failed Spark job into one clean error naming the bad input, if that was the cause."""
+def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
+    """Turn bad input (or a failed Spark job) into one clean error naming the input if it was the cause."""
     failed = _read_records(errors_dir, "failed")
-    text = str(exc)
-    if not failed and _MARKER in text:
-        payload = text.split(_MARKER, 1)[1]
-        try:
-            failed = [SkippedRecord(**json.JSONDecoder().raw_decode(payload)[0])]
-        except (ValueError, TypeError):
-            failed = []
+    text = "" if exc is None else str(exc)
     if failed:
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -267,6 +270,8 @@ def write_petastorm(
                 materialize_dataset(spark, stage.data_url, schema, settings.row_group_mb),
             ):
                 frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
+                if settings.on_error == "fail" and _read_records(errors_dir, "failed"):
+                    raise _task_failure(None, errors_dir)
                 if not any(stage.data_dir.glob("*.parquet")):
                     skipped = _read_records(errors_dir, "skipped")
                     raise InputError(

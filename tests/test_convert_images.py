@@ -1,0 +1,361 @@
+"""Image conversion end to end: realistic sources, read-back, pixels, bad input, kill, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from pipeline.cli import main as cli_main
+from pipeline.convert.common import ConvertConfig
+from pipeline.convert.images import ImageOptions, convert_images, find_images
+from pipeline.convert.imaging import decode_rgb, fit_image, prepare_image
+from pipeline.dataset import list_dataset_files, read_provenance
+from pipeline.errors import InputError
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.spark
+
+LOSSLESS_CV2 = (".png", ".bmp", ".tif")  # formats OpenCV reads back exactly like Pillow
+
+
+def smooth(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth RGB test picture (JPEG-friendly) with a seed-dependent pattern."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.uniform(0.05, 0.3, 3)
+    img = np.stack(
+        [128 + 100 * np.sin(a * xx + b * yy), 128 + 100 * np.cos(b * xx), (xx * 255 // w + c * yy)], -1
+    )
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def write_sample_tree(root: Path) -> dict[str, str]:
+    """Class folders (one nested) with JPEG/PNG/BMP/TIFF/GIF/WebP in many modes; returns rel -> class."""
+    made: dict[str, str] = {}
+
+    def save(rel: str, image: Image.Image | None = None, data: bytes | None = None, **kw) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            path.write_bytes(data)
+        else:
+            image.save(path, **kw)
+        made[rel] = rel.split("/")[0]
+
+    rgb = smooth(30, 40, 1)
+    save("cat/rgb.jpg", Image.fromarray(rgb), quality=90)
+    save("cat/gray.jpg", Image.fromarray(rgb[:, :, 0]), quality=90)
+    save("cat/cmyk.jpg", Image.fromarray(smooth(20, 26, 2)).convert("CMYK"), quality=90)
+    save("cat/rotated.jpg", data=jpeg_with_orientation(smooth(24, 36, 3), 6))
+    save("cat/deep/nested/rgb.png", Image.fromarray(smooth(33, 21, 4)))
+    rgba = np.dstack([smooth(25, 25, 5), np.linspace(0, 255, 625, dtype=np.uint8).reshape(25, 25)])
+    save("dog/rgba.png", Image.fromarray(rgba, "RGBA"))
+    save("dog/palette.png", Image.fromarray(smooth(28, 30, 6)).convert("P", palette=Image.Palette.ADAPTIVE))
+    gray16 = (np.arange(22 * 18, dtype=np.uint32).reshape(22, 18) * 161).astype(np.uint16)
+    save("dog/gray16.png", Image.fromarray(gray16))
+    save("dog/la.png", Image.fromarray(rgba[:, :, [0, 3]], "LA"))
+    save("dog/bitmap.bmp", Image.fromarray(smooth(17, 23, 7)))
+    save("zebra/photo.tiff", Image.fromarray(smooth(26, 19, 8)))
+    frames = [Image.fromarray(smooth(20, 20, s)).convert("P") for s in (9, 10)]
+    save("zebra/anim.gif", frames[0], save_all=True, append_images=frames[1:])
+    save("zebra/lossless.webp", Image.fromarray(smooth(21, 27, 11)), lossless=True)
+    (root / "zebra" / "notes.txt").write_text("not an image: ignored by suffix")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "cat" / "._rgb.jpg").write_bytes(b"AppleDouble")  # macOS resource fork: hidden, ignored
+    return made
+
+
+def expected_rgb(path: Path) -> np.ndarray:
+    """An independent decode of a source file: upright 8-bit RGB, alpha dropped, 16-bit / 257."""
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode in ("I;16", "I"):
+        gray = np.round(np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def read_back(spark, url: str) -> dict[str, tuple[np.ndarray, int]]:
+    """Rows by path via make_reader; asserts Spark and pyarrow hold the same values."""
+    import cv2
+    from petastorm import make_reader
+
+    with make_reader(url, workers_count=1, shuffle_row_groups=False, num_epochs=1) as reader:
+        by_reader = {row.path: (row.image, int(row.label)) for row in reader}
+    by_spark = {r["path"]: (bytes(r["image"]), r["label"]) for r in spark.read.parquet(url).collect()}
+    files = list_dataset_files(url).files
+    table_rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    by_arrow = {r["path"]: (r["image"], r["label"]) for r in table_rows}
+    assert by_spark == by_arrow
+    assert set(by_reader) == set(by_spark)
+    for path, (image, label) in by_reader.items():
+        data, spark_label = by_spark[path]
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        np.testing.assert_array_equal(image, decoded)
+        assert label == spark_label
+    return by_reader
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("images") / "src"
+    return root, write_sample_tree(root)
+
+
+def test_tree_converts_every_format_and_pixels_match_an_independent_decode(spark, sample, tmp_path):
+    src, made = sample
+    result = convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions())
+    assert (result.rows, result.skipped, result.extra["encoding"]) == (len(made), 0, "png")
+    rows = read_back(spark, result.output)
+    classes = ["cat", "dog", "zebra"]
+    assert read_provenance(result.output)["class_names"] == classes
+    assert {p: label for p, (_, label) in rows.items()} == {p: classes.index(c) for p, c in made.items()}
+    for rel, (image, _) in rows.items():
+        expected = expected_rgb(src / rel)
+        np.testing.assert_array_equal(image, expected, err_msg=rel)
+        if rel.endswith(LOSSLESS_CV2) and Image.open(src / rel).mode == "RGB":
+            import cv2
+
+            np.testing.assert_array_equal(image, cv2.imread(str(src / rel), cv2.IMREAD_COLOR)[:, :, ::-1])
+    assert rows["cat/rotated.jpg"][0].shape == (36, 24, 3)  # EXIF orientation 6 applied
+
+
+@pytest.mark.parametrize("fit", ["center-crop", "resize", "pad"])
+def test_size_gives_a_fixed_shape_equal_to_the_same_resize_done_independently(spark, sample, tmp_path, fit):
+    src, _ = sample
+    result = convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions(size=(16, 24), fit=fit))
+    rows = read_back(spark, result.output)
+    from pipeline.inspect import inspect_dataset
+
+    assert inspect_dataset(result.output).fields["image"].shape == (16, 24, 3)
+    for rel, (image, _) in rows.items():
+        source = Image.fromarray(expected_rgb(src / rel))
+        if fit == "center-crop":
+            want = ImageOps.fit(source, (24, 16), Image.Resampling.BILINEAR)
+        elif fit == "resize":
+            want = source.resize((24, 16), Image.Resampling.BILINEAR)
+        else:
+            scale = min(24 / source.width, 16 / source.height)
+            w, h = round(source.width * scale), round(source.height * scale)
+            want = Image.new("RGB", (24, 16))
+            want.paste(source.resize((w, h), Image.Resampling.BILINEAR), ((24 - w) // 2, (16 - h) // 2))
+        np.testing.assert_array_equal(image, np.asarray(want), err_msg=f"{rel} {fit}")
+
+
+def test_jpeg_folder_keeps_original_bytes_unless_a_change_is_needed(spark, tmp_path):
+    import cv2
+
+    src = tmp_path / "jpegs"
+    (src / "a").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(smooth(32, 48, i)).save(src / "a" / f"{i}.jpg", quality=85)
+    (src / "a" / "rotated.jpg").write_bytes(jpeg_with_orientation(smooth(20, 30, 9), 3))
+    Image.fromarray(smooth(32, 48, 10)[:, :, 1]).save(src / "a" / "gray.jpg")
+    result = convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions())
+    assert result.extra["encoding"] == "jpeg"
+    stored = {r["path"]: bytes(r["image"]) for r in spark.read.parquet(result.output).collect()}
+    rows = read_back(spark, result.output)
+    for i in range(6):
+        rel = f"a/{i}.jpg"
+        assert stored[rel] == (src / rel).read_bytes()  # passed through untouched
+        np.testing.assert_array_equal(rows[rel][0], cv2.imread(str(src / rel))[:, :, ::-1])
+    assert stored["a/rotated.jpg"] != (src / "a" / "rotated.jpg").read_bytes()
+    upright = np.asarray(Image.open(src / "a" / "rotated.jpg").rotate(180))
+    assert np.abs(rows["a/rotated.jpg"][0].astype(int) - upright).mean() < 3  # re-encoded at quality 95
+    assert rows["a/gray.jpg"][0].shape == (32, 48, 3)
+    sized = convert_images(spark, str(src), str(tmp_path / "sized"), ImageOptions(size=(32, 48)))
+    kept = {r["path"]: bytes(r["image"]) for r in spark.read.parquet(sized.output).collect()}
+    assert kept["a/0.jpg"] == (src / "a" / "0.jpg").read_bytes()  # already the target size
+
+
+def test_flat_folder_has_no_labels_and_manifests_name_their_classes(spark, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth(10, 12, i)).save(flat / f"{i}.png")
+    result = convert_images(spark, str(flat), str(tmp_path / "flat-out"), ImageOptions())
+    assert {label for _, label in read_back(spark, result.output).values()} == {-1}
+    assert read_provenance(result.output)["class_names"] == []
+
+    (tmp_path / "m.csv").write_text("path,label\nflat/0.png,tiger\nflat/1.png,ant\nflat/2.png,\n")
+    result = convert_images(spark, str(tmp_path / "m.csv"), str(tmp_path / "csv-out"), ImageOptions())
+    labels = {p: label for p, (_, label) in read_back(spark, result.output).items()}
+    assert labels == {"flat/0.png": 1, "flat/1.png": 0, "flat/2.png": -1}
+    assert result.extra["class_names"] == ["ant", "tiger"]
+
+    lines = [{"path": str(flat / "0.png"), "label": 7}, {"path": "flat/missing.png", "label": 3}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    skip = ConvertConfig(on_error="skip")
+    result = convert_images(
+        spark, str(tmp_path / "m.jsonl"), str(tmp_path / "j-out"), ImageOptions(), settings=skip
+    )
+    assert (result.rows, result.skipped) == (1, 1)
+    assert [label for _, label in read_back(spark, result.output).values()] == [7]
+
+
+def write_bad_inputs(root: Path) -> list[str]:
+    good = smooth(20, 20, 1)
+    buf = io.BytesIO()
+    Image.fromarray(good).save(buf, "JPEG")
+    png = io.BytesIO()
+    Image.fromarray(good).save(png, "PNG")
+    bad = {
+        "b/truncated.jpg": buf.getvalue()[: len(buf.getvalue()) // 2],
+        "b/truncated.png": png.getvalue()[: len(png.getvalue()) * 2 // 3],
+        "b/empty.png": b"",
+        "b/text.jpg": b"hello, I am not a JPEG\n",
+        "b/random.webp": np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    }
+    for rel, data in bad.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    for i in range(4):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth(20, 20, i)).save(root / "a" / f"good{i}.png")
+    return sorted(bad)
+
+
+def test_skip_mode_lists_every_bad_file_and_keeps_every_good_one(spark, tmp_path):
+    src = tmp_path / "src"
+    bad = write_bad_inputs(src)
+    settings = ConvertConfig(on_error="skip")
+    result = convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions(), settings=settings)
+    assert (result.rows, result.skipped) == (4, len(bad))
+    report = [json.loads(line) for line in Path(result.skipped_report).read_text().splitlines()]
+    assert sorted(r["source"] for r in report) == [str(src / rel) for rel in bad]
+    reasons = {Path(r["source"]).name: r["reason"] for r in report}
+    assert "empty file" in reasons["empty.png"]
+    assert "truncated" in reasons["truncated.jpg"].lower()
+    assert set(read_back(spark, result.output)) == {f"a/good{i}.png" for i in range(4)}
+    assert read_provenance(result.output)["counts"]["skipped"] == len(bad)
+
+
+def test_fail_mode_in_the_library_names_the_file_and_leaves_no_dest(spark, tmp_path):
+    src = tmp_path / "src"
+    write_bad_inputs(src)
+    with pytest.raises(InputError) as info:
+        convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions())
+    assert str(src / "b") in str(info.value) and "HINT" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DEST, no staging left
+
+
+def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    cmd = [sys.executable, "-m", "pipeline.cli", "convert", "images", *args, "--master", "local[2]"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=240, **kw)
+
+
+def test_cli_fail_mode_exits_nonzero_naming_the_file_without_a_jvm_trace(tmp_path):
+    src = tmp_path / "src"
+    write_bad_inputs(src)
+    proc = run_cli(str(src), str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "error: bad input: " + str(src / "b") in proc.stderr
+    assert "Py4JJavaError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_existing_dest_is_an_error_before_any_work_and_is_left_untouched(sample, tmp_path, capsys):
+    src, _ = sample
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("precious")
+    started = time.monotonic()
+    assert cli_main(["convert", "images", str(src), str(dest), "--master", "local[1]"]) == 2
+    assert time.monotonic() - started < 5  # no Spark was started
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]
+
+
+def test_cli_json_and_overwrite_replace_an_old_dataset(spark, sample, tmp_path, capsys):
+    src, made = sample
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    code = cli_main(["convert", "images", str(src), str(dest), "--overwrite", "--size", "8x8", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["rows"] == len(made) and result["skipped"] == 0 and result["seconds"] > 0
+    assert result["output"] == "file://" + str(dest)
+    assert not (dest / "old.txt").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}
+
+
+def tree_digest(url: str) -> str:
+    """Hash of every row's (path, label, image bytes), in file order."""
+    files = list_dataset_files(url).files
+    digest = hashlib.sha256()
+    for f in files:
+        for row in pq.read_table(f).to_pylist():
+            digest.update(f"{row['path']}|{row['label']}|".encode() + row["image"])
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+def test_killed_job_leaves_no_dest_and_a_rerun_succeeds(spark, tmp_path):
+    src = tmp_path / "src" / "flat"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1500):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(src / f"{i:04d}.jpg")
+    dest = tmp_path / "out"
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    cmd = [sys.executable, "-m", "pipeline.cli", "convert", "images", str(src), str(dest), "--size", "60x60",
+           "--encoding", "png", "--partitions", "1", "--master", "local[1]"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(tmp_path.glob(".out.staging-*/data/_temporary")):
+                break  # the Spark write has started
+            time.sleep(0.01)
+        assert proc.poll() is None, "the conversion finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not dest.exists()
+    assert list(tmp_path.glob(".out.staging-*"))  # the killed run's staging folder...
+    result = convert_images(spark, str(src), str(dest), ImageOptions(size=(60, 60), encoding="png"))
+    assert result.rows == 1500
+    assert not list(tmp_path.glob(".out.staging-*"))  # ...was removed by the rerun
+
+
+def test_decoding_rules_for_odd_modes():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(buf, "PNG")
+    assert np.asarray(decode_rgb(buf.getvalue())).tolist() == [[[255, 255, 255]] * 4] * 4
+    buf = io.BytesIO()
+    Image.fromarray(np.full((3, 3), 0.5, np.float32)).save(buf, "TIFF")
+    assert np.asarray(decode_rgb(buf.getvalue()))[0, 0].tolist() == [128, 128, 128]
+    red = Image.new("RGB", (10, 4), (255, 0, 0))
+    padded = np.asarray(fit_image(red, (10, 10), "pad"))
+    assert padded[0, 0].tolist() == [0, 0, 0] and padded[5, 5].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match="empty file"):
+        prepare_image(b"", size=None)
+
+
+def test_tree_with_loose_images_at_the_top_is_an_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")
+    with pytest.raises(InputError, match=r"loose\.png"):
+        find_images(str(tmp_path))
