@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
@@ -195,3 +197,27 @@ def test_bad_config_values_are_named(tmp_path):
     path.write_text("distributed: {num_processes: 0}\n")
     with pytest.raises(PipelineError, match="num_processes must be >= 1"):
         load_config(TextTrainConfig, path)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_the_same_job_runs_unchanged_on_a_standalone_cluster(digits, tmp_path):
+    """jobs/train_images.py --cluster: 2 barrier tasks on a real master + 2 workers (local_mode=False)."""
+    from tests.cluster import cluster_env, standalone_cluster
+
+    run_dir = tmp_path / "run"
+    with standalone_cluster(tmp_path / "cluster") as master:
+        cmd = [
+            sys.executable, str(REPO / "jobs" / "train_images.py"),
+            "--master", master, "--cluster", "--num-processes", "2", "--no-gpu",
+            "--train-url", digits["train"], "--eval-url", digits["heldout"], "--run-dir", str(run_dir),
+            "--epochs", "1", "--batch-size", "32", "--workers", "1", "--json",
+        ]  # fmt: skip
+        proc = subprocess.run(
+            cmd, env=cluster_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path
+        )
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["world_size"], summary["backend"], summary["epochs_trained"]) == (2, "gloo", 1)
+    assert summary["final"]["train_samples"] == 384
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"

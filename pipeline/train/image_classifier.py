@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,14 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import load_config
-from pipeline.dataset import read_provenance
+from pipeline.dataset import normalize_url, read_provenance
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.train.distributed import DistributedConfig, run_distributed, setup
 from pipeline.train.metrics import RunningSums
 from pipeline.train.models import SmallCNN, images_to_float
 from pipeline.train.run import absolute_paths, cosine_lr, derive_seed, format_row, prepare_run_dir
 
-__all__ = ["ImageTrainConfig", "evaluate_images", "load_image_config", "run_image_training", "train_images"]
+__all__ = [
+    "ImageTrainConfig",
+    "evaluate_checkpoint",
+    "evaluate_images",
+    "load_image_config",
+    "run_image_training",
+    "train_images",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +128,24 @@ def evaluate_images(model: nn.Module, url: str, device: torch.device, batch_size
     return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count, "eval_samples": count}
 
 
+def evaluate_checkpoint(
+    checkpoint: str | Path, url: str, *, device: str = "cpu", batch_size: int = 256
+) -> dict[str, float]:
+    """Rebuild the model saved in ``checkpoint`` and evaluate it on ``url`` in this process.
+
+    Args:
+        checkpoint: A ``checkpoint.pt`` written by :func:`train_images`.
+        url: Dataset with ``image`` and ``label`` fields.
+        device: Where to run the model. Defaults to ``"cpu"``.
+        batch_size: Rows per batch. Defaults to ``256``.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = state["config"]
+    model = SmallCNN(saved["num_classes"], width=saved["width"], dropout=saved["dropout"])
+    model.load_state_dict(state["model"])
+    return evaluate_images(model.to(device), normalize_url(url), torch.device(device), batch_size)
+
+
 def train_images(config: ImageTrainConfig) -> dict[str, Any]:
     """Train on this rank; the driver gets rank 0's summary (history, accuracy, paths).
 
@@ -191,7 +217,9 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
             }
             if ctx.is_main:
                 if config.eval_url:
+                    t_eval = time.perf_counter()
                     row.update(evaluate_images(model, config.eval_url, ctx.device, 256))
+                    row["eval_seconds"] = time.perf_counter() - t_eval
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 log.info("%s", format_row(row))
