@@ -11,6 +11,7 @@ idle for if the step itself took no time.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -38,6 +39,8 @@ class BenchResult:
     wait_p99_ms: float
     peak_rss_mb: float
     """Peak resident memory of this process so far, in MiB."""
+    cpu_percent: float
+    """CPU time of this process (all threads) over wall time, in percent of one core."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +86,7 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
     waits: list[float] = []
     rows = nbytes = 0
     start = time.perf_counter()
+    cpu_start = os.times()
     loader = open_fn()
     context = loader if hasattr(loader, "__enter__") else _Nothing(loader)
     with context as opened:
@@ -97,6 +101,8 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
             rows += batch_rows(batch)
             nbytes += tensor_bytes(batch)
     seconds = time.perf_counter() - start
+    cpu_end = os.times()
+    cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
     wait_ms = np.asarray(waits) * 1e3 if waits else np.zeros(1)
     return BenchResult(
         rows=rows,
@@ -107,6 +113,7 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
         wait_p50_ms=round(float(np.percentile(wait_ms, 50)), 3),
         wait_p99_ms=round(float(np.percentile(wait_ms, 99)), 3),
         peak_rss_mb=round(_peak_rss_mb(), 1),
+        cpu_percent=round(100 * cpu / seconds, 1) if seconds > 0 else 0.0,
     )
 
 

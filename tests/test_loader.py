@@ -266,3 +266,19 @@ def test_cuda_batches_survive_work_on_the_consumer_stream(url):
                 x = torch.sin(x) + x
             total += int(batch["id"].sum().item())
     assert total == 4 * sum(range(ROWS))
+
+
+def test_rank_and_world_size_come_from_torch_distributed(url, tmp_path):
+    import torch.distributed as dist
+
+    from pipeline.loader import resolve_shard
+
+    assert resolve_shard(None, None) == (0, 1)
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    try:
+        assert resolve_shard(None, None) == (0, 1)
+        assert resolve_shard(None, 1) == (0, 1)  # the rank is filled in from the process group
+        with pipeline.open_loader(url, batch_size=50, config=None) as loader:
+            assert len(loader) == 3 and loader.reader.world_size == 1
+    finally:
+        dist.destroy_process_group()

@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             f"speed     {out['samples_per_s']:,.0f} samples/s, {out['mb_per_s']:,.1f} MB/s of tensors, "
             f"{out['disk_mb_per_s']:,.1f} MB/s from disk\n"
             f"wait      p50 {out['wait_p50_ms']:.2f} ms, p99 {out['wait_p99_ms']:.2f} ms per batch\n"
-            f"memory    peak RSS {out['peak_rss_mb']:,.0f} MiB\n"
+            f"memory    peak RSS {out['peak_rss_mb']:,.0f} MiB, CPU {out['cpu_percent']:.0f}% of one core\n"
             f"options   batch size {out['batch_size']}, {out['workers']} workers"
         )
     return out
