@@ -13,9 +13,11 @@ Each kind lives in ``pipeline/convert/<kind>.py`` and follows one protocol, so t
 
 Bad input is handled inside Spark tasks through :class:`RecordErrors`: a kind calls
 ``errors.bad(source, reason, record=...)`` for each bad file or record and carries on; with
-``on_error="fail"`` that call raises and the driver turns it into one clean
-:class:`~pipeline.errors.InputError`, with ``"skip"`` it is counted and listed in
-``DEST/_skipped.jsonl``.
+``on_error="skip"`` it is counted and listed in ``DEST/_skipped.jsonl``. With ``"fail"`` that call
+raises :class:`BadInput`, which the framework catches in the task (a kind must let it propagate:
+never call ``errors.bad`` inside a ``try`` that catches ``Exception``); the task ends without an
+exception into Spark (no JVM stack trace, no retries), other tasks stop at their next batch,
+and the driver raises one clean :class:`~pipeline.errors.InputError` naming the input.
 """
 
 from __future__ import annotations

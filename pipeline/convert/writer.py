@@ -272,7 +272,7 @@ def write_petastorm(
                 frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
                 if settings.on_error == "fail" and _read_records(errors_dir, "failed"):
                     raise _task_failure(None, errors_dir)
-                if not any(stage.data_dir.glob("*.parquet")):
+                if not sum(pq.read_metadata(f).num_rows for f in stage.data_dir.glob("*.parquet")):
                     skipped = _read_records(errors_dir, "skipped")
                     raise InputError(
                         f"no rows were converted from {source}"
@@ -307,6 +307,7 @@ def write_petastorm(
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "options": _jsonable(options),
             "settings": asdict(settings),
+            "spark_master": spark.sparkContext.master,
             "counts": {
                 "rows": rows,
                 "skipped": len(skipped),

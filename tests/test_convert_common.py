@@ -1,0 +1,269 @@
+"""The conversion framework: settings, listing, balanced partitions, staging, headers, writer."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.convert.common import (
+    ConvertConfig,
+    RecordErrors,
+    add_common_arguments,
+    load_options,
+    load_settings,
+    parse_size,
+)
+from pipeline.convert.headers import image_header
+from pipeline.convert.images import ImageOptions
+from pipeline.convert.listing import choose_partitions, list_source_files, split_by_bytes
+from pipeline.convert.staging import StagedOutput, check_destination
+from pipeline.dataset import read_provenance
+from pipeline.errors import ConfigError, DatasetError, InputError
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"), [(ConvertConfig, "convert.yaml"), (ImageOptions, "convert_images.yaml")]
+)
+def test_yaml_defaults_agree_with_the_dataclass(cls, name):
+    data = yaml.safe_load((REPO / "conf" / name).read_text())
+    assert set(data) == {f.name for f in fields(cls)}
+    assert load_config(cls, REPO / "conf" / name) == cls()
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    return parser.parse_args(["src", "dest", *argv])
+
+
+def test_flags_beat_the_config_file_which_beats_conf(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("convert: {row_group_mb: 64, compression: zstd}\nimages: {jpeg_quality: 80}\n")
+    got = load_settings(parse("--config", str(cfg), "--row-group-mb", "8", "--on-error", "skip"))
+    assert got == ConvertConfig(row_group_mb=8, compression="zstd", on_error="skip")
+    assert load_settings(parse()) == ConvertConfig()
+    images = load_options(ImageOptions, "convert_images.yaml", config_path=cfg, section="images")
+    assert images.jpeg_quality == 80
+    cfg.write_text("convert: {row_group_mb: big}\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: section 'convert'.*row_group_mb"):
+        load_settings(parse("--config", str(cfg)))
+    with pytest.raises(ConfigError, match="row_group_mb must be >= 1"):
+        ConvertConfig(row_group_mb=0)
+
+
+def test_parse_size():
+    assert parse_size("224x160") == (224, 160)
+    assert parse_size("64") == (64, 64)
+    for bad in ("0x4", "ax4", "1x2x3", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="HxW"):
+            parse_size(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=60), st.integers(1, 80))
+def test_split_by_bytes_is_contiguous_complete_and_balanced(sizes, parts):
+    ranges = split_by_bytes(sizes, parts)
+    assert len(ranges) == min(parts, len(sizes))
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(sizes)
+    assert all(a < b for a, b in ranges)
+    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
+    weights = [max(1, s) for s in sizes]
+    ideal = sum(weights) / len(ranges)
+    assert max(sum(weights[a:b]) for a, b in ranges) <= ideal + max(weights)
+
+
+def test_partition_count_follows_bytes_parallelism_and_items():
+    mb = 1024 * 1024
+    assert choose_partitions(10 * mb, 1000, file_mb=256, parallelism=2, fixed=None) == 2
+    assert choose_partitions(1000 * mb, 1000, file_mb=256, parallelism=2, fixed=None) == 4
+    assert choose_partitions(10 * mb, 1, file_mb=256, parallelism=8, fixed=None) == 1
+    assert choose_partitions(10 * mb, 100, file_mb=256, parallelism=2, fixed=7) == 7
+
+
+def test_listing_skips_hidden_files_and_other_suffixes(tmp_path):
+    (tmp_path / "a" / ".git").mkdir(parents=True)
+    for rel in ("a/x.TXT", "a/y.txt", "a/.hidden.txt", "a/.git/z.txt", "a/readme.md", "b.txt"):
+        (tmp_path / rel).write_text("12345")
+    files = list_source_files(tmp_path, extensions=(".txt",))
+    assert [Path(f.path).relative_to(tmp_path).as_posix() for f in files] == ["a/x.TXT", "a/y.txt", "b.txt"]
+    assert {f.size for f in files} == {5}
+    assert [Path(f.path).name for f in list_source_files(str(tmp_path / "a" / "*.txt"))] == ["y.txt"]
+    with pytest.raises(InputError, match="does not exist"):
+        list_source_files(tmp_path / "nope")
+    with pytest.raises(InputError, match=r"no images ending in \.png"):
+        list_source_files(tmp_path, extensions=(".png",), what="images")
+
+
+def test_staging_commits_atomically_and_cleans_up(tmp_path):
+    dest = tmp_path / "ds"
+    with StagedOutput(dest) as stage:
+        stage.data_dir.mkdir()
+        (stage.data_dir / "part.parquet").write_text("x")
+        assert not dest.exists()
+        stage.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    with pytest.raises(DatasetError, match="already exists"):
+        check_destination(dest, overwrite=False)
+    with pytest.raises(RuntimeError), StagedOutput(dest, overwrite=True) as stage:
+        stage.data_dir.mkdir()
+        raise RuntimeError("job failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    assert (dest / "part.parquet").read_text() == "x"  # untouched by the failed run
+
+
+def test_staging_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(proc.stdout)
+    import socket
+
+    stale = tmp_path / f".ds.staging-{socket.gethostname()}-{dead_pid}-abcd1234"
+    (stale / "data").mkdir(parents=True)
+    alive = tmp_path / f".ds.staging-{socket.gethostname()}-{os.getpid()}-live0000"
+    alive.mkdir()
+    with StagedOutput(tmp_path / "ds") as stage:
+        assert not stale.exists() and alive.exists()
+        assert stage.root.exists()
+    assert not stage.root.exists()
+
+
+def _jpeg(orientation: int | None = None, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.new(mode, (12, 7)).save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_image_headers_are_read_without_decoding():
+    head = image_header(_jpeg())
+    assert (head.format, head.height, head.width, head.channels, head.bits) == ("JPEG", 7, 12, 3, 8)
+    assert head.orientation == 1 and head.complete
+    assert image_header(_jpeg(6)).orientation == 6
+    assert image_header(_jpeg(mode="L")).channels == 1
+    assert image_header(_jpeg(mode="CMYK")).channels == 4
+    assert not image_header(_jpeg()[:-2]).complete
+    png = io.BytesIO()
+    Image.new("RGB", (5, 9)).save(png, "PNG")
+    head = image_header(png.getvalue())
+    assert (head.format, head.height, head.width, head.channels, head.complete) == ("PNG", 9, 5, 3, True)
+    assert not image_header(png.getvalue()[:-12]).complete
+    rgba = io.BytesIO()
+    Image.new("RGBA", (5, 9)).save(rgba, "PNG")
+    assert image_header(rgba.getvalue()).channels == 4
+    assert image_header(b"GIF89a....") is None
+    assert image_header(b"\xff\xd8\xff\xe0\x00") is None
+
+
+# A toy kind: integers become rows; multiples of 5 are "bad".
+def toy_schema():
+    from petastorm.codecs import NdarrayCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import LongType
+
+    return Unischema(
+        "Toy",
+        [
+            UnischemaField("id", np.int64, (), ScalarCodec(LongType()), False),
+            UnischemaField("vec", np.float32, (3,), NdarrayCodec(), False),
+        ],
+    )
+
+
+def toy_process(items, errors: RecordErrors, *, schema):
+    field = schema.fields["vec"]
+    ids, vecs = [], []
+    for i in items:
+        if i % 5 == 0:
+            errors.bad(f"toy://{i // 10}", "multiple of five", record=i)
+            continue
+        ids.append(i)
+        vecs.append(field.codec.encode(field, np.full(3, i, np.float32)))
+        if len(ids) == 4:
+            yield {"id": ids, "vec": vecs}
+            ids, vecs = [], []
+    if ids:
+        yield {"id": ids, "vec": vecs}
+
+
+def write_toy(spark, dest: Path, n: int, start: int = 1, **kw):
+    from pipeline.convert.writer import plan_partitions, write_petastorm
+
+    schema = toy_schema()
+    cfg = ConvertConfig(**kw)
+    items = list(range(start, start + n))
+    return write_petastorm(
+        spark,
+        kind="toy",
+        source="toy://",
+        dest=str(dest),
+        schema=schema,
+        plan=plan_partitions(spark, items, [1] * n, cfg),
+        process=functools.partial(toy_process, schema=schema),
+        settings=cfg,
+        input_bytes=n,
+        extra={"note": "hello"},
+    )
+
+
+@pytest.mark.spark
+def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spark, tmp_path):
+    from petastorm import make_reader
+
+    result = write_toy(spark, tmp_path / "ds", 23, on_error="skip", partitions=3, row_group_mb=1)
+    assert (result.rows, result.skipped, result.files) == (19, 4, 3)
+    assert result.row_groups >= 3 and result.output_bytes > 0
+    with make_reader(result.output, workers_count=1, shuffle_row_groups=False) as reader:
+        rows = {int(r.id): r.vec for r in reader}
+    assert sorted(rows) == [i for i in range(1, 24) if i % 5]
+    np.testing.assert_array_equal(rows[7], np.full(3, 7, np.float32))
+    ids = [i for f in sorted((tmp_path / "ds").glob("*.parquet")) for i in pq.read_table(f)["id"].to_pylist()]
+    assert ids == sorted(rows)  # plan order is kept across files
+    report = (tmp_path / "ds" / "_skipped.jsonl").read_text().splitlines()
+    assert len(report) == 4 and '"record": 10' in "".join(report)
+    meta = read_provenance(result.output)
+    assert meta["counts"] == {"rows": 19, "skipped": 4, "input_bytes": 23, "files": 3}
+    assert meta["note"] == "hello" and meta["kind"] == "toy" and "petastorm" in meta["versions"]
+    assert set(result.to_dict()) >= {
+        "rows",
+        "skipped",
+        "output",
+        "seconds",
+        "rows_per_s",
+        "files",
+        "row_groups",
+    }
+
+
+@pytest.mark.spark
+def test_writer_fail_mode_raises_one_input_error_and_writes_nothing(spark, tmp_path):
+    with pytest.raises(InputError) as info:
+        write_toy(spark, tmp_path / "ds", 23, partitions=3)
+    assert "bad input: toy://" in str(info.value) and "multiple of five" in str(info.value)
+    assert "--on-error skip" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="all 1 inputs were bad"):
+        write_toy(spark, tmp_path / "ds", 1, start=5, on_error="skip", partitions=1)
+    assert list(tmp_path.iterdir()) == []
+    # The shared SparkContext's Parquet settings are restored after the failures.
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    assert conf.get("parquet.block.size") is None
