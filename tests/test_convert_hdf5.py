@@ -106,6 +106,7 @@ def test_field_names_and_selection_rules():
     assert field_name("/grp/x") == "grp_x"
     assert field_name("/table", "pos x") == "table_pos_x"
     assert field_name("/3d/vol") == "f3d_vol"
+    assert field_name("/class") == "class_" and field_name("/my data/x-y") == "my_data_x_y"
     infos = [
         DatasetInfo("/a", (10, 2), np.dtype("f4"), None, None),
         DatasetInfo("/b", (10,), np.dtype("i8"), None, None),
@@ -153,8 +154,9 @@ def test_dtype_mapping_and_unrepresentable_dtypes():
         with pytest.raises(InputError, match=rf"f\.h5: dataset /bad has dtype {label}") as info:
             map_fields("f.h5", [DatasetInfo("/bad", (4,), dtype, None, None)])
         assert "--datasets" in str(info.value)
-    with pytest.raises(InputError, match="both map to field 'a_b'"):
-        map_fields("f.h5", [DatasetInfo(p, (4,), np.dtype("i4"), None, None) for p in ("/a/b", "/a_b")])
+    for pair in [("/a/b", "/a_b"), ("/X", "/x")]:  # Spark column names ignore case
+        with pytest.raises(InputError, match=f"datasets {pair[0]} and {pair[1]} both map to field"):
+            map_fields("f.h5", [DatasetInfo(p, (4,), np.dtype("i4"), None, None) for p in pair])
 
 
 def test_slices_are_aligned_to_chunks():

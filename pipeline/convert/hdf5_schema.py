@@ -21,6 +21,7 @@ Mapping rules (one row per index along the first axis of the selected datasets):
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from collections import defaultdict
@@ -96,7 +97,9 @@ def field_name(*parts: str) -> str:
     """Field name for a dataset path and member parts: ``("/grp/x", "a")`` -> ``"grp_x_a"``."""
     pieces = [p for part in parts for p in part.split("/") if p]
     name = _NAME_BAD.sub("_", "_".join(pieces)).strip("_") or "data"
-    return f"f{name}" if name[0].isdigit() else name
+    if name[0].isdigit():
+        name = f"f{name}"
+    return f"{name}_" if keyword.iskeyword(name) else name  # rows are namedtuples in make_reader
 
 
 def _filters(dataset: Any) -> tuple[tuple[int, str], ...]:
@@ -258,12 +261,13 @@ def map_fields(source: str, datasets: list[DatasetInfo]) -> list[FieldSpec]:
         specs.extend(_leaf_fields(source, info, field_name(info.path), (), info.dtype, info.shape[1:]))
     seen: dict[str, FieldSpec] = {}
     for spec in specs:
-        if spec.name in seen:
+        key = spec.name.lower()  # Spark column names are case-insensitive
+        if key in seen:
             raise InputError(
-                f"{source}: datasets {seen[spec.name].dataset} and {spec.dataset} both map to field {spec.name!r}",
+                f"{source}: datasets {seen[key].dataset} and {spec.dataset} both map to field {spec.name!r}",
                 hint="pick one of them with --datasets",
             )
-        seen[spec.name] = spec
+        seen[key] = spec
     return specs
 
 
