@@ -208,6 +208,8 @@ def test_bad_options_name_the_argument(url):
         pipeline.open_loader(url, shuffle_buffer=-3)
     with pytest.raises(ConfigError, match="rank must be in"):
         pipeline.open_loader(url, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="key 'batch_size' must be int, got '64'"):
+        pipeline.open_loader(url, batch_size="64")
     with pytest.raises(ConfigError, match="pass both"):
         pipeline.open_loader(url, rank=0)
 

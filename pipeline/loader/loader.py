@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
 from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
@@ -248,7 +248,4 @@ def open_loader(
 def _load(cls: Any, path: Any, section: str, given: dict[str, Any]) -> Any:
     """``cls`` from the YAML section with ``given`` on top (``None`` included: endless, CPU...)."""
     base = load_config(cls, path, section=section) if path is not None else cls()
-    try:
-        return dataclasses.replace(base, **given)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    return from_mapping(cls, {**dataclasses.asdict(base), **given}, source="open_loader()")
