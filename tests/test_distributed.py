@@ -121,12 +121,16 @@ def test_a_failing_rank_surfaces_its_traceback_in_the_driver(spark, importable_t
     assert err.launcher_output  # what TorchDistributor itself said, kept for debugging
 
 
-@pytest.mark.spark
-def test_a_user_error_in_a_rank_keeps_its_class_and_hint(spark, importable_tests):
-    with pytest.raises(DatasetError) as info:
-        run_distributed(missing_dataset, num_processes=1, use_gpu=False)
-    assert str(info.value).startswith("rank 0: file:///nowhere does not exist")
-    assert info.value.hint == "check the path"
+def test_a_user_error_in_a_rank_keeps_its_class_and_hint(tmp_path):
+    """A rank's DatasetError (recorded in the exchange folder) is re-raised as a DatasetError."""
+    from pipeline.train.distributed import _RankCall
+
+    with pytest.raises(DatasetError):
+        _RankCall(missing_dataset, False, str(tmp_path), 20)()
+    err = _rank_failure(RuntimeError("TorchDistributor failed during training."), str(tmp_path))
+    assert isinstance(err, DatasetError)
+    assert str(err).startswith("rank 0: file:///nowhere does not exist")
+    assert err.hint == "check the path"
 
 
 def test_num_processes_is_validated(spark):
