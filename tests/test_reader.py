@@ -172,3 +172,21 @@ def test_row_buffer_memory_is_fixed_by_the_settings_not_the_dataset(tmp_path):
         )
         capacities.append(reader._buffer(limit=4).capacity)
     assert capacities[0] == capacities[1] == 32 + 5 * 10
+
+
+def test_fixed_length_arrays_stored_as_spark_lists():
+    """ScalarCodec(ArrayType) fields with a fixed shape, as `convert text --seq-len` writes them."""
+    import pyarrow as pa
+    from petastorm.codecs import ScalarCodec
+    from petastorm.unischema import UnischemaField
+    from pyspark.sql.types import ArrayType, IntegerType
+
+    from pipeline.reader.decode import decode_column, spec_from_unischema
+
+    field = UnischemaField("tokens", np.int32, (3,), ScalarCodec(ArrayType(IntegerType())), False)
+    spec = spec_from_unischema(field)
+    column = pa.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], pa.list_(pa.int32())).slice(1)
+    out = decode_column(spec, field, column)
+    assert out.dtype == np.int32 and out.tolist() == [[4, 5, 6], [7, 8, 9]]
+    with pytest.raises(DatasetError, match="5 values for 2 rows"):
+        decode_column(spec, field, pa.array([[1, 2, 3], [4, 5]], pa.list_(pa.int32())))

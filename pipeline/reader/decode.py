@@ -170,11 +170,20 @@ def _arrow_values(spec: FieldSpec, array: pa.Array) -> np.ndarray:
     t = array.type
     if not spec.shape:
         return array.to_numpy(zero_copy_only=False).astype(spec.dtype, copy=False)
-    if spec.kind == "fixed":
+    if spec.kind == "fixed":  # fixed-size lists, or plain lists (Spark arrays) of the declared length
         values = array
-        while pa.types.is_fixed_size_list(values.type):
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
             values = values.flatten()
         flat = values.to_numpy(zero_copy_only=False).astype(spec.dtype, copy=False)
+        if flat.size != len(array) * int(np.prod(spec.shape)):
+            raise DatasetError(
+                f"field {spec.name!r}: {flat.size} values for {len(array)} rows of shape {spec.shape}",
+                hint="the schema declares a fixed shape but the rows differ in length",
+            )
         return flat.reshape((len(array), *spec.shape))
     if (pa.types.is_list(t) or pa.types.is_large_list(t)) and len(spec.shape) == 1:
         offsets = array.offsets.to_numpy()
