@@ -27,7 +27,7 @@ def rank_rows(sizes, rank, world, **kw):
     ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=25),
     world=st.integers(1, 9),

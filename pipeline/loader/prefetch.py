@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -113,16 +114,15 @@ class Prefetcher(Generic[T]):
     def close(self, timeout: float = 10.0) -> None:
         """Stop the thread and wait for it (and the pools it owns) to finish."""
         self._stop.set()
-        if self._thread.is_alive() or self._thread.ident is not None:
-            while self._thread.is_alive():
-                try:  # unblock a producer waiting for space
-                    while True:
-                        self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-                self._thread.join(_POLL_S)
-                timeout -= _POLL_S
-                if timeout <= 0:
-                    log.warning("prefetch thread %s did not stop in time", self._thread.name)
-                    break
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive():
+            try:  # unblock a producer waiting for space
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(_POLL_S)
+            if time.monotonic() > deadline:
+                log.warning("thread %s did not stop within %.0f s", self._thread.name, timeout)
+                break
         self._done = True
