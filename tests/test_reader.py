@@ -190,3 +190,25 @@ def test_fixed_length_arrays_stored_as_spark_lists():
     assert out.dtype == np.int32 and out.tolist() == [[4, 5, 6], [7, 8, 9]]
     with pytest.raises(DatasetError, match="5 values for 2 rows"):
         decode_column(spec, field, pa.array([[1, 2, 3], [4, 5]], pa.list_(pa.int32())))
+
+
+def test_image_decoding_matches_the_codec_and_stops_when_cancelled():
+    import threading
+
+    import pyarrow as pa
+    from petastorm.codecs import CompressedImageCodec
+    from petastorm.unischema import UnischemaField
+
+    from pipeline.reader.decode import ReadCancelled, decode_column, spec_from_unischema
+
+    field = UnischemaField("image", np.uint8, (8, 8, 3), CompressedImageCodec("png"), False)
+    images = [expected_row(i)["image"] for i in range(100)]
+    column = pa.array([bytes(field.codec.encode(field, im)) for im in images], pa.binary())
+    spec = spec_from_unischema(field)
+    out = decode_column(spec, field, column)
+    for i in (0, 57, 99):
+        np.testing.assert_array_equal(out[i], field.codec.decode(field, column[i].as_py()))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ReadCancelled):
+        decode_column(spec, field, column, cancel=cancel)

@@ -15,6 +15,8 @@ so worker threads decode in parallel).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -24,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.errors import DatasetError
 
-__all__ = ["FieldSpec", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
+__all__ = ["FieldSpec", "ReadCancelled", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
 
 Kind = Literal["fixed", "ragged", "list"]
 _PY_TYPES = (str, bytes, np.str_, np.bytes_, object, Decimal)
@@ -76,6 +78,7 @@ def decode_column(
     column: pa.ChunkedArray | pa.Array,
     out: np.ndarray | None = None,
     rows: np.ndarray | None = None,
+    cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """Decode one column of a row group into the representation ``spec`` prescribes.
 
@@ -87,6 +90,8 @@ def decode_column(
         out: Write the values into ``out[rows[i]]`` instead of a new array (the reader's row
             buffer, so that decoded images are written once). Defaults to ``None``.
         rows: Row indices into ``out``, one per value. Defaults to ``None``.
+        cancel: When set, long decode loops stop early with :class:`ReadCancelled` (the loader
+            is closing). Defaults to ``None``.
 
     Returns:
         ``(rows, *shape)`` ndarray for ``fixed`` fields, else a 1-D object array; ``out`` when given.
@@ -102,13 +107,14 @@ def decode_column(
         )
     blobs = _binary_views(array)
     if spec.kind != "fixed":
-        return _scatter(_object_array([codec.decode(field, blob) for blob in blobs]), out, rows)
+        values = [codec.decode(field, blob) for blob in _checked(blobs, cancel)]
+        return _scatter(_object_array(values), out, rows)
     if out is None or rows is None:
         out, rows = np.empty((len(blobs), *spec.shape), dtype=spec.dtype), np.arange(len(blobs))
     if type(codec).__name__ == "CompressedImageCodec":
-        _decode_images_into(spec, blobs, out, rows)
+        _decode_images_into(spec, blobs, out, rows, cancel)
     else:
-        for row, blob in zip(rows, blobs, strict=True):
+        for row, blob in zip(rows, _checked(blobs, cancel), strict=True):
             out[row] = codec.decode(field, blob)
     return out
 
@@ -120,11 +126,31 @@ def _scatter(values: np.ndarray, out: np.ndarray | None, rows: np.ndarray | None
     return out
 
 
-def _decode_images_into(spec: FieldSpec, blobs: list[np.ndarray], out: np.ndarray, rows: np.ndarray) -> None:
+class ReadCancelled(Exception):
+    """A decode loop stopped early because the reader is closing."""
+
+
+def _checked(
+    blobs: list[np.ndarray], cancel: threading.Event | None, every: int = 32
+) -> Iterator[np.ndarray]:
+    """``blobs``, checking ``cancel`` every ``every`` values."""
+    for i, blob in enumerate(blobs):
+        if cancel is not None and i % every == 0 and cancel.is_set():
+            raise ReadCancelled
+        yield blob
+
+
+def _decode_images_into(
+    spec: FieldSpec,
+    blobs: list[np.ndarray],
+    out: np.ndarray,
+    rows: np.ndarray,
+    cancel: threading.Event | None,
+) -> None:
     import cv2
 
     rgb = out.ndim == 4 and out.shape[3] == 3
-    for i, (row, blob) in enumerate(zip(rows.tolist(), blobs, strict=True)):
+    for i, (row, blob) in enumerate(zip(rows.tolist(), _checked(blobs, cancel), strict=True)):
         image = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
         if image is None:
             raise DatasetError(f"field {spec.name!r}: row {i} is not a decodable image")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.reader.config import ReaderConfig
+from pipeline.reader.decode import ReadCancelled
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer
 from pipeline.reader.source import DatasetSource
@@ -114,9 +116,13 @@ class Reader:
             yield from self.plan(epoch)
             yield _EpochEnd(epoch)
 
-    def _read(self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    def _read(
+        self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray, cancel: threading.Event
+    ) -> None:
         try:
-            self.source.read_into(item, out, rows)
+            self.source.read_into(item, out, rows, cancel)
+        except ReadCancelled:
+            raise
         except Exception as exc:
             exc.add_note(f"while reading {self.source.describe(item)}")
             raise
@@ -138,6 +144,7 @@ class Reader:
         limit = max(1, workers) * self.config.read_ahead
         buffer = self._buffer(limit)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="pipeline-reader") if workers else None
+        cancel = threading.Event()
         window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Future[None] | None]] = deque()
         in_flight = 0
         entries = self._entries()
@@ -151,7 +158,7 @@ class Reader:
                     if isinstance(entry, WorkItem):
                         rows = buffer.reserve(entry.rows)
                         if pool is not None:
-                            future = pool.submit(self._read, entry, buffer.columns, rows)
+                            future = pool.submit(self._read, entry, buffer.columns, rows, cancel)
                         in_flight += 1
                     window.append((entry, rows, future))
                 if not window:
@@ -164,10 +171,11 @@ class Reader:
                 if future is not None:
                     future.result()
                 else:
-                    self._read(entry, buffer.columns, rows)
+                    self._read(entry, buffer.columns, rows, cancel)
                 buffer.commit(rows)
                 yield entry.epoch, buffer, False
         finally:
+            cancel.set()  # running decodes stop within a few rows
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 

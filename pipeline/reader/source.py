@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +115,17 @@ class DatasetSource:
             )
         return Chunk(columns, item.rows)
 
-    def read_into(self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        """Like :meth:`read`, but write row ``i`` of the item into ``out[name][rows[i]]``."""
+    def read_into(
+        self,
+        item: WorkItem,
+        out: dict[str, np.ndarray],
+        rows: np.ndarray,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Like :meth:`read`, but write row ``i`` of the item into ``out[name][rows[i]]``.
+
+        ``cancel``, when set, stops long decode loops early (``ReadCancelled``).
+        """
         if self._spec is not None:  # the transform needs the whole chunk first
             chunk = self.read(item)
             for name, column in chunk.columns.items():
@@ -123,7 +133,7 @@ class DatasetSource:
             return
         table = self._table(item)
         for name, field in self.schema.fields.items():
-            decode_column(self._in_specs[name], field, table.column(name), out[name], rows)
+            decode_column(self._in_specs[name], field, table.column(name), out[name], rows, cancel)
 
     def _table(self, item: WorkItem) -> pa.Table:
         table = self._read_table(self.row_groups[item.piece], list(self.schema.fields))
