@@ -212,3 +212,23 @@ def test_image_decoding_matches_the_codec_and_stops_when_cancelled():
     cancel.set()
     with pytest.raises(ReadCancelled):
         decode_column(spec, field, column, cancel=cancel)
+
+
+@pytest.mark.spark
+def test_plain_parquet_written_by_spark(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    path = tmp_path / "spark_plain"
+    df = spark.range(30).select(
+        F.col("id"),
+        (F.col("id") * 0.5).alias("x"),
+        F.concat(F.lit("r"), F.col("id").cast("string")).alias("name"),
+        F.sequence(F.lit(0), F.col("id") % 4).alias("seq"),
+    )
+    df.repartition(3).write.parquet(str(path))
+    rows = read_all(str(path), workers=2)
+    order = np.argsort(rows["id"])
+    assert [rows["id"][i] for i in order] == list(range(30))
+    assert [rows["name"][i] for i in order] == [f"r{i}" for i in range(30)]
+    assert [rows["seq"][i].tolist() for i in order] == [list(range(i % 4 + 1)) for i in range(30)]
+    assert rows["x"][order[7]] == pytest.approx(3.5)
