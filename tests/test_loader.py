@@ -201,6 +201,17 @@ def test_failing_transform_reaches_the_loop_with_traceback_and_row_group(url):
     assert reader_threads() == []
 
 
+def test_failing_batch_callable_reaches_the_loop(url):
+    def broken(batch):
+        raise KeyError("no such column")
+
+    loader = pipeline.open_loader(url, transform=broken, batch_size=4, config=None)
+    with pytest.raises(KeyError, match="no such column") as info, loader:
+        next(loader)
+    assert any("batch transform" in note for note in info.value.__notes__)
+    assert reader_threads() == []
+
+
 def test_bad_options_name_the_argument(url):
     with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         pipeline.open_loader(url, batch_size=0)

@@ -134,7 +134,11 @@ class Loader:
             slot = self._slots.acquire() if self._slots is not None else None
             alloc = slot.allocate if slot is not None else cpu_allocator
             if self._batch_fn is not None:
-                values = self._batch_fn(gather_selection(selection, specs))
+                try:
+                    values = self._batch_fn(gather_selection(selection, specs))
+                except Exception as exc:
+                    exc.add_note(f"in the batch transform {self._batch_fn!r} (epoch {selection.epoch})")
+                    raise
                 batch = collate_batch(values, pad, alloc)
             else:
                 batch = collate_selection(selection, specs, pad, alloc)
