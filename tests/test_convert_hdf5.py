@@ -337,3 +337,21 @@ def test_shipped_conf_matches_the_defaults():
     assert load_config(Hdf5Options, path) == Hdf5Options()
     keys = {line.split(":")[0] for line in path.read_text().splitlines() if line and line[0].isalpha()}
     assert {f.name for f in fields(Hdf5Options)} == keys
+
+
+def test_fast_npy_rows_are_the_bytes_ndarray_codec_writes():
+    from petastorm.codecs import NdarrayCodec
+    from petastorm.unischema import UnischemaField
+
+    from pipeline.convert.hdf5_read import _npy_rows
+
+    arrays = [
+        np.arange(24, dtype=np.float32).reshape(4, 2, 3),
+        np.arange(3, dtype=np.complex64),
+        np.zeros((3, 0), np.uint8),
+        np.array([True, False]),
+        np.arange(5, dtype=np.uint64),
+    ]
+    for arr in arrays:
+        field = UnischemaField("x", arr.dtype.type, arr.shape[1:], NdarrayCodec(), False)
+        assert _npy_rows(arr) == [bytes(NdarrayCodec().encode(field, np.asarray(r))) for r in arr], arr.dtype

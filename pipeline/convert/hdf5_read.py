@@ -8,6 +8,7 @@ returns columns in their stored form: Python scalars and strings for ``ScalarCod
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,8 +83,22 @@ def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: 
         values = values.astype(spec.dtype, copy=False)  # native byte order, same kind and size
     if spec.codec == "scalar":
         return values.tolist()
+    if values.dtype.kind in "biufc" and len(values):
+        return _npy_rows(np.ascontiguousarray(values))
     codec = field.codec
     return [codec.encode(field, np.asarray(row)) for row in values]
+
+
+def _npy_rows(values: np.ndarray) -> list[bytes]:
+    """``np.save`` bytes of each row (what ``NdarrayCodec.encode`` writes), with the header built once.
+
+    Every row has the same dtype and shape, so the ``.npy`` header is identical; only the data
+    differs. Same bytes as ``NdarrayCodec``, several times faster for small rows.
+    """
+    first = io.BytesIO()
+    np.save(first, values[0])
+    header = first.getvalue()[: len(first.getvalue()) - values[0].nbytes]
+    return [header + row.tobytes() for row in values]
 
 
 def read_slice(
