@@ -97,3 +97,64 @@ def test_empty_dataset_and_bad_rank():
     assert epoch_plan([0, 0], seed=0, epoch=0) == []
     with pytest.raises(ValueError, match="rank must be in"):
         epoch_plan([3], seed=0, epoch=0, rank=2, world_size=2)
+
+
+class _FakeSource:
+    """A dataset of ``sizes`` row groups whose rows hold their global row id (no files)."""
+
+    url = "memory://fake"
+
+    def __init__(self, sizes):
+        from pipeline.reader.decode import FieldSpec
+
+        self.sizes = list(sizes)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.specs = {"id": FieldSpec("id", "fixed", np.dtype(np.int64), ())}
+
+    def describe(self, item):
+        return f"piece {item.piece}"
+
+    def read_into(self, item, out, rows, cancel=None):
+        base = self.starts[item.piece]
+        out["id"][rows] = np.arange(base + item.start, base + item.stop)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=12),
+    world=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+    batch=st.integers(1, 9),
+    buffer=st.integers(0, 40),
+    workers=st.sampled_from([0, 1, 3]),
+    drop_last=st.booleans(),
+)
+def test_reader_batches_cover_every_row_once_per_epoch(sizes, world, seed, batch, buffer, workers, drop_last):
+    """The whole reader (plan, pool, reorder window, row buffer) over many layouts, 2 epochs."""
+    from pipeline.reader import Reader, ReaderConfig
+
+    config = ReaderConfig(seed=seed, num_epochs=2, shuffle_buffer=buffer, workers=workers, read_ahead=1)
+    per_rank = []
+    for rank in range(world):
+        reader = Reader(
+            _FakeSource(sizes), config, batch_size=batch, drop_last=drop_last, rank=rank, world_size=world
+        )
+        epochs = {0: [], 1: []}
+        counts = Counter()
+        for sel in reader.batches():
+            ids = sel.columns["id"][sel.positions].tolist()
+            assert len(ids) == batch or not drop_last
+            epochs[sel.epoch].append(ids)
+            counts[sel.epoch] += 1
+        assert counts[0] == counts[1] == reader.batches_per_epoch
+        per_rank.append(epochs)
+    assert len({len(r[0]) for r in per_rank}) == 1  # equal batch counts on every rank
+    total = sum(sizes)
+    for epoch in (0, 1):
+        rows = Counter(i for r in per_rank for b in r[epoch] for i in b)
+        if drop_last:
+            assert max(rows.values(), default=1) == 1
+            assert total - len(rows) <= (world - 1) + world * (batch - 1)
+        else:
+            assert set(rows) == set(range(total))
+            assert sum(rows.values()) - total == rows_per_rank(total, world, False) * world - total
