@@ -138,15 +138,33 @@ def test_num_processes_is_validated(spark):
         run_distributed(fit_line, num_processes=0, use_gpu=False)
 
 
+GPU_SCRIPT = """
+import json
+from pipeline.spark import SparkConfig, spark_session
+from pipeline.train.distributed import gpu_spark_settings, run_distributed
+from tests.test_distributed import fit_line
+
+with spark_session(SparkConfig(master="local[2]", extra=gpu_spark_settings({workdir!r}))):
+    print(json.dumps(run_distributed(fit_line, use_gpu=True)))
+"""
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_ranks_use_nccl(tmp_path, importable_tests):
-    from pipeline.spark import SparkConfig, spark_session
-    from pipeline.train.distributed import gpu_count, gpu_spark_settings
+def test_gpu_ranks_use_nccl_one_per_gpu(tmp_path, importable_tests):
+    """Own process: the session must be built knowing the driver's GPUs (gpu_spark_settings)."""
+    import json
+    import subprocess
+    import sys
 
-    config = SparkConfig(master="local[2]", extra=gpu_spark_settings(tmp_path))
-    with spark_session(config):
-        result = run_distributed(fit_line, use_gpu=True)
+    from pipeline.train.distributed import gpu_count
+
+    script = GPU_SCRIPT.format(workdir=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["world_size"] == gpu_count()
     assert result["backend"] == "nccl" and result["device"].startswith("cuda")
     assert result["weights_agree"]
