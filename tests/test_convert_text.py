@@ -231,3 +231,22 @@ def test_packing_needs_an_end_of_document_token(tmp_path):
         convert_text(None, tmp_path / "a.txt", tmp_path / "out", options)  # fails before any Spark work
     with pytest.raises(ConfigError, match="seq_len must be >= 1, got 0"):
         TextOptions(seq_len=0)
+
+
+def test_one_big_jsonl_is_read_in_byte_ranges_by_several_tasks(spark, tmp_path):
+    docs = [f"document {i} " + "x" * (i % 50) for i in range(300)]
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[150] = '{"text": broken'
+    src = tmp_path / "big.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    options = TextOptions(piece_mb=4096 / (1 << 20))  # 4 KiB ranges
+    result = convert_text(
+        spark, src, tmp_path / "out", options, settings=ConvertConfig(on_error="skip", partitions=3)
+    )
+    assert result.extra["pieces"] > 3 and result.files == 3
+    want = docs[:150] + docs[151:]
+    tok = ByteTokenizer()
+    assert [tok.decode(t) for t in read_tokens_pyarrow(result.output)] == want  # every line once, in order
+    (bad,) = [json.loads(line) for line in Path(result.skipped_report).read_text().splitlines()]
+    offset = sum(len(line) + 1 for line in lines[:150])
+    assert bad["record"] == f"byte {offset}" and "not valid JSON" in bad["reason"]

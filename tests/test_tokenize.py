@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import pickle
 from pathlib import Path
 
@@ -193,3 +195,30 @@ def test_gzip_files_stream_and_damaged_gzip_is_bad_input():
     *good, bad = iter_documents("c.jsonl.gz", data[:-8])  # truncated: the gzip trailer is missing
     assert good == docs
     assert isinstance(bad, BadDocument) and "cannot read the rest of the file" in bad.reason
+
+
+@given(
+    st.lists(st.text(alphabet="ab\r é", max_size=6), max_size=12),
+    st.lists(st.integers(0, 80), max_size=4),
+    st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_byte_ranges_read_every_line_exactly_once(lines, cuts, bom):
+    data = ("\ufeff" if bom else "").encode() + "\n".join(lines).encode()
+    whole = [d.text for d in iter_documents("f.txt", data, split="lines")]
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    pieces = []
+    for start, stop in itertools.pairwise(bounds):
+        docs = list(iter_documents("f.txt", io.BytesIO(data), split="lines", start=start, stop=stop))
+        assert all(isinstance(d.line, int) if start == 0 else d.line.startswith("byte ") for d in docs)
+        pieces += [d.text for d in docs]
+    assert pieces == whole
+
+
+def test_byte_ranges_name_the_offset_and_refuse_unsplittable_files():
+    data = b'{"text": "a"}\n{broken\n{"text": "c"}\n'
+    docs = list(iter_documents("r.jsonl", io.BytesIO(data), start=5))  # starts inside line 1
+    assert docs[0] == BadDocument(docs[0].reason, "byte 14") and "not valid JSON" in docs[0].reason
+    assert docs[1] == Document("c", "byte 22")
+    with pytest.raises(ValueError, match="only uncompressed line-based files"):
+        list(iter_documents("r.txt", io.BytesIO(data), start=5))  # split="file": one document

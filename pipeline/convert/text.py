@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
-from pipeline.convert.listing import SourceFile, list_source_files
-from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, iter_documents
+from pipeline.convert.listing import list_source_files
+from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, TextPiece, iter_documents, plan_pieces
 from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
 from pipeline.errors import ConfigError
 
@@ -55,12 +55,18 @@ class TextOptions:
     """Invalid UTF-8: ``strict`` = bad input, ``replace`` = U+FFFD. Defaults to ``"strict"``."""
     batch_mb: int = 4
     """Text tokenized per call and output batch size inside a task, in MB. Defaults to ``4``."""
+    piece_mb: float | None = None
+    """Byte ranges that big line-based files (``.jsonl``, ``.txt`` with ``lines``) are cut into so
+    that several tasks read one file; ``None`` = input size / Spark parallelism, between 1 MB and
+    ``file_mb``. Defaults to ``None``."""
 
     def __post_init__(self) -> None:
         if self.seq_len is not None and self.seq_len < 1:
             raise ConfigError(f"seq_len must be >= 1, got {self.seq_len}")
         if self.batch_mb < 1:
             raise ConfigError(f"batch_mb must be >= 1, got {self.batch_mb}")
+        if self.piece_mb is not None and not self.piece_mb > 0:
+            raise ConfigError(f"piece_mb must be > 0, got {self.piece_mb}")
         if not self.text_field:
             raise ConfigError("text_field must not be empty")
 
@@ -145,7 +151,7 @@ class TokenColumn(Sequence[np.ndarray]):
 
 
 def _documents(
-    items: Sequence[SourceFile], errors: RecordErrors, options: TextOptions, tokenizer: Tokenizer, stats: Any
+    items: Sequence[TextPiece], errors: RecordErrors, options: TextOptions, tokenizer: Tokenizer, stats: Any
 ) -> Iterator[np.ndarray]:
     """Token arrays of every good document of ``items``, tokenized in batches of ``batch_mb``."""
     limit = options.batch_mb * 1024 * 1024
@@ -159,7 +165,13 @@ def _documents(
             continue
         with stream:
             for doc in iter_documents(
-                item.path, stream, split=options.split, text_field=options.text_field, errors=options.errors
+                item.path,
+                stream,
+                split=options.split,
+                text_field=options.text_field,
+                errors=options.errors,
+                start=item.start,
+                stop=item.stop,
             ):
                 if isinstance(doc, BadDocument):
                     errors.bad(item.path, doc.reason, record=doc.line)
@@ -182,7 +194,7 @@ def _encode(tokenizer: Tokenizer, texts: list[str], stats: Any) -> list[np.ndarr
 
 
 def _process(
-    items: Sequence[SourceFile],
+    items: Sequence[TextPiece],
     errors: RecordErrors,
     *,
     options: TextOptions,
@@ -274,7 +286,14 @@ def convert_text(
             hint="name one of its special tokens with --eod-token",
         )
     files = list_source_files(src, extensions=TEXT_SUFFIXES, what="text files")
-    plan = plan_partitions(spark, files, [f.size for f in files], settings)
+    total = sum(f.size for f in files)
+    if options.piece_mb is not None:
+        piece_bytes = int(options.piece_mb * (1 << 20))
+    else:
+        per_core = -(-total // spark.sparkContext.defaultParallelism)
+        piece_bytes = min(settings.file_mb << 20, max(1 << 20, per_core))
+    pieces = plan_pieces([(f.path, f.size) for f in files], options.split, max(1, piece_bytes))
+    plan = plan_partitions(spark, pieces, [p.size for p in pieces], settings)
     names = ["documents", "document_tokens"]
     if options.seq_len is not None:
         names += ["dropped_tail_tokens", "partitions_with_tail"]
@@ -285,6 +304,7 @@ def convert_text(
             "seq_len": options.seq_len,
             "packing": None if options.seq_len is None else "per-partition, tail dropped",
             "partitions": len(plan),
+            "pieces": len(pieces),
         },
         counters,
     )
@@ -304,7 +324,7 @@ def convert_text(
         plan=plan,
         process=functools.partial(_process, options=options, tokenizer=tokenizer, stats=counters),
         settings=settings,
-        input_bytes=sum(f.size for f in files),
+        input_bytes=total,
         options=options,
         extra=facts,
     )
