@@ -14,6 +14,7 @@ with the end-of-document token and cut into rows of exactly ``N`` tokens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -117,25 +118,18 @@ class HFTokenizer:
 
 Tokenizer = ByteTokenizer | HFTokenizer
 
-_HF_CACHE: dict[str, Any] = {}
 
-
+@functools.lru_cache(maxsize=1)
 def _hf_from_str(json_text: str) -> Any:
-    """Parse a tokenizer JSON once per process (executors reuse it across batches)."""
-    key = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
-    backend = _HF_CACHE.get(key)
-    if backend is None:
-        try:
-            from tokenizers import Tokenizer as _Backend
-        except ImportError:  # pragma: no cover - a declared dependency
-            raise ConfigError(
-                "--tokenizer PATH needs the `tokenizers` package",
-                hint="pip install tokenizers (or `make` to refresh .venv)",
-            ) from None
-        backend = _Backend.from_str(json_text)
-        _HF_CACHE.clear()  # one tokenizer per job; keep memory bounded
-        _HF_CACHE[key] = backend
-    return backend
+    """Parse a tokenizer JSON once per process (executors reuse it across batches and tasks)."""
+    try:
+        from tokenizers import Tokenizer as _Backend
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ConfigError(
+            "--tokenizer PATH needs the `tokenizers` package",
+            hint="pip install tokenizers (or `make` to refresh .venv)",
+        ) from None
+    return _Backend.from_str(json_text)
 
 
 def load_tokenizer(spec: str | os.PathLike[str] = "bytes", *, eod_token: str | None = None) -> Tokenizer:
