@@ -28,11 +28,12 @@ import numpy as np
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
 from pipeline.convert.listing import list_source_files
+from pipeline.convert.text_columns import CounterFacts, TokenColumn
 from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, TextPiece, iter_documents, plan_pieces
 from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
 from pipeline.errors import ConfigError
 
-__all__ = ["TextOptions", "TokenColumn", "add_arguments", "convert_text", "options_from_args", "text_schema"]
+__all__ = ["TextOptions", "add_arguments", "convert_text", "options_from_args", "text_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +122,6 @@ def text_schema(seq_len: int | None) -> Any:
     return Unischema("TextSchema", [UnischemaField("tokens", np.int32, (seq_len,), codec, False)])
 
 
-class TokenColumn(Sequence[np.ndarray]):
-    """A batch of token rows that pyarrow turns into a ``list<int32>`` column in one copy.
-
-    ``pa.array(column, type=...)`` calls :meth:`__arrow_array__` (pyarrow's conversion
-    protocol) instead of converting row by row, which is the slow part of writing tokens.
-    """
-
-    def __init__(self, rows: list[np.ndarray]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.rows[index]
-
-    def __arrow_array__(self, type: Any = None) -> Any:
-        import pyarrow as pa
-
-        lengths = np.fromiter((len(r) for r in self.rows), dtype=np.int64, count=len(self.rows))
-        offsets = np.zeros(len(self.rows) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        values = (
-            np.concatenate(self.rows).astype(np.int32, copy=False) if self.rows else np.zeros(0, np.int32)
-        )
-        array = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        return array if type is None else array.cast(type)
-
-
 def _documents(
     items: Sequence[TextPiece], errors: RecordErrors, options: TextOptions, tokenizer: Tokenizer, stats: Any
 ) -> Iterator[np.ndarray]:
@@ -230,26 +202,6 @@ def _full_rows(packed: Iterator[np.ndarray], stats: Mapping[str, Any]) -> Iterat
     stats["partitions_with_tail"].add(int(len(previous) > 0))
 
 
-class _Facts(Mapping[str, Any]):
-    """Provenance facts whose counters are read when the writer records them (after the Spark job)."""
-
-    def __init__(self, fixed: dict[str, Any], counters: Mapping[str, Any]) -> None:
-        self._fixed = fixed
-        self._counters = counters
-
-    def _resolved(self) -> dict[str, Any]:
-        return {**self._fixed, **{k: int(acc.value) for k, acc in self._counters.items()}}
-
-    def __getitem__(self, key: str) -> Any:
-        return self._resolved()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._resolved())
-
-    def __len__(self) -> int:
-        return len(self._fixed) + len(self._counters)
-
-
 def convert_text(
     spark: Any,
     src: str | os.PathLike[str],
@@ -298,7 +250,7 @@ def convert_text(
     if options.seq_len is not None:
         names += ["dropped_tail_tokens", "partitions_with_tail"]
     counters = {name: spark.sparkContext.accumulator(0) for name in names}
-    facts = _Facts(
+    facts = CounterFacts(
         {
             "tokenizer": tokenizer.describe(),
             "seq_len": options.seq_len,
