@@ -270,6 +270,7 @@ def write_petastorm(
                 materialize_dataset(spark, stage.data_url, schema, settings.row_group_mb),
             ):
                 frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
+                log.debug("Spark write done after %.2f s", time.perf_counter() - started)
                 if settings.on_error == "fail" and _read_records(errors_dir, "failed"):
                     raise _task_failure(None, errors_dir)
                 if not sum(pq.read_metadata(f).num_rows for f in stage.data_dir.glob("*.parquet")):
@@ -290,6 +291,7 @@ def write_petastorm(
         finally:
             spark.sparkContext.setJobDescription(None)
 
+        log.debug("petastorm metadata done after %.2f s", time.perf_counter() - started)
         skipped = _read_records(errors_dir, "skipped")
         if skipped:
             (stage.data_dir / "_skipped.jsonl").write_text("".join(r.to_json() + "\n" for r in skipped))
