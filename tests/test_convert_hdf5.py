@@ -324,11 +324,14 @@ def test_cli_fail_names_the_file(tmp_path):
 def test_cli_json_with_datasets(spark, tmp_path, capsys):
     from pipeline.cli import main
 
-    src = write_sample(tmp_path / "one.h5", 20)
+    write_sample(tmp_path / "one.h5", 20)
+    write_sample(tmp_path / "two.h5", 5, first_index=20)
+    (tmp_path / "three.hdf5").write_text("not matched by the glob")
     dest = tmp_path / "out"
-    assert main(["convert", "hdf5", str(src), str(dest), "--datasets", "/images,grp_x", "--json"]) == 0
+    src = str(tmp_path / "*.h5")  # a glob source
+    assert main(["convert", "hdf5", src, str(dest), "--datasets", "/images,grp_x", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (out["rows"], out["output"]) == (20, "file://" + str(dest)) and out["seconds"] > 0
+    assert (out["rows"], out["output"]) == (25, "file://" + str(dest)) and out["seconds"] > 0
     assert set(inspect_dataset(dest).fields) == {"images", "grp_x"}
 
 

@@ -148,7 +148,8 @@ def write_bad_corpus(root: Path) -> list[str]:
 
 def test_skip_mode_counts_and_reports_bad_records(spark, tmp_path):
     good = write_bad_corpus(tmp_path / "src")
-    result = convert_text(spark, tmp_path / "src", tmp_path / "out", settings=ConvertConfig(on_error="skip"))
+    pattern = str(tmp_path / "src" / "*_*.*")  # a glob source
+    result = convert_text(spark, pattern, tmp_path / "out", settings=ConvertConfig(on_error="skip"))
     assert (result.rows, result.skipped) == (3, 3)
     assert sorted(ByteTokenizer().decode(t) for t in read_tokens_pyarrow(result.output)) == sorted(good)
     report = [json.loads(line) for line in Path(result.skipped_report).read_text().splitlines()]
