@@ -88,7 +88,10 @@ class TinyCausalLM(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
-        self.head.weight = self.tokens.weight
+        self.head.weight = self.tokens.weight  # tied: the output head reuses the token embedding
+        # Small embeddings (GPT-2 style): with the default N(0, 1) the tied head starts with huge logits.
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(B, T, vocab_size)`` for token ids ``(B, T)``."""
