@@ -63,8 +63,9 @@ def _submitted_master() -> str | None:
     """The master of a ``spark-submit`` run (its JVM is already up), else ``None``."""
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         return None
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
 
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM, whose conf holds --master
     return SparkConf().get("spark.master", None)
 
 
