@@ -105,6 +105,8 @@ def test_listing_skips_hidden_files_and_other_suffixes(tmp_path):
     assert [Path(f.path).relative_to(tmp_path).as_posix() for f in files] == ["a/x.TXT", "a/y.txt", "b.txt"]
     assert {f.size for f in files} == {5}
     assert [Path(f.path).name for f in list_source_files(str(tmp_path / "a" / "*.txt"))] == ["y.txt"]
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a link loop is listed once
+    assert len(list_source_files(tmp_path, extensions=(".txt",))) == 3
     with pytest.raises(InputError, match="does not exist"):
         list_source_files(tmp_path / "nope")
     with pytest.raises(InputError, match=r"no images ending in \.png"):

@@ -158,17 +158,24 @@ class ConversionResult:
 
     def summary(self) -> str:
         """A few human-readable lines, printed by the CLI and logged by the library."""
-        mib = 1024 * 1024
         lines = [
             f"converted {self.kind} {self.source} -> {self.output}",
             f"  rows {self.rows:,}  skipped {self.skipped:,}  in {self.seconds:.1f} s "
             f"({self.rows_per_s:,.0f} rows/s)",
-            f"  input {self.input_bytes / mib:,.1f} MiB  output {self.output_bytes / mib:,.1f} MiB in "
+            f"  input {_human_bytes(self.input_bytes)}  output {_human_bytes(self.output_bytes)} in "
             f"{self.files} file(s), {self.row_groups} row group(s)",
         ]
         if self.skipped_report:
             lines.append(f"  skipped records listed in {self.skipped_report}")
         return "\n".join(lines)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -47,7 +47,7 @@ def local_path(path_or_url: str | os.PathLike[str]) -> Path:
         return Path(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:
         raise InputError(
-            f"{text}: only local paths and file:// URLs are supported as conversion sources",
+            f"{text}: only local paths and file:// URLs are supported for conversions",
             hint="copy the data to a local or mounted folder (every Spark worker must see the same path)",
         )
     return Path(text).expanduser()
@@ -58,13 +58,21 @@ def is_hidden(rel_path: str) -> bool:
     return any(part.startswith(".") for part in Path(rel_path).parts)
 
 
-def _walk(root: str) -> Iterable[tuple[str, int]]:
-    """``(path, size)`` of the non-hidden files under ``root``, depth first, sorted per folder."""
+def _walk(root: str, seen: set[tuple[int, int]] | None = None) -> Iterable[tuple[str, int]]:
+    """``(path, size)`` of the non-hidden files under ``root``, depth first, sorted per folder.
+
+    Symbolic links are followed; a folder already visited (a link loop) is not entered again.
+    """
+    seen = set() if seen is None else seen
+    info = os.stat(root)
+    if (info.st_dev, info.st_ino) in seen:
+        return
+    seen.add((info.st_dev, info.st_ino))
     with os.scandir(root) as it:
         entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     for entry in entries:
         if entry.is_dir():
-            yield from _walk(entry.path)
+            yield from _walk(entry.path, seen)
         elif entry.is_file():
             yield entry.path, entry.stat().st_size
 
