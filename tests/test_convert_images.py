@@ -359,3 +359,17 @@ def test_tree_with_loose_images_at_the_top_is_an_error(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")
     with pytest.raises(InputError, match=r"loose\.png"):
         find_images(str(tmp_path))
+
+
+@pytest.mark.parametrize(("fit", "orientation"), [("center-crop", 1), ("pad", 6), ("resize", 8)])
+def test_jpeg_draft_decodes_big_photos_at_a_reduced_scale_close_to_a_full_decode(fit, orientation):
+    import cv2
+
+    photo = np.asarray(Image.fromarray(smooth(60, 80, 3)).resize((800, 600), Image.Resampling.BICUBIC))
+    data = jpeg_with_orientation(photo, orientation)
+    full, _ = prepare_image(data, size=(48, 64), fit=fit, encoding="png")
+    fast, _ = prepare_image(data, size=(48, 64), fit=fit, encoding="png", jpeg_draft=True)
+    assert full != fast  # the draft path really decoded differently
+    a, b = (cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_COLOR).astype(int) for x in (full, fast))
+    assert a.shape == b.shape == (48, 64, 3)
+    assert np.abs(a - b).mean() < 3
