@@ -38,7 +38,15 @@ SPLITS = ("train", "heldout")
 
 
 class AccuracyTooLow(PipelineError):
-    """The demo ran, but the model did not reach ``min_accuracy`` on the held-out digits."""
+    """The demo ran, but the model did not reach ``min_accuracy`` on the held-out digits.
+
+    Attributes:
+        result: The :class:`DemoResult` of the run.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, result: DemoResult | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class DemoConfig:
     """Rows per batch on each rank. Defaults to ``32``."""
     partitions: int = 4
     """Spark tasks (and Parquet files) per converted dataset. Defaults to ``4``."""
+    limit: int | None = None
+    """Use only this many digits (quick runs, tests). Defaults to ``None`` (all 1,797)."""
     min_accuracy: float = 0.95
     """Held-out accuracy below this makes the demo fail. Defaults to ``0.95``."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -137,7 +147,9 @@ def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
     result = DemoResult(accuracy=float("nan"))
 
     t0 = time.perf_counter()
-    folder = write_digits_folder(data / "images", holdout_fraction=config.holdout_fraction, seed=config.seed)
+    folder = write_digits_folder(
+        data / "images", holdout_fraction=config.holdout_fraction, seed=config.seed, limit=config.limit
+    )
     result.stages["images"] = time.perf_counter() - t0
     result.reused["images"] = bool(folder["reused"])
     result.counts = dict(folder["counts"])
@@ -181,5 +193,6 @@ def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
         raise AccuracyTooLow(
             f"held-out accuracy {result.accuracy:.4f} is below min_accuracy {config.min_accuracy}",
             hint="train longer (--epochs) or check the stages above",
+            result=result,
         )
     return result
