@@ -23,8 +23,6 @@ re-raised in the driver as :class:`TrainingError` carrying that rank's traceback
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
 import logging
 import os
@@ -35,17 +33,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pipeline.errors as errors
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.train.process_group import FAILED_AT, USE_GPU_ENV, DistContext, gpu_count, setup
 
 if TYPE_CHECKING:
-    import torch
     from pyspark.sql import SparkSession
 
 __all__ = [
@@ -61,11 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_USE_GPU_ENV = "PIPELINE_USE_GPU"
 _ERROR_MARK = "PIPELINE_RANK_ERROR"
 _ERROR_LINE = re.compile(_ERROR_MARK + r" (\{.*\})")
 _RESULT_FILE = "result-rank0.pkl"
-_STAMP = "_pipeline_failed_at"
 # Errors a rank gets because another rank went away: reported after the root cause.
 _PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed out", re.IGNORECASE)
 
@@ -103,105 +98,7 @@ class DistributedConfig:
             raise ConfigError(f"num_processes must be >= 1, got {self.num_processes}")
 
 
-# ----------------------------------------------------------------------------- rank side
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in the run: rank, world size and the device it trains on."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0 (the rank that logs, checkpoints and writes reports)."""
-        return self.rank == 0
-
-
-def gpu_count() -> int:
-    """CUDA devices visible to this process (0 without CUDA or torch's CUDA build)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def setup(*, use_gpu: bool | None = None, timeout_s: float = 1800.0) -> Iterator[DistContext]:
-    """Initialise the process group and pick the device from the environment; always tear down.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` as set by
-    torchrun (which ``TorchDistributor`` uses). Without them (a plain ``python`` call) it starts a
-    one-process group on 127.0.0.1, so the same training code also runs undistributed. With a
-    GPU, rank ``r`` uses ``cuda:LOCAL_RANK`` and NCCL; without, the CPU and gloo. The process
-    group is destroyed on exit, also when the body raises. If a group is already initialised it
-    is reused and left alone.
-
-    Args:
-        use_gpu: Train on CUDA. Defaults to ``None``: what :func:`run_distributed` decided
-            (``$PIPELINE_USE_GPU``), else whether CUDA is available.
-        timeout_s: Seconds a collective may wait for the other ranks. Defaults to ``1800.0``.
-
-    Yields:
-        The :class:`DistContext` of this process.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if use_gpu is None:
-        env = os.environ.get(_USE_GPU_ENV)
-        use_gpu = env == "1" if env is not None else torch.cuda.is_available()
-    if use_gpu and not torch.cuda.is_available():
-        raise PipelineError(
-            "use_gpu=True but this process sees no CUDA device",
-            hint="check CUDA_VISIBLE_DEVICES and the torch build, or train with use_gpu=False",
-        )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
-    backend = "nccl" if use_gpu else "gloo"
-    if dist.is_initialized():
-        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend())
-        return
-    if use_gpu:
-        torch.cuda.set_device(device)
-    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
-    if launched:
-        rank, world_size, init_method = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://"
-    else:
-        rank, world_size, init_method = 0, 1, f"tcp://127.0.0.1:{_free_port()}"
-    log.info("rank %d/%d: %s process group on %s", rank, world_size, backend, device)
-    dist.init_process_group(
-        backend,
-        init_method=init_method,
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
-    try:
-        yield DistContext(rank, world_size, local_rank, device, backend)
-    except BaseException as exc:
-        # Stamp the failure before tearing down: destroying the group makes the other ranks fail
-        # too, and the driver reports the rank that failed first.
-        _stamp(exc)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _stamp(exc: BaseException) -> None:
-    if not hasattr(exc, _STAMP):
-        with contextlib.suppress(AttributeError):  # exceptions with __slots__
-            setattr(exc, _STAMP, time.time())
+# ------------------------------------------------- in each rank: run the function, record a failure
 
 
 class _RankCall:
@@ -216,7 +113,7 @@ class _RankCall:
         self.log_level = log_level
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        os.environ[_USE_GPU_ENV] = "1" if self.use_gpu else "0"
+        os.environ[USE_GPU_ENV] = "1" if self.use_gpu else "0"
         rank = int(os.environ.get("RANK", "0"))
         if not logging.getLogger().handlers:  # a fresh torchrun process: log like the driver does
             logging.basicConfig(format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -237,7 +134,7 @@ class _RankCall:
     def _record(self, rank: int, exc: BaseException) -> None:
         record = {
             "rank": rank,
-            "time": getattr(exc, _STAMP, time.time()),
+            "time": getattr(exc, FAILED_AT, time.time()),
             "host": socket.gethostname(),
             "module": type(exc).__module__,
             "type": type(exc).__qualname__,
