@@ -1,5 +1,21 @@
-"""Training through Spark's ``TorchDistributor`` from datasets written by ``pipeline convert``."""
+"""Training through Spark's ``TorchDistributor`` from datasets written by ``pipeline convert``.
 
-from pipeline.train.distributed import DistContext, TrainingError, run_distributed, setup
+Modules, from the driver down to a training step:
 
-__all__ = ["DistContext", "TrainingError", "run_distributed", "setup"]
+* :mod:`~pipeline.train.distributed` -- :func:`run_distributed`: a function on N ranks (CPU/gloo or
+  one per GPU/NCCL, local or on a cluster); a failing rank's traceback surfaces in the driver.
+* :mod:`~pipeline.train.process_group` -- :func:`setup`: process group and device from the
+  environment, always torn down.
+* :mod:`~pipeline.train.models` -- ``SmallCNN`` and ``TinyCausalLM``.
+* :mod:`~pipeline.train.image_classifier`, :mod:`~pipeline.train.text_lm` -- the two training
+  jobs (per-rank function + driver call + config); :mod:`~pipeline.train.jobs` -- their CLI.
+* :mod:`~pipeline.train.checkpoint`, :mod:`~pipeline.train.metrics`, :mod:`~pipeline.train.run`
+  -- checkpoint and resume, metrics JSON and loss curve, the run folder.
+* :mod:`~pipeline.train.sample_data`, :mod:`~pipeline.train.demo` -- the digits and the corpus
+  that need no download, and ``make demo``.
+"""
+
+from pipeline.train.distributed import DistributedConfig, TrainingError, run_distributed
+from pipeline.train.process_group import DistContext, setup
+
+__all__ = ["DistContext", "DistributedConfig", "TrainingError", "run_distributed", "setup"]
