@@ -20,21 +20,17 @@ or as written in the manifest). Decoding rules: :mod:`pipeline.convert.imaging`.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import load_config
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options, parse_size
-from pipeline.convert.imaging import EXTENSIONS, FITS, JPEG_EXTENSIONS, ImageError, prepare_image
-from pipeline.convert.listing import SourceFile, list_source_files, local_path
-from pipeline.errors import ConfigError, InputError
+from pipeline.convert.image_sources import ImageSource, find_images
+from pipeline.convert.imaging import FITS, JPEG_EXTENSIONS, ImageError, prepare_image
+from pipeline.errors import ConfigError
 
 __all__ = [
     "ImageOptions",
@@ -81,17 +77,6 @@ class ImageOptions:
             raise ConfigError(f"png_compression must be in 0..9, got {self.png_compression}")
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """The images found in SRC: ``(path, relative path, label)`` items and the class names."""
-
-    layout: str
-    """``"tree"``, ``"flat"`` or ``"manifest"``."""
-    items: list[tuple[str, str, int]]
-    sizes: list[int]
-    class_names: list[str]
-
-
 def add_arguments(parser: argparse._ActionsContainer) -> None:
     """The flags of ``pipeline convert images`` and ``jobs/convert_images.py``."""
     parser.add_argument(
@@ -125,73 +110,6 @@ def options_from_args(args: argparse.Namespace) -> ImageOptions:
             "jpeg_draft": args.jpeg_draft,
         },
     )
-
-
-def _read_manifest(manifest: Path) -> list[dict[str, Any]]:
-    text = manifest.read_text(encoding="utf-8-sig")
-    if manifest.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{manifest} line {n}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{manifest} line {n}: expected an object with a `path` key")
-            rows.append(row)
-    if not rows:
-        raise InputError(f"manifest {manifest} lists no images")
-    if any(not r.get("path") for r in rows):
-        n = next(i for i, r in enumerate(rows, 1) if not r.get("path"))
-        raise InputError(
-            f"manifest {manifest}: entry {n} has no `path`", hint="every row needs a `path` column/key"
-        )
-    return rows
-
-
-def _manifest_source(manifest: Path) -> ImageSource:
-    rows = _read_manifest(manifest)
-    labels = [r.get("label") for r in rows]
-    given = [v for v in labels if v not in (None, "")]
-    numeric = all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in given)
-    class_names = [] if numeric else sorted({str(v) for v in given})
-    index = {name: i for i, name in enumerate(class_names)}
-    items, sizes = [], []
-    for row, label in zip(rows, labels, strict=True):
-        rel = str(row["path"])
-        path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
-        value = -1 if label in (None, "") else int(label) if numeric else index[str(label)]
-        items.append((str(path), rel, value))
-        sizes.append(path.stat().st_size if path.is_file() else 0)  # a missing file is bad input later
-    return ImageSource("manifest", items, sizes, class_names)
-
-
-def find_images(src: str) -> ImageSource:
-    """List the images of SRC (tree, flat folder or manifest) with their labels."""
-    root = local_path(src)
-    if root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
-        return _manifest_source(root)
-    files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
-    base = str(root.resolve()) + os.sep if root.is_dir() else None
-    rels = [f.path[len(base) :].replace(os.sep, "/") if base else os.path.basename(f.path) for f in files]
-    nested = [r for r in rels if "/" in r]
-    if not nested:
-        items = [(f.path, r, -1) for f, r in zip(files, rels, strict=True)]
-        return ImageSource("flat", items, [f.size for f in files], [])
-    loose = [r for r in rels if "/" not in r]
-    if loose:
-        raise InputError(
-            f"{src} has class folders and also {len(loose)} image(s) directly inside it, e.g. {loose[0]}",
-            hint="move them into a class folder, delete them, or list the images in a manifest (CSV/JSONL)",
-        )
-    class_names = sorted({r.split("/", 1)[0] for r in rels})
-    index = {name: i for i, name in enumerate(class_names)}
-    items = [(f.path, r, index[r.split("/", 1)[0]]) for f, r in zip(files, rels, strict=True)]
-    return ImageSource("tree", items, [f.size for f in files], class_names)
 
 
 def process_images(

@@ -25,16 +25,12 @@ plain Python/numpy scalars for ``ScalarCodec`` fields. Yield batches of a few MB
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import platform
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +38,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import __version__
 from pipeline.convert.common import BadInput, ConversionResult, ConvertConfig, RecordErrors, SkippedRecord
 from pipeline.convert.listing import choose_partitions, split_by_bytes
+from pipeline.convert.provenance import build_provenance, write_provenance
 from pipeline.convert.staging import StagedOutput
-from pipeline.dataset import PROVENANCE_KEY
 from pipeline.errors import InputError, PipelineError
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
@@ -57,7 +52,6 @@ PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequ
 """``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
 _SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
-_VERSIONED = ("pyspark", "petastorm", "pyarrow", "numpy", "pandas", "pillow", "opencv-python-headless")
 _HADOOP_KEYS = (
     "parquet.summary.metadata.level",
     "parquet.enable.summary-metadata",
@@ -180,31 +174,6 @@ def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
     )
 
 
-def _versions() -> dict[str, str]:
-    out = {"pipeline": __version__, "python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return value
-
-
-def _add_provenance(data_dir: Path, record: Mapping[str, Any]) -> None:
-    path = data_dir / "_common_metadata"
-    schema = pq.read_schema(path)
-    meta = dict(schema.metadata or {})
-    meta[PROVENANCE_KEY] = json.dumps(record, default=str, sort_keys=True).encode("utf-8")
-    pq.write_metadata(schema.with_metadata(meta), path)
-    (data_dir / "._common_metadata.crc").unlink(missing_ok=True)
-
-
 def write_petastorm(
     spark: Any,
     *,
@@ -303,23 +272,17 @@ def write_petastorm(
         footers = [pq.read_metadata(f) for f in files]
         rows = sum(m.num_rows for m in footers)
         row_groups = sum(m.num_row_groups for m in footers)
-        record = {
-            "kind": kind,
-            "source": source,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "options": _jsonable(options),
-            "settings": asdict(settings),
-            "spark_master": spark.sparkContext.master,
-            "counts": {
-                "rows": rows,
-                "skipped": len(skipped),
-                "input_bytes": input_bytes,
-                "files": len(files),
-            },
-            "versions": _versions(),
-            **dict(extra or {}),
-        }
-        _add_provenance(stage.data_dir, record)
+        counts = {"rows": rows, "skipped": len(skipped), "input_bytes": input_bytes, "files": len(files)}
+        record = build_provenance(
+            kind=kind,
+            source=source,
+            options=options,
+            settings=settings,
+            master=spark.sparkContext.master,
+            counts=counts,
+            extra=extra,
+        )
+        write_provenance(stage.data_dir, record)
         output_bytes = sum(p.stat().st_size for p in stage.data_dir.rglob("*") if p.is_file())
         stage.commit()
     result = ConversionResult(
