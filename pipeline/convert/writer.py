@@ -232,7 +232,8 @@ def write_petastorm(
             [list(p) for p in plan], process, arrow_schema, settings.on_error, stage.errors_url
         )
         frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(runner, spark_schema)
-        spark.sparkContext.setJobDescription(f"pipeline convert {kind}: {source}")
+        group = f"pipeline-convert-{stage.root.name}"
+        spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
             with (
                 _hadoop_conf_restored(spark),
@@ -257,8 +258,11 @@ def write_petastorm(
             raise
         except Exception as exc:
             raise _task_failure(exc, errors_dir) from None
+        except BaseException:  # Ctrl-C / SIGTERM: stop our tasks before the staging folder goes
+            spark.sparkContext.cancelJobGroup(group)
+            raise
         finally:
-            spark.sparkContext.setJobDescription(None)
+            spark.sparkContext._jsc.clearJobGroup()  # also clears the description
 
         log.debug("petastorm metadata done after %.2f s", time.perf_counter() - started)
         skipped = _read_records(errors_dir, "skipped")
