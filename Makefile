@@ -1,4 +1,4 @@
-# `make test` creates or refresh .venv from constraints.txt when the pins or
+# `make test` and `make demo` create or refresh .venv from constraints.txt when the pins or
 # pyproject.toml changed, and skip the install when nothing did.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint venv check-java clean
+.PHONY: test demo lint venv check-java clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ check-java:
 
 test: check-java $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: check-java $(STAMP)
+	$(PY) jobs/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
