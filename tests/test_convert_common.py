@@ -6,6 +6,7 @@ import argparse
 import functools
 import io
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -240,6 +241,12 @@ def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spar
     np.testing.assert_array_equal(rows[7], np.full(3, 7, np.float32))
     ids = [i for f in sorted((tmp_path / "ds").glob("*.parquet")) for i in pq.read_table(f)["id"].to_pylist()]
     assert ids == sorted(rows)  # plan order is kept across files
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY
+
+    index = json.loads(pq.read_schema(tmp_path / "ds" / "_common_metadata").metadata[ROW_GROUPS_PER_FILE_KEY])
+    data_files = sorted((tmp_path / "ds").glob("*.parquet"))
+    assert index == {f.name: pq.read_metadata(f).num_row_groups for f in data_files}
+    assert not (tmp_path / "ds" / "_metadata").exists()
     report = (tmp_path / "ds" / "_skipped.jsonl").read_text().splitlines()
     assert len(report) == 4 and '"record": 10' in "".join(report)
     meta = read_provenance(result.output)

@@ -65,14 +65,17 @@ def build_provenance(
     }
 
 
-def write_provenance(data_dir: Path, record: Mapping[str, Any]) -> None:
+def write_provenance(
+    data_dir: Path, record: Mapping[str, Any], also: Mapping[bytes, bytes] | None = None
+) -> None:
     """Add ``record`` under :data:`~pipeline.dataset.PROVENANCE_KEY` to ``data_dir/_common_metadata``.
 
-    The other keys (petastorm's Unischema and row-group counts) are kept.
+    The other keys (petastorm's Unischema, ...) are kept; ``also`` adds more in the same write.
     """
     path = data_dir / "_common_metadata"
     schema = pq.read_schema(path)
     meta = dict(schema.metadata or {})
+    meta.update(also or {})
     meta[PROVENANCE_KEY] = json.dumps(record, default=str, sort_keys=True).encode("utf-8")
     pq.write_metadata(schema.with_metadata(meta), path)
     (data_dir / "._common_metadata.crc").unlink(missing_ok=True)

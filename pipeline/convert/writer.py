@@ -191,9 +191,11 @@ def write_petastorm(
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
     Steps: stage next to DEST; ``mapInArrow`` + ``write.parquet`` inside petastorm's
-    ``materialize_dataset`` (Unischema and row-group metadata); collect skipped records into
-    ``_skipped.jsonl``; add the provenance record; move into DEST. Nothing appears at DEST
-    unless every step succeeded.
+    ``materialize_dataset`` (Unischema metadata; ``use_summary_metadata=True`` so that it checks
+    the row groups from Spark's summary file instead of running one more Spark job); collect
+    skipped records into ``_skipped.jsonl``; write petastorm's per-file row-group index and the
+    provenance into ``_common_metadata`` and drop the summary file; move into DEST. Nothing
+    appears at DEST unless every step succeeded.
 
     Args:
         spark: The SparkSession.
@@ -217,7 +219,7 @@ def write_petastorm(
             rows were written.
         DatasetError: DEST exists and ``settings.overwrite`` is off.
     """
-    from petastorm.etl.dataset_metadata import materialize_dataset
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, materialize_dataset
     from pyspark.sql.pandas.types import to_arrow_schema
 
     started = time.perf_counter()
@@ -237,7 +239,9 @@ def write_petastorm(
         try:
             with (
                 _hadoop_conf_restored(spark),
-                materialize_dataset(spark, stage.data_url, schema, settings.row_group_mb),
+                materialize_dataset(
+                    spark, stage.data_url, schema, settings.row_group_mb, use_summary_metadata=True
+                ),
             ):
                 frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
                 log.debug("Spark write done after %.2f s", time.perf_counter() - started)
@@ -286,7 +290,14 @@ def write_petastorm(
             counts=counts,
             extra=extra,
         )
-        write_provenance(stage.data_dir, record)
+        # petastorm's own row-group index (what materialize_dataset computes in an extra Spark job
+        # when use_summary_metadata=False), built from the footers read above; the summary file
+        # Spark wrote for materialize_dataset is then redundant and removed.
+        row_groups_per_file = {f.name: m.num_row_groups for f, m in zip(files, footers, strict=True)}
+        index = {ROW_GROUPS_PER_FILE_KEY: json.dumps(row_groups_per_file).encode("utf-8")}
+        write_provenance(stage.data_dir, record, also=index)
+        for name in ("_metadata", "._metadata.crc"):
+            (stage.data_dir / name).unlink(missing_ok=True)
         output_bytes = sum(p.stat().st_size for p in stage.data_dir.rglob("*") if p.is_file())
         stage.commit()
     result = ConversionResult(
