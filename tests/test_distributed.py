@@ -95,6 +95,10 @@ def test_rank_error_is_recovered_from_the_task_output_alone():
     assert err.rank == 1
     assert "rank 1 failed on w1: KeyError" in str(err)
     assert "Traceback from rank 1" in str(err)
+    streamed = _rank_failure(
+        RuntimeError("TorchDistributor failed during training."), None, f"[rank1]: x\n{line}"
+    )
+    assert streamed.rank == 1 and "KeyError" in str(streamed)
     silent = _rank_failure(RuntimeError("killed"), None)
     assert silent.rank is None and "no rank recorded" in str(silent)
 

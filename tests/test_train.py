@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -202,7 +203,8 @@ def test_bad_config_values_are_named(tmp_path):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_the_same_job_runs_unchanged_on_a_standalone_cluster(digits, tmp_path):
-    """jobs/train_images.py --cluster: 2 barrier tasks on a real master + 2 workers (local_mode=False)."""
+    """jobs/train_images.py --cluster: 2 barrier tasks on a real master + 2 workers (local_mode=False);
+    then a job whose ranks fail on the executors reports the rank's error and hint in the driver."""
     from tests.cluster import cluster_env, standalone_cluster
 
     run_dir = tmp_path / "run"
@@ -213,10 +215,22 @@ def test_the_same_job_runs_unchanged_on_a_standalone_cluster(digits, tmp_path):
             "--train-url", digits["train"], "--eval-url", digits["heldout"], "--run-dir", str(run_dir),
             "--epochs", "1", "--batch-size", "32", "--workers", "1", "--json",
         ]  # fmt: skip
-        proc = subprocess.run(
-            cmd, env=cluster_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path
-        )
+        proc = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=240)
+        # Ranks that fail on the executors: the error reaches the driver through the log stream.
+        bad = [
+            *cmd[: cmd.index("--train-url") + 1],
+            str(tmp_path / "missing"),
+            "--run-dir",
+            str(tmp_path / "bad"),
+        ]
+        failed = subprocess.run(bad, env=cluster_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    assert failed.returncode == 2, failed.stderr[-4000:]
+    message = " ".join(failed.stderr[failed.stderr.rindex("error: ") :].split())
+    assert re.match(
+        r"error: rank [01]: file://\S*/missing does not exist( \(ranks \[[01]\] failed too\))? -- HINT",
+        message,
+    ), message
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["world_size"], summary["backend"], summary["epochs_trained"]) == (2, "gloo", 1)
     assert summary["final"]["train_samples"] == 384

@@ -23,6 +23,7 @@ re-raised in the driver as :class:`TrainingError` carrying that rank's traceback
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 _ERROR_MARK = "PIPELINE_RANK_ERROR"
 _ERROR_LINE = re.compile(_ERROR_MARK + r" (\{.*\})")
 _RESULT_FILE = "result-rank0.pkl"
+_MARKER_TRACEBACK_CHARS = 2500
 # Errors a rank gets because another rank went away: reported after the root cause.
 _PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed out", re.IGNORECASE)
 
@@ -142,11 +144,51 @@ class _RankCall:
             "hint": getattr(exc, "hint", None),
             "traceback": traceback.format_exc(),
         }
-        line = json.dumps(record)
         if self.exchange_dir is not None:
-            Path(self.exchange_dir, f"error-rank{rank}.json").write_text(line, encoding="utf-8")
-        # On a cluster the driver only sees the task output: one marked line survives in its tail.
-        print(f"{_ERROR_MARK} {line}", file=sys.stderr, flush=True)
+            Path(self.exchange_dir, f"error-rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+        # On a cluster the driver only sees the task output, streamed line by line and cut at
+        # 4000 characters: one marked line, with the traceback's end if it is long.
+        short = {**record, "traceback": record["traceback"][-_MARKER_TRACEBACK_CHARS:]}
+        print(f"{_ERROR_MARK} {json.dumps(short)}", file=sys.stderr, flush=True)
+
+
+class _MarkerCapture:
+    """Wraps ``sys.stdout``/``sys.stderr`` in the driver: forwards everything, keeps marked lines.
+
+    On a cluster the ranks' output reaches the driver only through ``TorchDistributor``'s log
+    stream, which writes it to the driver's ``sys.stderr``; the failure itself arrives as
+    "TorchDistributor failed during training" without it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._partial = ""
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        if _ERROR_MARK in text or self._partial:
+            *complete, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(line for line in complete if _ERROR_MARK in line)
+            if _ERROR_MARK not in self._partial:
+                self._partial = ""
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _capture_rank_markers() -> Iterator[list[str]]:
+    """Collect marked lines written to ``sys.stdout``/``sys.stderr`` while the block runs."""
+    out, err = _MarkerCapture(sys.stdout), _MarkerCapture(sys.stderr)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    lines: list[str] = []
+    try:
+        yield lines
+    finally:
+        sys.stdout, sys.stderr = saved
+        lines.extend(out.lines + err.lines + [p for p in (out._partial, err._partial) if p])
 
 
 def _destroy_process_group() -> None:
@@ -275,11 +317,12 @@ def run_distributed(
     )
     try:
         distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=gpu)
+        rank_call = _RankCall(fn, gpu, exchange_dir, logging.getLogger("pipeline").getEffectiveLevel())
         try:
-            rank_call = _RankCall(fn, gpu, exchange_dir, logging.getLogger("pipeline").getEffectiveLevel())
-            output = distributor.run(rank_call, *args, **kwargs)
+            with _capture_rank_markers() as streamed:
+                output = distributor.run(rank_call, *args, **kwargs)
         except Exception as exc:
-            raise _rank_failure(exc, exchange_dir) from None
+            raise _rank_failure(exc, exchange_dir, "\n".join(streamed)) from None
         if exchange_dir is not None:
             result = Path(exchange_dir, _RESULT_FILE)
             if result.exists():
@@ -292,8 +335,12 @@ def run_distributed(
             shutil.rmtree(exchange_dir, ignore_errors=True)
 
 
-def _rank_failure(exc: Exception, exchange_dir: str | None) -> Exception:
-    """Turn TorchDistributor's failure into an error that shows the failing rank's traceback."""
+def _rank_failure(exc: Exception, exchange_dir: str | None, streamed: str = "") -> Exception:
+    """Turn TorchDistributor's failure into an error that shows the failing rank's traceback.
+
+    Rank records come from the exchange folder (local mode), then from marked lines in the
+    streamed rank output and in the exception's text (cluster mode).
+    """
     launcher_output = str(exc)
     records: dict[int, dict[str, Any]] = {}
     if exchange_dir is not None:
@@ -303,7 +350,7 @@ def _rank_failure(exc: Exception, exchange_dir: str | None) -> Exception:
                 records[int(record["rank"])] = record
             except (OSError, ValueError, KeyError):
                 continue
-    for match in _ERROR_LINE.finditer(launcher_output):
+    for match in _ERROR_LINE.finditer(streamed + "\n" + launcher_output):
         try:
             record = json.loads(match.group(1))
             records.setdefault(int(record["rank"]), record)
@@ -323,7 +370,7 @@ def _rank_failure(exc: Exception, exchange_dir: str | None) -> Exception:
     )
     rank = int(first["rank"])
     others = sorted(set(records) - {rank})
-    also = f" (ranks {others} failed after it)" if others else ""
+    also = f" (ranks {others} failed too)" if others else ""
     error_cls = getattr(errors, first["type"], None) if first["module"] == errors.__name__ else None
     if isinstance(error_cls, type) and issubclass(error_cls, PipelineError):
         return error_cls(f"rank {rank}: {first['message']}{also}", hint=first.get("hint"))
