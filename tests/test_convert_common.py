@@ -247,6 +247,7 @@ def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spar
     data_files = sorted((tmp_path / "ds").glob("*.parquet"))
     assert index == {f.name: pq.read_metadata(f).num_row_groups for f in data_files}
     assert not (tmp_path / "ds" / "_metadata").exists()
+    assert pq.read_metadata(data_files[0]).row_group(0).column(0).compression == "SNAPPY"  # auto
     report = (tmp_path / "ds" / "_skipped.jsonl").read_text().splitlines()
     assert len(report) == 4 and '"record": 10' in "".join(report)
     meta = read_provenance(result.output)

@@ -137,6 +137,8 @@ def test_tree_converts_every_format_and_pixels_match_an_independent_decode(spark
 
             np.testing.assert_array_equal(image, cv2.imread(str(src / rel), cv2.IMREAD_COLOR)[:, :, ::-1])
     assert rows["cat/rotated.jpg"][0].shape == (36, 24, 3)  # EXIF orientation 6 applied
+    first = list_dataset_files(result.output).files[0]
+    assert pq.read_metadata(first).row_group(0).column(0).compression == "UNCOMPRESSED"  # auto for images
 
 
 @pytest.mark.parametrize("fit", ["center-crop", "resize", "pad"])

@@ -50,8 +50,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-COMPRESSIONS = ("none", "snappy", "gzip", "zstd")
-"""Parquet compression codecs that Spark writes and pyarrow, petastorm and DuckDB read."""
+COMPRESSIONS = ("auto", "none", "snappy", "gzip", "zstd")
+"""Parquet compression codecs that Spark writes and pyarrow, petastorm and DuckDB read; ``auto``
+lets the kind choose (``none`` for already-compressed images, ``snappy`` otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ class ConvertConfig:
 
     row_group_mb: int = 16
     """Target Parquet row-group size in MB: the unit a reader fetches and shuffles. Defaults to ``16``."""
-    compression: Literal["none", "snappy", "gzip", "zstd"] = "snappy"
-    """Parquet compression codec. Defaults to ``"snappy"``."""
+    compression: Literal["auto", "none", "snappy", "gzip", "zstd"] = "auto"
+    """Parquet compression codec; ``auto`` = the kind's choice (images: ``none``, since JPEG/PNG
+    bytes do not compress further; others: ``snappy``). Defaults to ``"auto"``."""
     on_error: Literal["fail", "skip"] = "fail"
     """Bad input: ``fail`` stops naming the file, ``skip`` skips and lists it. Defaults to ``"fail"``."""
     overwrite: bool = False
@@ -217,7 +219,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML with optional sections `convert`, `spark` and one per kind; overrides conf/*.yaml",
     )
     g.add_argument("--row-group-mb", type=int, default=None, help="Parquet row-group size in MB (default 16)")
-    g.add_argument("--compression", choices=COMPRESSIONS, default=None, help="Parquet codec (default snappy)")
+    g.add_argument("--compression", choices=COMPRESSIONS, default=None, help="Parquet codec (default auto)")
     g.add_argument(
         "--partitions", type=int, default=None, help="number of Spark tasks / output files (default auto)"
     )

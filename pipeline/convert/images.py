@@ -230,4 +230,5 @@ def convert_images(
         input_bytes=sum(source.sizes),
         options=replace(options, encoding=encoding),
         extra={"class_names": source.class_names, "layout": source.layout, "encoding": encoding},
+        auto_compression="none",  # JPEG/PNG bytes do not compress further; snappy only costs CPU
     )

@@ -187,6 +187,7 @@ def write_petastorm(
     input_bytes: int,
     options: Any = None,
     extra: Mapping[str, Any] | None = None,
+    auto_compression: str = "snappy",
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
@@ -210,6 +211,8 @@ def write_petastorm(
         options: The kind's options dataclass, recorded in the provenance. Defaults to ``None``.
         extra: Kind-specific facts for the provenance and ``ConversionResult.extra`` (class
             names, tokenizer, ...). Defaults to ``None``.
+        auto_compression: Codec used when ``settings.compression`` is ``"auto"``. Defaults to
+            ``"snappy"``.
 
     Returns:
         The :class:`ConversionResult` (also logged).
@@ -227,7 +230,8 @@ def write_petastorm(
         raise InputError(f"nothing to convert in {source}", hint="check SRC")
     spark_schema = schema.as_spark_schema()
     arrow_schema = to_arrow_schema(spark_schema)
-    compression = "uncompressed" if settings.compression == "none" else settings.compression
+    codec = auto_compression if settings.compression == "auto" else settings.compression
+    compression = "uncompressed" if codec == "none" else codec
     with StagedOutput(dest, overwrite=settings.overwrite) as stage:
         errors_dir = stage.root / "errors"
         runner = _TaskRunner(
