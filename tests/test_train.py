@@ -254,3 +254,18 @@ def test_image_job_trains_on_the_gpus_with_nccl(digits, tmp_path):
     assert summary["world_size"] == gpu_count()
     assert summary["backend"] == "nccl" and summary["device"].startswith("cuda")
     assert summary["final"]["eval_accuracy"] > 0.25
+
+
+def test_job_flags_override_the_config_file_and_merge_distribution(tmp_path):
+    from pipeline.train.jobs import build_parser, config_from_args
+
+    path = tmp_path / "t.yaml"
+    path.write_text("epochs: 7\nlr: 0.01\ndistributed: {num_processes: 3, use_gpu: false}\n")
+    args = build_parser("images").parse_args(
+        ["--config", str(path), "--epochs", "2", "--cluster", "--no-resume", "--train-url", "x"]
+    )
+    config = config_from_args(ImageTrainConfig, "train_images.yaml", args)
+    assert (config.epochs, config.lr, config.resume, config.train_url) == (2, 0.01, False, "x")
+    assert config.distributed == DistributedConfig(num_processes=3, use_gpu=False, local_mode=False)
+    defaults = config_from_args(TextTrainConfig, "train_text.yaml", build_parser("text").parse_args([]))
+    assert defaults == TextTrainConfig()

@@ -31,7 +31,10 @@ _URL_FIELDS = ("train_url", "eval_url")
 
 
 def derive_seed(*parts: int) -> int:
-    """One 32-bit seed from several integers at once (``(seed, epoch)`` never equals ``(seed + 1, epoch - 1)``)."""
+    """One 32-bit seed mixed from several integers at once.
+
+    Unlike ``seed + epoch``, ``(1, 2)`` and ``(2, 1)`` give unrelated seeds.
+    """
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
