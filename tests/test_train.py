@@ -269,3 +269,17 @@ def test_job_flags_override_the_config_file_and_merge_distribution(tmp_path):
     assert config.distributed == DistributedConfig(num_processes=3, use_gpu=False, local_mode=False)
     defaults = config_from_args(TextTrainConfig, "train_text.yaml", build_parser("text").parse_args([]))
     assert defaults == TextTrainConfig()
+
+
+def test_text_targets_shift_by_one_and_ignore_padding():
+    from pipeline.train.text_lm import _inputs_and_targets
+
+    batch = {
+        "tokens": torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]], dtype=torch.int32),
+        "tokens_lengths": torch.tensor([3, 5]),
+    }
+    inputs, targets = _inputs_and_targets(batch, torch.device("cpu"))
+    assert inputs.tolist() == [[1, 2, 3, 0], [4, 5, 6, 7]]
+    assert targets.tolist() == [[2, 3, -100, -100], [5, 6, 7, 8]]
+    packed_inputs, packed_targets = _inputs_and_targets({"tokens": batch["tokens"][1:]}, torch.device("cpu"))
+    assert packed_targets.tolist() == [[5, 6, 7, 8]] and packed_inputs.dtype == torch.int64
