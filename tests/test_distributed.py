@@ -137,6 +137,32 @@ def test_a_user_error_in_a_rank_keeps_its_class_and_hint(tmp_path):
     assert err.hint == "check the path"
 
 
+def test_gpu_discovery_script_lists_nvidia_smi_indices(tmp_path):
+    """The script Spark runs to find the driver's GPUs, fed by a stand-in nvidia-smi."""
+    import json
+    import os
+    import subprocess
+
+    from pipeline.train.distributed import gpu_spark_settings
+
+    assert gpu_spark_settings(tmp_path, count=0) == {}
+    settings = gpu_spark_settings(tmp_path / "conf", count=2)
+    assert settings["spark.driver.resource.gpu.amount"] == "2"
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "0\\n1\\n"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        [settings["spark.driver.resource.gpu.discoveryScript"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
+
+
 def test_num_processes_is_validated(spark):
     with pytest.raises(ValueError, match="num_processes must be a positive integer, got 0"):
         run_distributed(fit_line, num_processes=0, use_gpu=False)

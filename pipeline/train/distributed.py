@@ -225,15 +225,19 @@ def resolve_use_gpu(use_gpu: bool | None, *, local_mode: bool, spark: SparkSessi
     return float(amount or 0) > 0
 
 
-def gpu_spark_settings(workdir: str | os.PathLike[str]) -> dict[str, str]:
+def gpu_spark_settings(workdir: str | os.PathLike[str], *, count: int | None = None) -> dict[str, str]:
     """Spark settings that let ``TorchDistributor`` see this machine's GPUs in local mode.
 
     ``TorchDistributor(use_gpu=True, local_mode=True)`` reads the driver's GPU resources, which
     Spark only knows when a discovery script is configured. This writes one (it lists
     ``nvidia-smi``'s GPU indices) under ``workdir`` and returns the settings to put in
     ``SparkConfig.extra``. Returns ``{}`` when no GPU is visible.
+
+    Args:
+        workdir: Folder for the discovery script.
+        count: GPUs to declare. Defaults to ``None`` (:func:`gpu_count`).
     """
-    count = gpu_count()
+    count = gpu_count() if count is None else count
     if count == 0:
         return {}
     script = Path(workdir) / "get_gpus_resources.sh"
