@@ -106,6 +106,13 @@ def read_back(spark, url: str) -> dict[str, tuple[np.ndarray, int]]:
     table_rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     by_arrow = {r["path"]: (r["image"], r["label"]) for r in table_rows}
     assert by_spark == by_arrow
+    import duckdb
+
+    glob = list_dataset_files(url).root + "/*.parquet"
+    by_duckdb = {
+        p: (bytes(i), lab) for p, i, lab in duckdb.sql(f"select path, image, label from '{glob}'").fetchall()
+    }
+    assert by_duckdb == by_arrow
     assert set(by_reader) == set(by_spark)
     for path, (image, label) in by_reader.items():
         data, spark_label = by_spark[path]
@@ -322,13 +329,13 @@ def test_killed_job_leaves_no_dest_and_a_rerun_succeeds(spark, tmp_path):
     dest = tmp_path / "out"
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     cmd = [sys.executable, "-m", "pipeline.cli", "convert", "images", str(src), str(dest), "--size", "60x60",
-           "--encoding", "png", "--partitions", "1", "--master", "local[1]"]  # fmt: skip
+           "--encoding", "png", "--partitions", "1", "--row-group-mb", "1", "--master", "local[1]"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(tmp_path.glob(".out.staging-*/data/_temporary")):
-                break  # the Spark write has started
+            if any(tmp_path.glob(".out.staging-*/data/.part-*.tmp")):
+                break  # the task has written its first row group
             time.sleep(0.01)
         assert proc.poll() is None, "the conversion finished before it could be killed"
     finally:

@@ -17,8 +17,9 @@ gives a *partition function* that turns one partition into column batches::
                              plan=plan_partitions(spark, files, [f.size for f in files], settings),
                              process=process, settings=settings, input_bytes=total)
 
-``spark.range(n, numPartitions=n).mapInArrow(...)`` runs exactly one task per partition, so the
-output has one Parquet file per non-empty partition, in plan order. Values must already be
+``spark.range(n, numPartitions=n).mapInArrow(...)`` runs exactly one task per partition; each
+task writes its own Parquet file with pyarrow (:mod:`pipeline.convert.tasks`), so the output has
+one file per non-empty partition (``part-00000.parquet``, ...), in plan order. Values must already be
 in their stored form: bytes for image and ndarray codecs (``field.codec.encode(field, value)``),
 plain Python/numpy scalars for ``ScalarCodec`` fields. Yield batches of a few MB at most.
 """
@@ -29,27 +30,25 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.convert.common import BadInput, ConversionResult, ConvertConfig, RecordErrors, SkippedRecord
+from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedRecord
 from pipeline.convert.listing import choose_partitions, split_by_bytes
 from pipeline.convert.provenance import build_provenance, write_provenance
 from pipeline.convert.staging import StagedOutput
+from pipeline.convert.tasks import STATS_SCHEMA, PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
 log = logging.getLogger(__name__)
 
-PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
-"""``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
 _SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
 _HADOOP_KEYS = (
@@ -81,12 +80,6 @@ def plan_partitions(
     return [list(items[a:b]) for a, b in split_by_bytes(sizes, n)]
 
 
-def _write_records(errors_url: str, name: str, records: Sequence[SkippedRecord]) -> None:
-    fs, root = pafs.FileSystem.from_uri(errors_url)
-    with fs.open_output_stream(f"{root}/{name}.jsonl") as out:
-        out.write("".join(r.to_json() + "\n" for r in records).encode("utf-8"))
-
-
 def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
     records = []
     for path in sorted(errors_dir.glob(f"{prefix}-*.jsonl")):
@@ -96,51 +89,14 @@ def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
     return sorted(records, key=lambda r: (r.source, str(r.record)))
 
 
-class _TaskRunner:
-    """The ``mapInArrow`` function: runs ``process`` on the partitions whose ids it receives."""
-
-    def __init__(
-        self,
-        plan: list[list[Any]],
-        process: PartitionFn,
-        schema: pa.Schema,
-        on_error: str,
-        errors_url: str,
-    ) -> None:
-        self.plan = plan
-        self.process = process
-        self.schema = schema
-        self.on_error = on_error
-        self.errors_url = errors_url
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for pid in batch.column(0).to_pylist():
-                yield from self._run(int(pid))
-
-    def _run(self, pid: int) -> Iterator[pa.RecordBatch]:
-        errors = RecordErrors(self.on_error)
-        names = self.schema.names
-        try:
-            for columns in self.process(self.plan[pid], errors):
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(columns[n], type=self.schema.field(n).type) for n in names], schema=self.schema
-                )
-                if self.on_error == "fail" and _has_failures(self.errors_url):
-                    return  # another task hit bad input: the job will fail anyway
-        except BadInput as exc:
-            # No exception into Spark: it would log a stack trace and retry the task. The driver
-            # finds this record after the job and raises one clean InputError.
-            _write_records(self.errors_url, f"failed-{pid:05d}", [exc.record])
-            return
-        if errors.skipped:
-            _write_records(self.errors_url, f"skipped-{pid:05d}", errors.skipped)
-
-
-def _has_failures(errors_url: str) -> bool:
-    fs, root = pafs.FileSystem.from_uri(errors_url)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return any(info.base_name.startswith("failed-") for info in infos)
+def _write_summary(data_dir: Path, schema: pa.Schema) -> None:
+    """Write ``_metadata`` (all footers), from which ``materialize_dataset`` checks the row groups."""
+    footers = []
+    for path in sorted(data_dir.glob("*.parquet")):
+        footer = pq.read_metadata(path)
+        footer.set_file_path(path.name)
+        footers.append(footer)
+    pq.write_metadata(schema, data_dir / "_metadata", metadata_collector=footers)
 
 
 @contextmanager
@@ -191,12 +147,12 @@ def write_petastorm(
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
-    Steps: stage next to DEST; ``mapInArrow`` + ``write.parquet`` inside petastorm's
-    ``materialize_dataset`` (Unischema metadata; ``use_summary_metadata=True`` so that it checks
-    the row groups from Spark's summary file instead of running one more Spark job); collect
-    skipped records into ``_skipped.jsonl``; write petastorm's per-file row-group index and the
-    provenance into ``_common_metadata`` and drop the summary file; move into DEST. Nothing
-    appears at DEST unless every step succeeded.
+    Steps: stage next to DEST; inside petastorm's ``materialize_dataset``, run the tasks (each
+    writes ``part-<id>.parquet``) and write a ``_metadata`` summary of their footers, from which
+    materialize_dataset (``use_summary_metadata=True``) checks the row groups and adds the
+    Unischema to ``_common_metadata``; collect skipped records into ``_skipped.jsonl``; add
+    petastorm's per-file row-group index and the provenance, drop the summary; move into DEST.
+    Nothing appears at DEST unless every step succeeded.
 
     Args:
         spark: The SparkSession.
@@ -231,13 +187,20 @@ def write_petastorm(
     spark_schema = schema.as_spark_schema()
     arrow_schema = to_arrow_schema(spark_schema)
     codec = auto_compression if settings.compression == "auto" else settings.compression
-    compression = "uncompressed" if codec == "none" else codec
     with StagedOutput(dest, overwrite=settings.overwrite) as stage:
         errors_dir = stage.root / "errors"
-        runner = _TaskRunner(
-            [list(p) for p in plan], process, arrow_schema, settings.on_error, stage.errors_url
+        stage.data_dir.mkdir()
+        task = PartitionTask(
+            [list(p) for p in plan],
+            process,
+            arrow_schema,
+            on_error=settings.on_error,
+            data_dir=str(stage.data_dir),
+            errors_dir=str(errors_dir),
+            compression=codec,
+            row_group_bytes=settings.row_group_mb * 1024 * 1024,
         )
-        frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(runner, spark_schema)
+        frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(task, STATS_SCHEMA)
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
@@ -247,11 +210,11 @@ def write_petastorm(
                     spark, stage.data_url, schema, settings.row_group_mb, use_summary_metadata=True
                 ),
             ):
-                frame.write.mode("overwrite").option("compression", compression).parquet(stage.data_url)
+                written = sum(row["rows"] for row in frame.collect())
                 log.debug("Spark write done after %.2f s", time.perf_counter() - started)
                 if settings.on_error == "fail" and _read_records(errors_dir, "failed"):
                     raise _task_failure(None, errors_dir)
-                if not sum(pq.read_metadata(f).num_rows for f in stage.data_dir.glob("*.parquet")):
+                if not written:
                     skipped = _read_records(errors_dir, "skipped")
                     raise InputError(
                         f"no rows were converted from {source}"
@@ -262,6 +225,7 @@ def write_petastorm(
                         ),
                         hint="check SRC and the options",
                     )
+                _write_summary(stage.data_dir, arrow_schema)
         except PipelineError:
             raise
         except Exception as exc:
@@ -296,7 +260,7 @@ def write_petastorm(
         )
         # petastorm's own row-group index (what materialize_dataset computes in an extra Spark job
         # when use_summary_metadata=False), built from the footers read above; the summary file
-        # Spark wrote for materialize_dataset is then redundant and removed.
+        # written for materialize_dataset is then redundant and removed.
         row_groups_per_file = {f.name: m.num_row_groups for f, m in zip(files, footers, strict=True)}
         index = {ROW_GROUPS_PER_FILE_KEY: json.dumps(row_groups_per_file).encode("utf-8")}
         write_provenance(stage.data_dir, record, also=index)

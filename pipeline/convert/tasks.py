@@ -1,0 +1,136 @@
+"""What runs inside each Spark task of a conversion: process one partition, write its Parquet file.
+
+:class:`PartitionTask` is the ``mapInArrow`` function. For every partition id it receives, it
+runs the kind's partition function, writes the batches with pyarrow into
+``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one small
+row ``(partition, rows)`` to the driver. Writing in the task keeps the image bytes out of the JVM
+(no Arrow -> row -> parquet-mr round trip); a retried or speculative attempt writes a temporary
+file and renames it, so the last attempt wins and no half-written file is ever visible.
+
+Bad input never raises into Spark (that would log a JVM stack trace and retry the task): the
+record goes to ``<staging>/errors/failed-<id>.jsonl`` and the task ends; skipped records go to
+``skipped-<id>.jsonl``. The driver reads them back (:mod:`pipeline.convert.writer`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.convert.common import BadInput, RecordErrors, SkippedRecord
+
+__all__ = ["STATS_SCHEMA", "PartitionFn", "PartitionTask", "has_failures", "write_records"]
+
+PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
+"""``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
+
+STATS_SCHEMA = "partition long, rows long"
+"""What each task returns to the driver (Spark DDL)."""
+
+
+def write_records(errors_dir: str, name: str, records: Sequence[SkippedRecord]) -> None:
+    """Write bad-input records as JSON lines to ``errors_dir/name.jsonl`` (atomically)."""
+    tmp = os.path.join(errors_dir, f".{name}.{uuid.uuid4().hex}")
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write("".join(r.to_json() + "\n" for r in records))
+    os.replace(tmp, os.path.join(errors_dir, f"{name}.jsonl"))
+
+
+def has_failures(errors_dir: str) -> bool:
+    """Whether some task already recorded bad input (under ``on_error="fail"``)."""
+    return any(name.startswith("failed-") for name in os.listdir(errors_dir))
+
+
+class PartitionTask:
+    """The ``mapInArrow`` function of a conversion (picklable; one instance per job).
+
+    Args:
+        plan: Partitions of work items; the task for id ``i`` processes ``plan[i]``.
+        process: The kind's partition function.
+        schema: Arrow schema of the rows (``to_arrow_schema(unischema.as_spark_schema())``).
+        on_error: ``"fail"`` or ``"skip"``.
+        data_dir: Local folder for the Parquet files.
+        errors_dir: Local folder for bad-input records.
+        compression: pyarrow codec name (``"none"``, ``"snappy"``, ``"gzip"``, ``"zstd"``).
+        row_group_bytes: Target uncompressed size of a row group.
+    """
+
+    def __init__(
+        self,
+        plan: list[list[Any]],
+        process: PartitionFn,
+        schema: pa.Schema,
+        *,
+        on_error: str,
+        data_dir: str,
+        errors_dir: str,
+        compression: str,
+        row_group_bytes: int,
+    ) -> None:
+        self.plan = plan
+        self.process = process
+        self.schema = schema
+        self.on_error = on_error
+        self.data_dir = data_dir
+        self.errors_dir = errors_dir
+        self.compression = compression
+        self.row_group_bytes = row_group_bytes
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for pid in batch.column(0).to_pylist():
+                rows = self.run(int(pid))
+                yield pa.RecordBatch.from_pydict({"partition": [int(pid)], "rows": [rows]})
+
+    def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
+        names = self.schema.names
+        for columns in self.process(self.plan[pid], errors):
+            arrays = [pa.array(columns[n], type=self.schema.field(n).type) for n in names]
+            yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+            if self.on_error == "fail" and has_failures(self.errors_dir):
+                return  # another task hit bad input: the job fails anyway
+
+    def run(self, pid: int) -> int:
+        """Process partition ``pid`` and write its file; returns the number of rows written."""
+        errors = RecordErrors(self.on_error)
+        tmp = os.path.join(self.data_dir, f".part-{pid:05d}.{uuid.uuid4().hex}.tmp")
+        writer: pq.ParquetWriter | None = None
+        pending: list[pa.RecordBatch] = []
+        held = rows = 0
+
+        def flush() -> None:
+            nonlocal writer, pending, held, rows
+            if not pending:
+                return
+            table = pa.Table.from_batches(pending, schema=self.schema)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, self.schema, compression=self.compression)
+            writer.write_table(table, row_group_size=table.num_rows)
+            rows += table.num_rows
+            pending, held = [], 0
+
+        try:
+            for batch in self._batches(pid, errors):
+                pending.append(batch)
+                held += batch.nbytes
+                if held >= self.row_group_bytes:
+                    flush()
+            flush()
+        except BadInput as exc:
+            write_records(self.errors_dir, f"failed-{pid:05d}", [exc.record])
+            rows = 0
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows:
+            os.replace(tmp, os.path.join(self.data_dir, f"part-{pid:05d}.parquet"))
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        if errors.skipped:
+            write_records(self.errors_dir, f"skipped-{pid:05d}", errors.skipped)
+        return rows
