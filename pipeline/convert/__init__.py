@@ -6,7 +6,8 @@ Modules, in the order data flows through them:
   bad-input policy (:class:`RecordErrors`) and :class:`ConversionResult`; the kind protocol.
 * :mod:`~pipeline.convert.listing` -- find input files, split them into partitions by bytes.
 * :mod:`~pipeline.convert.staging` -- atomic output next to DEST.
-* :mod:`~pipeline.convert.writer` -- Spark tasks -> Parquet + Unischema (+ :mod:`~pipeline.convert.provenance`).
+* :mod:`~pipeline.convert.tasks` -- what each Spark task runs: process a partition, write its file.
+* :mod:`~pipeline.convert.writer` -- the job: tasks -> Parquet + Unischema (+ :mod:`~pipeline.convert.provenance`).
 * :mod:`~pipeline.convert.runner` -- the shared CLI / ``jobs/`` flow.
 * one module per kind: :mod:`~pipeline.convert.images` (+ ``image_sources``, ``imaging``, ``headers``), ...
 
