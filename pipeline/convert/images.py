@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -200,6 +201,7 @@ def convert_images(
     from pipeline.convert.staging import check_destination
     from pipeline.convert.writer import plan_partitions, write_petastorm
 
+    started = time.perf_counter()
     options = options or load_config(ImageOptions, "convert_images.yaml")
     settings = settings or load_config(ConvertConfig, "convert.yaml")
     check_destination(dest, overwrite=settings.overwrite)
@@ -231,4 +233,5 @@ def convert_images(
         options=replace(options, encoding=encoding),
         extra={"class_names": source.class_names, "layout": source.layout, "encoding": encoding},
         auto_compression="none",  # JPEG/PNG bytes do not compress further; snappy only costs CPU
+        started=started,
     )

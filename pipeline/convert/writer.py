@@ -144,6 +144,7 @@ def write_petastorm(
     options: Any = None,
     extra: Mapping[str, Any] | None = None,
     auto_compression: str = "snappy",
+    started: float | None = None,
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
@@ -169,6 +170,8 @@ def write_petastorm(
             names, tokenizer, ...). Defaults to ``None``.
         auto_compression: Codec used when ``settings.compression`` is ``"auto"``. Defaults to
             ``"snappy"``.
+        started: ``time.perf_counter()`` when the conversion began (before listing), for
+            ``seconds``. Defaults to ``None`` (now).
 
     Returns:
         The :class:`ConversionResult` (also logged).
@@ -181,7 +184,7 @@ def write_petastorm(
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, materialize_dataset
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     if not plan:
         raise InputError(f"nothing to convert in {source}", hint="check SRC")
     spark_schema = schema.as_spark_schema()
