@@ -232,3 +232,52 @@ def test_plain_parquet_written_by_spark(spark, tmp_path):
     assert [rows["name"][i] for i in order] == [f"r{i}" for i in range(30)]
     assert [rows["seq"][i].tolist() for i in order] == [list(range(i % 4 + 1)) for i in range(30)]
     assert rows["x"][order[7]] == pytest.approx(3.5)
+
+
+def _jpeg_variants(h: int, w: int) -> list[bytes]:
+    """Colour JPEGs as encoders write them: every chroma subsampling, progressive, optimized,
+    odd sizes, several qualities; plus a grey and a CMYK JPEG (which take the OpenCV path)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    blobs = []
+    for i in range(24):
+        smooth = np.kron(rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)), np.ones((4, 4, 1)))[:h, :w]
+        pixels = np.clip(smooth + rng.integers(-25, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(
+            buf, "JPEG", quality=50 + 2 * i, subsampling=i % 3, progressive=bool(i % 2), optimize=i % 4 == 0
+        )
+        blobs.append(buf.getvalue())
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).convert(mode).save(buf, "JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    return blobs
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 51)])
+def test_jpeg_fast_path_gives_petastorms_pixels(shape):
+    """Colour JPEGs decoded by libjpeg-turbo straight to RGB equal petastorm's cv2 decode."""
+    import pyarrow as pa
+    from petastorm.codecs import CompressedImageCodec
+    from petastorm.unischema import UnischemaField
+
+    from pipeline.reader.decode import _jpeg_into, decode_column, spec_from_unischema
+
+    h, w = shape
+    field = UnischemaField("image", np.uint8, (h, w, 3), CompressedImageCodec("jpeg"), False)
+    blobs = _jpeg_variants(h, w)
+    colour, grey, cmyk = blobs[:-2], blobs[-2], blobs[-1]
+    scratch = np.empty((h, w, 3), np.uint8)
+    assert all(_jpeg_into(np.frombuffer(b, np.uint8), scratch) for b in colour)
+    assert not _jpeg_into(np.frombuffer(grey, np.uint8), scratch)
+    assert not _jpeg_into(np.frombuffer(cmyk, np.uint8), scratch)
+    spec = spec_from_unischema(field)
+    out = decode_column(spec, field, pa.array(colour, pa.binary()))
+    for i, blob in enumerate(colour):
+        np.testing.assert_array_equal(out[i], field.codec.decode(field, blob), err_msg=f"jpeg variant {i}")
+    with pytest.raises(DatasetError, match="decodes to shape"):  # as without the fast path
+        decode_column(spec, field, pa.array([grey], pa.binary()))
