@@ -167,6 +167,15 @@ class ConversionResult:
             f"  input {_human_bytes(self.input_bytes)}  output {_human_bytes(self.output_bytes)} in "
             f"{self.files} file(s), {self.row_groups} row group(s)",
         ]
+        facts = {
+            k: v
+            for k, v in self.extra.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        }
+        if facts:
+            lines.append(
+                "  " + "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in facts.items())
+            )
         if self.skipped_report:
             lines.append(f"  skipped records listed in {self.skipped_report}")
         return "\n".join(lines)

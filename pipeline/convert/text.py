@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
 from pipeline.convert.listing import list_source_files
-from pipeline.convert.text_columns import CounterFacts, TokenColumn
+from pipeline.convert.text_columns import TokenColumn
 from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, TextPiece, iter_documents, plan_pieces
 from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
 from pipeline.errors import ConfigError
@@ -250,16 +250,17 @@ def convert_text(
     if options.seq_len is not None:
         names += ["dropped_tail_tokens", "partitions_with_tail"]
     counters = {name: spark.sparkContext.accumulator(0) for name in names}
-    facts = CounterFacts(
-        {
-            "tokenizer": tokenizer.describe(),
-            "seq_len": options.seq_len,
-            "packing": None if options.seq_len is None else "per-partition, tail dropped",
-            "partitions": len(plan),
-            "pieces": len(pieces),
-        },
-        counters,
-    )
+    fixed = {
+        "tokenizer": tokenizer.describe(),
+        "seq_len": options.seq_len,
+        "packing": None if options.seq_len is None else "per-partition, tail dropped",
+        "partitions": len(plan),
+        "pieces": len(pieces),
+    }
+
+    def facts() -> dict[str, Any]:  # read after the Spark job, when the task counters are final
+        return {**fixed, **{name: int(acc.value) for name, acc in counters.items()}}
+
     log.info(
         "tokenizing %d file(s) in %d task(s) with %s (vocab %d)",
         len(files),

@@ -1,13 +1,13 @@
-"""Columns and counters of text conversion: token batches for pyarrow, accumulator-backed facts."""
+"""Token columns of text conversion: per-row token arrays gathered into one Arrow list array."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CounterFacts", "TokenColumn"]
+__all__ = ["TokenColumn"]
 
 
 class TokenColumn(Sequence[np.ndarray]):
@@ -37,32 +37,3 @@ class TokenColumn(Sequence[np.ndarray]):
         )
         array = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
         return array if type is None else array.cast(type)
-
-
-class CounterFacts(Mapping[str, Any]):
-    """Provenance facts whose Spark accumulators are read when the writer records them.
-
-    :func:`pipeline.convert.writer.write_petastorm` copies ``extra`` into the provenance after
-    the Spark job, so counters summed in the tasks (documents, dropped tail tokens) are exact
-    there and in ``ConversionResult.extra``.
-
-    Args:
-        fixed: Facts known before the job.
-        counters: Name -> ``pyspark.Accumulator`` of ints.
-    """
-
-    def __init__(self, fixed: dict[str, Any], counters: Mapping[str, Any]) -> None:
-        self._fixed = fixed
-        self._counters = counters
-
-    def _resolved(self) -> dict[str, Any]:
-        return {**self._fixed, **{k: int(acc.value) for k, acc in self._counters.items()}}
-
-    def __getitem__(self, key: str) -> Any:
-        return self._resolved()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._resolved())
-
-    def __len__(self) -> int:
-        return len(self._fixed) + len(self._counters)

@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ def write_petastorm(
     settings: ConvertConfig,
     input_bytes: int,
     options: Any = None,
-    extra: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     auto_compression: str = "snappy",
     started: float | None = None,
 ) -> ConversionResult:
@@ -167,7 +167,9 @@ def write_petastorm(
         input_bytes: Size of the input, for the summary.
         options: The kind's options dataclass, recorded in the provenance. Defaults to ``None``.
         extra: Kind-specific facts for the provenance and ``ConversionResult.extra`` (class
-            names, tokenizer, ...). Defaults to ``None``.
+            names, tokenizer, ...), or a callable returning them that is called once the Spark
+            job has finished (for counts summed in the tasks, e.g. Spark accumulators).
+            Defaults to ``None``.
         auto_compression: Codec used when ``settings.compression`` is ``"auto"``. Defaults to
             ``"snappy"``.
         started: ``time.perf_counter()`` when the conversion began (before listing), for
@@ -252,6 +254,7 @@ def write_petastorm(
         rows = sum(m.num_rows for m in footers)
         row_groups = sum(m.num_row_groups for m in footers)
         counts = {"rows": rows, "skipped": len(skipped), "input_bytes": input_bytes, "files": len(files)}
+        facts = dict((extra() if callable(extra) else extra) or {})
         record = build_provenance(
             kind=kind,
             source=source,
@@ -259,7 +262,7 @@ def write_petastorm(
             settings=settings,
             master=spark.sparkContext.master,
             counts=counts,
-            extra=extra,
+            extra=facts,
         )
         # petastorm's own row-group index (what materialize_dataset computes in an extra Spark job
         # when use_summary_metadata=False), built from the footers read above; the summary file
@@ -283,7 +286,7 @@ def write_petastorm(
         row_groups=row_groups,
         seconds=time.perf_counter() - started,
         skipped_report=str(stage.dest / "_skipped.jsonl") if skipped else None,
-        extra=dict(extra or {}),
+        extra=facts,
     )
     log.info("%s", result.summary())
     return result
