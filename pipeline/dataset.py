@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -23,6 +24,7 @@ from pipeline.errors import DatasetError
 __all__ = [
     "PROVENANCE_KEY",
     "DatasetFiles",
+    "arrow_list_shape",
     "is_petastorm_dataset",
     "list_dataset_files",
     "normalize_url",
@@ -46,6 +48,19 @@ def normalize_url(path_or_url: str | os.PathLike[str]) -> str:
             return "file://" + str(Path(parsed.path).resolve())
         return text.rstrip("/")
     return "file://" + str(Path(text).expanduser().resolve())
+
+
+def arrow_list_shape(arrow_type: pa.DataType) -> tuple[tuple[int | None, ...], pa.DataType]:
+    """Peel nested list types: ``list<fixed_size_list<float, 4>>`` -> ``((None, 4), float)``.
+
+    ``None`` marks a dimension whose length varies from row to row.
+    """
+    shape: list[int | None] = []
+    t = arrow_type
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
+        t = t.value_type
+    return tuple(shape), t
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:

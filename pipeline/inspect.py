@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.dataset import list_dataset_files, read_provenance, read_unischema
+from pipeline.dataset import arrow_list_shape, list_dataset_files, read_provenance, read_unischema
 from pipeline.errors import DatasetError
 
 __all__ = ["DatasetInfo", "FieldInfo", "inspect_dataset"]
@@ -81,11 +81,8 @@ def _numpy_name(dtype: Any) -> str:
 
 
 def _arrow_field(arrow_field: pa.Field) -> FieldInfo:
-    t = arrow_field.type
-    shape: list[int | None] = []
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        shape.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
-        t = t.value_type
+    dims, t = arrow_list_shape(arrow_field.type)
+    shape: list[int | None] = list(dims)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         dtype = "str"
     elif pa.types.is_binary(t) or pa.types.is_large_binary(t):

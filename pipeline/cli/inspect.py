@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pipeline.inspect import DatasetInfo, inspect_dataset
+from pipeline.units import human_bytes
 
 __all__ = ["format_info", "register"]
 
@@ -23,14 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def format_info(info: DatasetInfo) -> str:
     """The human-readable report printed by ``pipeline inspect``."""
     lines = [
@@ -39,7 +32,7 @@ def format_info(info: DatasetInfo) -> str:
         f"rows        {info.rows:,}",
         f"row groups  {info.row_groups:,}",
         f"files       {info.files:,}",
-        f"size        {_human_bytes(info.bytes)}",
+        f"size        {human_bytes(info.bytes)}",
         "fields:",
     ]
     width = max((len(n) for n in info.fields), default=4)

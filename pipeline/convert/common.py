@@ -34,6 +34,7 @@ import yaml
 
 from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError
+from pipeline.units import human_bytes
 
 __all__ = [
     "COMPRESSIONS",
@@ -164,7 +165,7 @@ class ConversionResult:
             f"converted {self.kind} {self.source} -> {self.output}",
             f"  rows {self.rows:,}  skipped {self.skipped:,}  in {self.seconds:.1f} s "
             f"({self.rows_per_s:,.0f} rows/s)",
-            f"  input {_human_bytes(self.input_bytes)}  output {_human_bytes(self.output_bytes)} in "
+            f"  input {human_bytes(self.input_bytes)}  output {human_bytes(self.output_bytes)} in "
             f"{self.files} file(s), {self.row_groups} row group(s)",
         ]
         facts = {
@@ -179,14 +180,6 @@ class ConversionResult:
         if self.skipped_report:
             lines.append(f"  skipped records listed in {self.skipped_report}")
         return "\n".join(lines)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} GiB"
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipeline.dataset import arrow_list_shape
 from pipeline.errors import DatasetError
 
 __all__ = ["FieldSpec", "ReadCancelled", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
@@ -61,11 +62,8 @@ def unischema_field_from_arrow(arrow_field: pa.Field) -> Any:
     """A codec-less ``UnischemaField`` for a plain Parquet column (lists -> ``None`` dims)."""
     from petastorm.unischema import UnischemaField
 
-    t = arrow_field.type
-    shape: list[int | None] = []
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        shape.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
-        t = t.value_type
+    dims, t = arrow_list_shape(arrow_field.type)
+    shape: list[int | None] = list(dims)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
         dtype: Any = np.dtype(t.to_pandas_dtype()).type
     elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
