@@ -44,23 +44,28 @@ def conf_dir() -> Path | None:
 
 
 def resolve_conf_path(name_or_path: str | os.PathLike[str]) -> Path | None:
-    """Find a config file: an existing path as given, else ``name`` inside :func:`conf_dir`.
+    """Find a config file.
 
-    Returns ``None`` when a bare name (``"spark.yaml"``) is not found anywhere, so that callers
-    fall back to the dataclass defaults. A path with a folder part that does not exist is an
-    error: the user asked for that file.
+    A bare file name (``"reader.yaml"``, no folder part) is looked up in :func:`conf_dir` first,
+    so that a stray file of that name in the working directory cannot change the defaults, then
+    in the working directory (``--config my.yaml``). Anything with a folder part
+    (``./reader.yaml``, ``conf/x.yaml``, an absolute path) is taken as it is.
+
+    Returns ``None`` when a bare name is found nowhere, so that callers fall back to the
+    dataclass defaults. A path with a folder part that does not exist is an error: the user
+    asked for that file.
     """
-    path = Path(name_or_path)
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    bare = os.sep not in text and (os.altsep is None or os.altsep not in text)
+    if bare:
+        base = conf_dir()
+        if base is not None and (base / text).is_file():
+            return base / text
+        return path if path.is_file() else None
     if path.is_file():
         return path
-    if path.parent == Path(".") and (base := conf_dir()) is not None:
-        candidate = base / path.name
-        if candidate.is_file():
-            return candidate
-        return None
-    if path.parent == Path("."):
-        return None
-    raise ConfigError(f"config file {str(path)!r} does not exist", hint="check the --config path")
+    raise ConfigError(f"config file {text!r} does not exist", hint="check the --config path")
 
 
 def load_config(

@@ -77,3 +77,12 @@ def test_shipped_conf_files_match_the_documented_defaults():
         for line in (REPO / "conf" / "spark.yaml").read_text().splitlines()
         if line and line[0].isalpha()
     )
+
+
+def test_a_stray_file_in_the_working_directory_does_not_replace_the_shipped_defaults(tmp_path, monkeypatch):
+    (tmp_path / "spark.yaml").write_text("master: spark://elsewhere:7077\n")
+    (tmp_path / "mine.yaml").write_text("master: local[3]\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(SparkConfig, "spark.yaml").master == "local[*]"  # conf/spark.yaml wins
+    assert load_config(SparkConfig, "./spark.yaml").master == "spark://elsewhere:7077"  # asked for
+    assert load_config(SparkConfig, "mine.yaml").master == "local[3]"  # not in conf/: the user's file

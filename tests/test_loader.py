@@ -295,3 +295,29 @@ def test_rank_and_world_size_come_from_torch_distributed(url, tmp_path):
             assert len(loader) == 3 and loader.reader.world_size == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_negative_seed_is_refused_up_front(url):
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        pipeline.open_loader(url, config=None, seed=-1)
+
+
+def test_one_field_name_as_a_string(url):
+    with pipeline.open_loader(url, config=None, fields="id", batch_size=5, shuffle=False) as loader:
+        batch = next(iter(loader))
+    assert list(batch) == ["id"]
+    assert batch["id"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_batch_callable_outputs_collate_by_kind():
+    batch = collate_batch(
+        {
+            "names": np.array(["a", "bb"]),  # numpy strings stay a list, as strings do
+            "mixed": [np.array([1], np.int32), np.array([2**40], np.int64)],  # widest dtype wins
+            "floats": [1, 2.5],
+        },
+        pad_value=0,
+    )
+    assert batch["names"] == ["a", "bb"]
+    assert batch["mixed"].dtype == torch.int64 and batch["mixed"].tolist() == [[1], [2**40]]
+    assert batch["floats"].tolist() == [1.0, 2.5]

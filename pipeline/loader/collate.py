@@ -65,7 +65,7 @@ def collate_batch(values: dict[str, Any], pad_value: int, alloc: Allocator = cpu
     for name, value in values.items():
         if isinstance(value, torch.Tensor):
             value = value.numpy()
-        if isinstance(value, np.ndarray) and value.dtype != object:
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
             tensor = alloc(name, value.shape, value.dtype)
             tensor.numpy()[...] = value
             batch[name] = tensor
@@ -88,7 +88,7 @@ def _collate_values(
     arrays = [np.asarray(v) for v in items]
     shapes = {a.shape for a in arrays}
     if len(shapes) == 1:  # all rows alike this time: stack
-        tensor = alloc(name, (len(arrays), *arrays[0].shape), arrays[0].dtype)
+        tensor = alloc(name, (len(arrays), *arrays[0].shape), np.result_type(*arrays))
         np.stack(arrays, out=tensor.numpy())
         batch[name] = tensor
         if arrays[0].ndim == 1:

@@ -15,7 +15,6 @@ cannot pin).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -131,6 +130,7 @@ class DeviceCopier:
         self._slots = slots
         self._stream = torch.cuda.Stream(device=device)
         self._ahead: tuple[dict[str, Any], Any, Any] | None = None
+        self._failed: BaseException | None = None  # raised by the look-ahead; delivered after `current`
 
     def _issue(self) -> tuple[dict[str, Any], Any, Any]:
         host, slot, tag = self._next_host()
@@ -146,11 +146,18 @@ class DeviceCopier:
 
     def next(self) -> tuple[dict[str, Any], Any]:
         """The next batch on the device (safe to use on the current stream) and its tag."""
+        if self._ahead is None and self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         current = self._ahead if self._ahead is not None else self._issue()
         self._ahead = None
         if self._host_ready():  # never wait here: the consumer should start on `current` now
-            with contextlib.suppress(StopIteration):
+            try:
                 self._ahead = self._issue()  # this copy overlaps the consumer's work on `current`
+            except StopIteration:
+                pass
+            except Exception as exc:  # a reader/transform error: deliver `current` first, as on the CPU
+                self._failed = exc
         moved, event, tag = current
         consumer = torch.cuda.current_stream(self.device)
         consumer.wait_event(event)

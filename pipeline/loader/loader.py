@@ -231,7 +231,7 @@ def open_loader(
     loader_cfg = _load(LoaderConfig, config, "loader", {k: v for k, v in given.items() if k in loader_keys})
     rank, world_size = resolve_shard(rank, world_size)
     options = ReadOptions(
-        fields=tuple(fields) if fields is not None else None,
+        fields=(fields,) if isinstance(fields, str) else tuple(fields) if fields is not None else None,
         transform=transform,
         predicate=predicate,
         filesystem=filesystem,

@@ -41,6 +41,7 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         _check(self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0 rows, got {self.shuffle_buffer}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
             self.num_epochs is None or self.num_epochs >= 1,
             f"num_epochs must be >= 1 or None (endless), got {self.num_epochs}",
