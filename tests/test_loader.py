@@ -321,3 +321,19 @@ def test_batch_callable_outputs_collate_by_kind():
     assert batch["names"] == ["a", "bb"]
     assert batch["mixed"].dtype == torch.int64 and batch["mixed"].tolist() == [[1], [2**40]]
     assert batch["floats"].tolist() == [1.0, 2.5]
+
+
+def test_variable_shape_multi_dim_field_fails_at_open_not_mid_run(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp_path.joinpath("ds").mkdir()
+    grids = [[[1, 2], [3, 4]], [[1, 2, 3]], [[5]]]  # 2-D rows of different shapes
+    pq.write_table(pa.table({"grid": grids, "id": [0, 1, 2]}), tmp_path / "ds" / "part-0.parquet")
+    with pytest.raises(PipelineError, match=r"field 'grid' has a variable shape \(\?, \?\).*--size"):
+        pipeline.open_loader(tmp_path / "ds", config=None)
+    with pipeline.open_loader(tmp_path / "ds", config=None, fields=["id"], shuffle=False) as loader:
+        assert next(iter(loader))["id"].tolist() == [0, 1, 2]
+    crop = lambda b: {**b, "grid": [np.asarray(g)[:1, :1] for g in b["grid"]]}  # noqa: E731
+    with pipeline.open_loader(tmp_path / "ds", config=None, transform=crop, shuffle=False) as loader:
+        assert next(iter(loader))["grid"].tolist() == [[[1]], [[1]], [[5]]]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.config import from_mapping, load_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
 from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
 from pipeline.loader.prefetch import Prefetcher
@@ -71,6 +71,10 @@ def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
 class Loader:
     """Torch batches of one rank's shard of a dataset; a context manager and an iterator.
 
@@ -87,6 +91,15 @@ class Loader:
         self._batch_fn = (
             transform if transform is not None and not hasattr(transform, "edit_fields") else None
         )
+        if transform is None:  # nothing can make these stackable: say so now, not hours into a run
+            for spec in reader.source.specs.values():
+                if spec.kind == "ragged" and len(spec.shape) > 1:
+                    raise PipelineError(
+                        f"field {spec.name!r} has a variable shape {_shape_text(spec.shape)}; torch cannot "
+                        "stack its rows into batches",
+                        hint="convert the images to one size with `pipeline convert images --size HxW`, "
+                        "read other fields with `fields=`, or crop/resize them in a transform",
+                    )
         self.epoch = 0
         """Epoch of the batch most recently returned (``0`` before the first one)."""
         self.batches_returned = 0
