@@ -119,6 +119,7 @@ def test_staging_commits_atomically_and_cleans_up(tmp_path):
     with StagedOutput(dest) as stage:
         stage.data_dir.mkdir()
         (stage.data_dir / "part.parquet").write_text("x")
+        (stage.data_dir / "_common_metadata").write_text("m")  # what makes it a dataset
         assert not dest.exists()
         stage.commit()
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
@@ -277,3 +278,54 @@ def test_writer_fail_mode_raises_one_input_error_and_writes_nothing(spark, tmp_p
     # The shared SparkContext's Parquet settings are restored after the failures.
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     assert conf.get("parquet.block.size") is None
+
+
+def test_dest_may_not_hold_the_source_or_replace_a_non_dataset(tmp_path):
+    src = tmp_path / "data" / "images"
+    src.mkdir(parents=True)
+    (src / "a.png").write_bytes(b"x")
+    for dest in (src, tmp_path / "data"):
+        with pytest.raises(DatasetError, match="would replace the inputs"):
+            check_destination(dest, overwrite=True, source=src)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="is not a dataset"):
+        check_destination(other, overwrite=True, source=src)
+    assert (other / "todo.txt").read_text() == "keep me"
+    with pytest.raises(DatasetError, match="'#'"):
+        check_destination(tmp_path / "a#b" / "out", overwrite=False)
+    assert check_destination(tmp_path / "out", overwrite=False, source=src) == (tmp_path / "out").resolve()
+
+
+def test_file_urls_name_no_host_and_are_unquoted(tmp_path):
+    from pipeline.convert.listing import local_path
+
+    assert local_path(f"file://{tmp_path}/my%20dir") == tmp_path / "my dir"
+    assert local_path(f"file://localhost{tmp_path}") == tmp_path
+    with pytest.raises(InputError, match="three slashes"):
+        local_path("file://out/ds")
+
+
+def test_pass_through_check_rejects_damaged_pngs_and_unusual_jpeg_frames():
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(png, "PNG")
+    Image.fromarray(pixels).save(jpeg, "JPEG")
+    assert image_header(png.getvalue()).complete
+    damaged = bytearray(png.getvalue())
+    damaged[png.getvalue().index(b"IDAT") + 8] ^= 0xFF
+    assert image_header(bytes(damaged)) is None
+    assert image_header(jpeg.getvalue()).format == "JPEG"
+    lossless = bytearray(jpeg.getvalue())
+    lossless[jpeg.getvalue().index(b"\xff\xc0") + 1] = 0xC3
+    assert image_header(bytes(lossless)) is None
+
+
+def test_manifest_that_is_not_utf8_is_bad_input(tmp_path):
+    from pipeline.convert.image_sources import find_images
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"path,label\ncat/c1.png,caf\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        find_images(str(manifest))

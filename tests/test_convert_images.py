@@ -221,6 +221,19 @@ def test_flat_folder_has_no_labels_and_manifests_name_their_classes(spark, tmp_p
     assert [label for _, label in read_back(spark, result.output).values()] == [7]
 
 
+def _damage_idat(png: bytes) -> bytes:
+    data = bytearray(png)
+    start = png.index(b"IDAT") + 8
+    data[start : start + 16] = bytes(16)  # zeroed compressed bytes; the CRC no longer matches
+    return bytes(data)
+
+
+def _with_frame_marker(jpeg: bytes, marker: int) -> bytes:
+    data = bytearray(jpeg)
+    data[jpeg.index(b"\xff\xc0") + 1] = marker  # e.g. lossless: readers refuse the scan data
+    return bytes(data)
+
+
 def write_bad_inputs(root: Path) -> list[str]:
     good = smooth(20, 20, 1)
     buf = io.BytesIO()
@@ -233,6 +246,9 @@ def write_bad_inputs(root: Path) -> list[str]:
         "b/empty.png": b"",
         "b/text.jpg": b"hello, I am not a JPEG\n",
         "b/random.webp": np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+        # structurally complete, so a header-only check would keep the bytes: damaged image data
+        "b/damaged_idat.png": _damage_idat(png.getvalue()),
+        "b/lossless_sof3.jpg": _with_frame_marker(buf.getvalue(), 0xC3),
     }
     for rel, data in bad.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +316,7 @@ def test_cli_json_and_overwrite_replace_an_old_dataset(spark, sample, tmp_path, 
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "old.txt").write_text("old")
+    (dest / "_common_metadata").write_text("an old dataset")  # --overwrite replaces datasets only
     code = cli_main(["convert", "images", str(src), str(dest), "--overwrite", "--size", "8x8", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -251,3 +251,12 @@ def test_one_big_jsonl_is_read_in_byte_ranges_by_several_tasks(spark, tmp_path):
     (bad,) = [json.loads(line) for line in Path(result.skipped_report).read_text().splitlines()]
     offset = sum(len(line) + 1 for line in lines[:150])
     assert bad["record"] == f"byte {offset}" and "not valid JSON" in bad["reason"]
+
+
+def test_json_nested_too_deeply_is_bad_input_not_a_crash():
+    from pipeline.convert.text_docs import BadDocument, Document, iter_documents
+
+    data = b'{"text": "fine"}\n' + b"[" * 200_000 + b"]" * 200_000 + b'\n{"text": "also fine"}\n'
+    docs = list(iter_documents("deep.jsonl", data))
+    assert [type(d) for d in docs] == [Document, BadDocument, Document]
+    assert "nested too deeply" in docs[1].reason

@@ -323,15 +323,18 @@ def test_batch_callable_outputs_collate_by_kind():
     assert batch["floats"].tolist() == [1.0, 2.5]
 
 
-def test_variable_shape_multi_dim_field_fails_at_open_not_mid_run(tmp_path):
+def test_variable_shape_multi_dim_field_is_flagged_at_open_and_fails_when_shapes_mix(tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp_path.joinpath("ds").mkdir()
     grids = [[[1, 2], [3, 4]], [[1, 2, 3]], [[5]]]  # 2-D rows of different shapes
     pq.write_table(pa.table({"grid": grids, "id": [0, 1, 2]}), tmp_path / "ds" / "part-0.parquet")
-    with pytest.raises(PipelineError, match=r"field 'grid' has a variable shape \(\?, \?\).*--size"):
-        pipeline.open_loader(tmp_path / "ds", config=None)
+    with caplog.at_level("WARNING", logger="pipeline.loader.loader"):
+        loader = pipeline.open_loader(tmp_path / "ds", config=None, shuffle=False)
+    assert "field 'grid' has a variable shape (?, ?)" in caplog.text and "--size" in caplog.text
+    with loader, pytest.raises(PipelineError, match="--size"):
+        next(iter(loader))
     with pipeline.open_loader(tmp_path / "ds", config=None, fields=["id"], shuffle=False) as loader:
         assert next(iter(loader))["id"].tolist() == [0, 1, 2]
     crop = lambda b: {**b, "grid": [np.asarray(g)[:1, :1] for g in b["grid"]]}  # noqa: E731

@@ -33,9 +33,20 @@ class ImageSource:
 
 
 def _read_manifest(manifest: Path) -> list[dict[str, Any]]:
-    text = manifest.read_text(encoding="utf-8-sig")
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"manifest {manifest} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+            hint="save the manifest as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
     if manifest.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        try:
+            rows = list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise InputError(f"manifest {manifest} is not valid CSV: {exc}") from None
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -68,7 +79,9 @@ def _manifest_source(manifest: Path) -> ImageSource:
     items, sizes = [], []
     for row, label in zip(rows, labels, strict=True):
         rel = str(row["path"])
-        path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
+        path = (
+            Path(rel) if Path(rel).is_absolute() else manifest.resolve().parent / rel
+        )  # executors' cwd differs
         value = -1 if label in (None, "") else int(label) if numeric else index[str(label)]
         items.append((str(path), rel, value))
         sizes.append(path.stat().st_size if path.is_file() else 0)  # a missing file is bad input later

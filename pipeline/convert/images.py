@@ -204,7 +204,7 @@ def convert_images(
     started = time.perf_counter()
     options = options or load_config(ImageOptions, "convert_images.yaml")
     settings = settings or load_config(ConvertConfig, "convert.yaml")
-    check_destination(dest, overwrite=settings.overwrite)
+    check_destination(dest, overwrite=settings.overwrite, source=src)
     source = find_images(src)
     encoding = options.encoding
     if encoding == "auto":

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pipeline.errors import InputError
 
@@ -44,7 +44,12 @@ def local_path(path_or_url: str | os.PathLike[str]) -> Path:
     text = os.fspath(path_or_url)
     parsed = urlparse(text)
     if parsed.scheme == "file":
-        return Path(parsed.path)
+        if parsed.netloc not in ("", "localhost"):
+            raise InputError(
+                f"{text}: file:// URLs name no host; this one names {parsed.netloc!r}",
+                hint="write file:///absolute/path (three slashes) or a plain path",
+            )
+        return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
         raise InputError(
             f"{text}: only local paths and file:// URLs are supported for conversions",

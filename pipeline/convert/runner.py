@@ -86,7 +86,7 @@ def run_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     module = kind_module(kind)
     settings = load_settings(args)
     options = module.options_from_args(args)
-    check_destination(args.dest, overwrite=settings.overwrite)  # before any work starts
+    check_destination(args.dest, overwrite=settings.overwrite, source=args.src)  # before any work starts
     convert = getattr(module, f"convert_{kind}")
     with spark_session(spark_config_from_args(args)) as spark:
         result = convert(spark, args.src, args.dest, options, settings=settings)

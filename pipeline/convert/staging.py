@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.convert.listing import local_path
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, InputError
 
 __all__ = ["StagedOutput", "check_destination"]
 
@@ -32,24 +32,57 @@ log = logging.getLogger(__name__)
 _MARK = ".staging-"
 
 
-def check_destination(dest: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Resolve DEST and fail early if it exists and ``overwrite`` is off.
+def check_destination(
+    dest: str | os.PathLike[str], *, overwrite: bool, source: str | os.PathLike[str] | None = None
+) -> Path:
+    """Resolve DEST and fail early if writing there could lose data.
 
     Call this before any work starts (before Spark). Returns the absolute local path.
 
+    Args:
+        dest: DEST path or ``file://`` URL.
+        overwrite: Whether an existing DEST may be replaced.
+        source: SRC of the conversion; DEST may not be SRC or a folder above it (replacing DEST
+            would delete the inputs). Defaults to ``None`` (not checked).
+
     Raises:
-        DatasetError: DEST exists without ``overwrite``, is a file, or its parent is not a folder.
+        DatasetError: DEST exists without ``overwrite``; is a file; is SRC or contains it; exists,
+            is not empty and is not a dataset (``--overwrite`` replaces datasets only); its parent
+            is not a folder; or its name has characters that do not survive a URL (``#``, ``?``).
     """
     path = local_path(dest).resolve()
+    if any(c in str(path) for c in "#?"):
+        raise DatasetError(
+            f"{path}: DEST may not contain '#' or '?' (Spark and petastorm read them as URL parts)",
+            hint="choose another DEST",
+        )
+    src = _local_or_none(source)
+    if src is not None and (src == path or path in src.parents):
+        raise DatasetError(
+            f"DEST {path} is SRC {src} or a folder above it; writing there would replace the inputs",
+            hint="choose a DEST outside SRC",
+        )
     if path.exists() and not overwrite:
         raise DatasetError(
             f"{path} already exists", hint="pass --overwrite to replace it, or choose another DEST"
         )
     if path.exists() and not path.is_dir():
         raise DatasetError(f"{path} exists and is not a folder", hint="choose another DEST")
+    if path.is_dir() and not (path / "_common_metadata").exists() and any(path.iterdir()):
+        raise DatasetError(
+            f"{path} exists, is not empty and is not a dataset; --overwrite replaces datasets only",
+            hint="choose another DEST, or remove that folder yourself if it is really not needed",
+        )
     if path.parent.exists() and not path.parent.is_dir():
         raise DatasetError(f"{path.parent} is not a folder", hint="choose another DEST")
     return path
+
+
+def _local_or_none(source: str | os.PathLike[str] | None) -> Path | None:
+    try:
+        return None if source is None else local_path(source).resolve()
+    except InputError:  # not a local path: it cannot be inside a local DEST
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,6 +118,7 @@ class StagedOutput:
     Args:
         dest: DEST path or ``file://`` URL.
         overwrite: Replace an existing DEST on commit. Defaults to ``False``.
+        source: SRC, which DEST may not contain (see :func:`check_destination`). Defaults to ``None``.
 
     Example::
 
@@ -93,8 +127,14 @@ class StagedOutput:
             stage.commit()          # DEST appears here, and only here
     """
 
-    def __init__(self, dest: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.dest = check_destination(dest, overwrite=overwrite)
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        source: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.dest = check_destination(dest, overwrite=overwrite, source=source)
         self.overwrite = overwrite
         name = f".{self.dest.name}{_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.root = self.dest.parent / name

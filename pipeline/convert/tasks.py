@@ -14,6 +14,7 @@ record goes to ``<staging>/errors/failed-<id>.jsonl`` and the task ends; skipped
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.convert.common import BadInput, RecordErrors, SkippedRecord
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STATS_SCHEMA", "PartitionFn", "PartitionTask", "has_failures", "write_records"]
 
@@ -39,6 +42,16 @@ def write_records(errors_dir: str, name: str, records: Sequence[SkippedRecord]) 
     with open(tmp, "w", encoding="utf-8") as out:
         out.write("".join(r.to_json() + "\n" for r in records))
     os.replace(tmp, os.path.join(errors_dir, f"{name}.jsonl"))
+
+
+def _describe_items(items: Sequence[Any]) -> str:
+    """The inputs of a partition, for an error message: its first file and how many more."""
+    if not items:
+        return "an empty partition"
+    first = items[0]
+    name = getattr(first, "path", None) or (first[0] if isinstance(first, tuple) and first else first)
+    more = f" (or one of the {len(items) - 1} inputs after it in the same task)" if len(items) > 1 else ""
+    return f"{name}{more}"
 
 
 def has_failures(errors_dir: str) -> bool:
@@ -123,6 +136,12 @@ class PartitionTask:
             flush()
         except BadInput as exc:
             write_records(self.errors_dir, f"failed-{pid:05d}", [exc.record])
+            rows = 0
+        except Exception as exc:  # not a known kind of bad input: fail the job naming the inputs
+            where = _describe_items(self.plan[pid])
+            log.error("unexpected error converting %s", where, exc_info=True)
+            reason = f"unexpected {type(exc).__name__}: {exc}"[:500]
+            write_records(self.errors_dir, f"failed-{pid:05d}", [SkippedRecord(where, reason)])
             rows = 0
         finally:
             if writer is not None:

@@ -200,6 +200,9 @@ def _jsonl(
         except json.JSONDecodeError as exc:
             yield BadDocument(f"not valid JSON: {exc.msg} at column {exc.colno}", number)
             continue
+        except RecursionError:
+            yield BadDocument("JSON nested too deeply to parse", number)
+            continue
         if not isinstance(obj, dict):
             yield BadDocument(f"expected a JSON object, got {type(obj).__name__}", number)
         elif text_field not in obj:

@@ -121,6 +121,12 @@ def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
     if failed:
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        if first.reason.startswith("unexpected "):  # not a known kind of bad input: skipping won't help
+            return InputError(
+                f"conversion failed on {first.describe()}{more}",
+                hint="this input is not handled by the converter; remove it, and please report it "
+                "(run with -vv for the traceback)",
+            )
         return InputError(f"bad input: {first.describe()}{more}", hint=_SKIP_HINT)
     log.debug("Spark job failed", exc_info=exc)
     lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception)\b.*:", ln)]
@@ -192,7 +198,7 @@ def write_petastorm(
     spark_schema = schema.as_spark_schema()
     arrow_schema = to_arrow_schema(spark_schema)
     codec = auto_compression if settings.compression == "auto" else settings.compression
-    with StagedOutput(dest, overwrite=settings.overwrite) as stage:
+    with StagedOutput(dest, overwrite=settings.overwrite, source=source) as stage:
         errors_dir = stage.root / "errors"
         stage.data_dir.mkdir()
         task = PartitionTask(
@@ -217,7 +223,7 @@ def write_petastorm(
             ):
                 written = sum(row["rows"] for row in frame.collect())
                 log.debug("Spark write done after %.2f s", time.perf_counter() - started)
-                if settings.on_error == "fail" and _read_records(errors_dir, "failed"):
+                if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
                     raise _task_failure(None, errors_dir)
                 if not written:
                     skipped = _read_records(errors_dir, "skipped")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.config import from_mapping, load_config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
 from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
 from pipeline.loader.prefetch import Prefetcher
@@ -91,14 +91,16 @@ class Loader:
         self._batch_fn = (
             transform if transform is not None and not hasattr(transform, "edit_fields") else None
         )
-        if transform is None:  # nothing can make these stackable: say so now, not hours into a run
+        if transform is None:  # batches stack only while rows happen to share a shape: say so now
             for spec in reader.source.specs.values():
                 if spec.kind == "ragged" and len(spec.shape) > 1:
-                    raise PipelineError(
-                        f"field {spec.name!r} has a variable shape {_shape_text(spec.shape)}; torch cannot "
-                        "stack its rows into batches",
-                        hint="convert the images to one size with `pipeline convert images --size HxW`, "
-                        "read other fields with `fields=`, or crop/resize them in a transform",
+                    log.warning(
+                        "field %r has a variable shape %s: batches stack only while all their rows share "
+                        "one shape, and the first batch that mixes shapes fails -- convert with "
+                        "`pipeline convert images --size HxW`, read other fields with `fields=`, or "
+                        "crop/resize in a transform",
+                        spec.name,
+                        _shape_text(spec.shape),
                     )
         self.epoch = 0
         """Epoch of the batch most recently returned (``0`` before the first one)."""
