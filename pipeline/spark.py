@@ -33,7 +33,8 @@ __all__ = ["SparkConfig", "check_java", "load_spark_config", "spark_session"]
 log = logging.getLogger(__name__)
 
 JAVA_HINT = (
-    "install Java 17 (Debian/Ubuntu: `apt-get install -y openjdk-17-jre-headless`; "
+    "install Java 17 (Debian 12/Ubuntu: `apt-get install -y openjdk-17-jre-headless`, Debian 13: "
+    "`openjdk-21-jre-headless`; "
     "macOS: `brew install openjdk@17`) or point JAVA_HOME at a Java 17+ runtime"
 )
 

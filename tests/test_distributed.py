@@ -17,9 +17,10 @@ def fit_line(steps: int = 30) -> dict:
 
     with setup() as ctx:
         gen = torch.Generator().manual_seed(ctx.rank)
-        x = torch.randn(64, 3, generator=gen)
-        y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.25
-        model = DistributedDataParallel(torch.nn.Linear(3, 1))
+        x = torch.randn(64, 3, generator=gen).to(ctx.device)  # NCCL groups need tensors on the GPU
+        y = x @ torch.tensor([1.0, -2.0, 0.5], device=ctx.device) + 0.25
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = DistributedDataParallel(torch.nn.Linear(3, 1).to(ctx.device), device_ids=device_ids)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         losses = []
         for _ in range(steps):
@@ -28,7 +29,7 @@ def fit_line(steps: int = 30) -> dict:
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        weights = [torch.zeros(4) for _ in range(ctx.world_size)]
+        weights = [torch.zeros(4, device=ctx.device) for _ in range(ctx.world_size)]
         flat = torch.cat([p.detach().flatten() for p in model.module.parameters()])
         dist.all_gather(weights, flat)
         return {
@@ -152,15 +153,17 @@ def test_gpu_discovery_script_lists_nvidia_smi_indices(tmp_path):
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\nprintf "0\\n1\\n"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
-    out = subprocess.run(
-        [settings["spark.driver.resource.gpu.discoveryScript"]],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(out.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{fake.parent}:{os.environ['PATH']}"
+
+    def discover(**extra: str) -> dict:
+        script = settings["spark.driver.resource.gpu.discoveryScript"]
+        out = subprocess.run([script], env={**env, **extra}, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    assert discover() == {"name": "gpu", "addresses": ["0", "1"]}
+    # only the GPUs this process may use, not every GPU nvidia-smi sees
+    assert discover(CUDA_VISIBLE_DEVICES="2,3") == {"name": "gpu", "addresses": ["2", "3"]}
 
 
 def test_num_processes_is_validated(spark):

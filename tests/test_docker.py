@@ -40,7 +40,7 @@ def test_dockerfile_installs_exactly_the_lock_file():
     steps = instructions(DOCKERFILE)
     base = [args for word, args in steps if word == "FROM"]
     lock_python = re.search(r"Python (3\.\d+)", (REPO / "constraints.txt").read_text()).group(1)
-    assert base == [f"python:{lock_python}-slim"], (
+    assert base == [f"python:{lock_python}-slim-bookworm"], (
         "base image must match the Python the lock file was made for"
     )
     pip_runs = [args for word, args in steps if word == "RUN" and "pip install" in args]

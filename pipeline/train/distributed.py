@@ -230,7 +230,7 @@ def gpu_spark_settings(workdir: str | os.PathLike[str], *, count: int | None = N
 
     ``TorchDistributor(use_gpu=True, local_mode=True)`` reads the driver's GPU resources, which
     Spark only knows when a discovery script is configured. This writes one (it lists
-    ``nvidia-smi``'s GPU indices) under ``workdir`` and returns the settings to put in
+    the indices in ``CUDA_VISIBLE_DEVICES`` when it is set, else ``nvidia-smi``'s) under ``workdir`` and returns the settings to put in
     ``SparkConfig.extra``. Returns ``{}`` when no GPU is visible.
 
     Args:
@@ -245,8 +245,13 @@ def gpu_spark_settings(workdir: str | os.PathLike[str], *, count: int | None = N
     script.write_text(
         "#!/bin/sh\n"
         '# Spark GPU discovery: prints {"name": "gpu", "addresses": ["0", ...]}\n'
-        "ADDRS=$(nvidia-smi --query-gpu=index --format=csv,noheader | sed -e ':a' -e 'N' -e'$!ba' "
+        "# CUDA_VISIBLE_DEVICES, when set, is what this process may use: declare those, not every GPU\n"
+        'if [ -n "$CUDA_VISIBLE_DEVICES" ]; then\n'
+        "  ADDRS=$(echo \"$CUDA_VISIBLE_DEVICES\" | sed -e 's/ //g' -e 's/,/\",\"/g')\n"
+        "else\n"
+        "  ADDRS=$(nvidia-smi --query-gpu=index --format=csv,noheader | sed -e ':a' -e 'N' -e'$!ba' "
         "-e 's/\\n/\",\"/g')\n"
+        "fi\n"
         'echo {\\"name\\": \\"gpu\\", \\"addresses\\":[\\"$ADDRS\\"]}\n',
         encoding="utf-8",
     )
