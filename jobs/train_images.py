@@ -1,6 +1,6 @@
 """Train the image classifier (SmallCNN) on a converted image dataset through TorchDistributor.
 
-    .venv/bin/python jobs/train_images.py --train-url data/digits/train --eval-url data/digits/heldout
+    .venv/bin/python jobs/train_images.py --train-url data/demo/datasets/train --eval-url data/demo/datasets/heldout
     .venv/bin/python jobs/train_images.py --num-processes 2 --no-gpu          # 2 CPU ranks (gloo)
     .venv/bin/python jobs/train_images.py --gpu                               # one rank per GPU (NCCL)
     spark-submit --master spark://HOST:7077 jobs/train_images.py --cluster    # ranks on the executors

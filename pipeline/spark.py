@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SparkConfig", "check_java", "load_spark_config", "spark_session"]
+__all__ = ["SparkConfig", "check_java", "load_spark_config", "spark_session", "submitted_master"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,23 @@ class SparkConfig:
     """Any other ``spark.*`` settings, passed through as they are."""
 
 
+def submitted_master() -> str | None:
+    """The master given to ``spark-submit`` when this process runs under it, else ``None``.
+
+    spark-submit starts the JVM first and passes its port in ``PYSPARK_GATEWAY_PORT``; its conf
+    holds ``--master``, which must win over ``conf/spark.yaml``.
+    """
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM
+    return SparkConf().get("spark.master", None)
+
+
 def load_spark_config(path: str | None = None, *, master: str | None = None) -> SparkConfig:
-    """Load ``conf/spark.yaml`` (or ``path``) with ``--master`` overriding the file."""
-    return load_config(SparkConfig, path or "spark.yaml", overrides={"master": master})
+    """Load ``conf/spark.yaml`` (or ``path``); ``master``, else spark-submit's ``--master``, wins."""
+    return load_config(SparkConfig, path or "spark.yaml", overrides={"master": master or submitted_master()})
 
 
 def _java_executable() -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,18 +29,58 @@ def _is_long_lived(thread: threading.Thread) -> bool:
     )
 
 
-def _children() -> set[int]:
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants (a rank whose launcher died) are re-parented to this process
+    instead of init, so the leak check below still sees them."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+def _walk(proc: psutil.Process, found: set[int]) -> None:
     try:
-        return {
-            p.pid for p in psutil.Process().children(recursive=False) if p.status() != psutil.STATUS_ZOMBIE
-        }
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return
+        found.add(proc.pid)
+        if proc.name() == "java":  # Spark's JVMs run and reuse their own Python workers
+            return
+        for child in proc.children():
+            _walk(child, found)
     except psutil.Error:
-        return set()
+        pass
+
+
+def _children() -> set[int]:
+    """Every live descendant of this process (torchrun's ranks, notebook kernels, ...), except
+    the Python workers that a Spark JVM starts and keeps for itself."""
+    found: set[int] = set()
+    try:
+        for child in psutil.Process().children():
+            _walk(child, found)
+    except psutil.Error:
+        pass
+    return found
+
+
+def _leaked_process_group() -> bool:
+    """Whether a test left a ``torch.distributed`` process group initialized (and destroy it)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves a thread or a child process running (waits up to 10 s)."""
+    """Fail a test that leaves a thread, a child or grandchild process, or a torch.distributed
+    process group behind (waits up to 10 s for threads and processes to end)."""
     threads_before = set(threading.enumerate())
     children_before = _children()
     yield
@@ -65,6 +106,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             except psutil.Error:
                 names.append(str(pid))
         problems.append("child processes " + "; ".join(names))
+    if _leaked_process_group():
+        problems.append("an initialized torch.distributed process group")
     if problems:
         pytest.fail(f"test left running: {' and '.join(problems)}", pytrace=False)
 

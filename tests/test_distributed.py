@@ -201,3 +201,14 @@ def test_gpu_ranks_use_nccl_one_per_gpu(tmp_path, importable_tests):
     assert result["world_size"] == gpu_count()
     assert result["backend"] == "nccl" and result["device"].startswith("cuda")
     assert result["weights_agree"]
+
+
+def _disagree(value_by_rank: list) -> None:
+    with setup() as ctx:
+        ctx.ensure_agreed(value_by_rank[ctx.rank], what="the resume epoch", hint="share run_dir")
+
+
+def test_ranks_that_disagree_fail_instead_of_hanging(spark, importable_tests):
+    run_distributed(_disagree, [3, 3], num_processes=2, use_gpu=False)  # agreeing ranks pass
+    with pytest.raises(PipelineError, match=r"ranks disagree on the resume epoch.*HINT: share run_dir"):
+        run_distributed(_disagree, [0, 3], num_processes=2, use_gpu=False)

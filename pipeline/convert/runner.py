@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import textwrap
@@ -59,21 +58,11 @@ def build_kind_parser(kind: str, prog: str | None = None) -> argparse.ArgumentPa
     return configure_parser(parser, kind)
 
 
-def _submitted_master() -> str | None:
-    """The master of a ``spark-submit`` run (its JVM is already up), else ``None``."""
-    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        return None
-    from pyspark import SparkConf, SparkContext
-
-    SparkContext._ensure_initialized()  # connects to spark-submit's JVM, whose conf holds --master
-    return SparkConf().get("spark.master", None)
-
-
 def spark_config_from_args(args: argparse.Namespace) -> Any:
     """``conf/spark.yaml`` < ``spark:`` section of ``--config`` < ``--master`` (or spark-submit's)."""
-    from pipeline.spark import SparkConfig
+    from pipeline.spark import SparkConfig, submitted_master
 
-    master = args.master or _submitted_master()
+    master = args.master or submitted_master()
     return load_options(
         SparkConfig, "spark.yaml", config_path=args.config, section="spark", overrides={"master": master}
     )

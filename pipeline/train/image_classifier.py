@@ -3,7 +3,7 @@
 ::
 
     with spark_session(...) as spark:
-        result = run_image_training(ImageTrainConfig(train_url="data/digits/train", eval_url=...))
+        result = run_image_training(ImageTrainConfig(train_url="data/demo/datasets/train", eval_url=...))
 
 :func:`train_images` is the function each rank runs (through ``TorchDistributor``); it reads its
 shard through :func:`pipeline.open_loader`, trains with DDP, and on rank 0 logs each epoch,
@@ -49,8 +49,8 @@ _MUST_MATCH = ("train_url", "num_classes", "width", "dropout", "batch_size", "lr
 class ImageTrainConfig:
     """Settings of the image classifier job (``conf/train_images.yaml``)."""
 
-    train_url: str = "data/digits/train"
-    """Training dataset (fields ``image`` uint8 HxWx3 and ``label`` int64). Defaults to ``"data/digits/train"``."""
+    train_url: str = "data/demo/datasets/train"
+    """Training dataset (fields ``image`` uint8 HxWx3 and ``label`` int64). Defaults to ``"data/demo/datasets/train"``."""
     eval_url: str | None = None
     """Held-out dataset evaluated after each epoch on rank 0. Defaults to ``None`` (none)."""
     run_dir: str = "runs/images"
@@ -166,6 +166,11 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=_MUST_MATCH)
         start = restored.epoch if restored else 0
+        ctx.ensure_agreed(
+            start,
+            what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)",
+            hint="run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)",
+        )
         history = restored.history if restored else []
         ddp = DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None

@@ -52,6 +52,25 @@ class DistContext:
         """Whether this is rank 0 (the rank that logs, checkpoints and writes reports)."""
         return self.rank == 0
 
+    def ensure_agreed(self, value: int, *, what: str, hint: str) -> None:
+        """Raise on every rank unless all ranks hold the same ``value`` (a collective call).
+
+        Ranks that disagree on, say, the epoch to resume from would run different numbers of
+        collectives and hang until the process group's timeout; this turns that into an error.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if self.world_size == 1 or not dist.is_initialized():
+            return
+        bounds = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        high, low = int(bounds[0]), -int(bounds[1])
+        if high != low:
+            raise PipelineError(
+                f"ranks disagree on {what}: this rank has {value}, others {low}..{high}", hint=hint
+            )
+
 
 def gpu_count() -> int:
     """CUDA devices visible to this process (0 without CUDA or torch's CUDA build)."""

@@ -174,6 +174,11 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=_MUST_MATCH)
         start = restored.epoch if restored else 0
+        ctx.ensure_agreed(
+            start,
+            what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)",
+            hint="run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)",
+        )
         history = restored.history if restored else []
         ddp = DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
