@@ -143,6 +143,10 @@ class Loader:
 
     def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, int]]:
         """Runs in the prefetch thread: rows -> (host batch, pinned slot or None, epoch)."""
+        if self.device is not None:
+            # Pinned allocations and event waits in this thread then use this device's context,
+            # not a stray one on cuda:0 (torch's own pin-memory thread does the same).
+            torch.cuda.set_device(self.device)
         specs = self.reader.source.specs
         pad = self.config.pad_value
         for selection in self.reader.batches():
