@@ -13,8 +13,6 @@ evaluates on the held-out set, checkpoints and writes ``metrics.json`` + ``loss_
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,9 @@ from pipeline.config import load_config
 from pipeline.dataset import normalize_url, read_provenance
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.train.distributed import DistributedConfig, run_distributed, setup
-from pipeline.train.metrics import RunningSums
+from pipeline.train.loop import Task, fit
 from pipeline.train.models import SmallCNN, images_to_float
-from pipeline.train.run import absolute_paths, cosine_lr, derive_seed, format_row, prepare_run_dir
+from pipeline.train.run import absolute_paths, prepare_run_dir
 
 __all__ = [
     "ImageTrainConfig",
@@ -40,7 +38,6 @@ __all__ = [
     "train_images",
 ]
 
-log = logging.getLogger(__name__)
 
 _MUST_MATCH = ("train_url", "num_classes", "width", "dropout", "batch_size", "lr", "weight_decay", "seed")
 
@@ -146,110 +143,35 @@ def evaluate_checkpoint(
     return evaluate_images(model.to(device), normalize_url(url), torch.device(device), batch_size)
 
 
+def _image_step(
+    ddp: nn.Module, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    images, labels = images_to_float(batch["image"]), batch["label"]
+    logits = ddp(images)
+    loss = F.cross_entropy(logits, labels)
+    return loss, loss.detach() * len(labels), (logits.argmax(1) == labels).sum(), len(labels)
+
+
 def train_images(config: ImageTrainConfig) -> dict[str, Any]:
     """Train on this rank; the driver gets rank 0's summary (history, accuracy, paths).
 
     Call through :func:`run_image_training` (or :func:`~pipeline.train.distributed.run_distributed`);
     called directly it trains in one process.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pipeline import open_loader
-
     settings = dataclasses.asdict(config)
     with setup() as ctx:
-        run = prepare_run_dir(config.run_dir, resume=True)  # the driver already applied resume=False
-        num_classes = _class_count(config)
-        settings["num_classes"] = num_classes
+        settings["num_classes"] = num_classes = _class_count(config)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = SmallCNN(num_classes, width=config.width, dropout=config.dropout).to(ctx.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=_MUST_MATCH)
-        start = restored.epoch if restored else 0
-        ctx.ensure_agreed(
-            start,
-            what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)",
-            hint="run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)",
-        )
-        history = restored.history if restored else []
-        ddp = DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-        started = time.perf_counter()
-        for epoch in range(start, config.epochs):
-            t0 = time.perf_counter()
-            lr = cosine_lr(config.lr, epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))  # dropout; reproducible on resume
-            sums = RunningSums(ctx.device)
-            ddp.train()
-            # With a CUDA device the loader hands over batches that are already on the GPU: it
-            # collates into pinned buffers and copies on a side stream, the equivalent of
-            # `x.pin_memory().to(device, non_blocking=True)` one batch ahead of this loop.
-            with open_loader(
-                config.train_url,
-                batch_size=config.batch_size,
-                seed=derive_seed(config.seed, epoch),
-                num_epochs=1,
-                shuffle=True,
-                drop_last=True,  # every rank takes the same number of steps (DDP needs it)
-                device=ctx.device,
-                workers=config.workers,
-                fields=["image", "label"],
-            ) as loader:
-                for batch in loader:
-                    images, labels = images_to_float(batch["image"]), batch["label"]
-                    logits = ddp(images)
-                    loss = F.cross_entropy(logits, labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    sums.add(
-                        loss=loss.detach() * len(labels),
-                        correct=(logits.argmax(1) == labels).sum(),
-                        n=len(labels),
-                    )
-            totals = sums.reduce()  # every rank: all-reduce over the process group
-            n = max(totals.get("n", 0.0), 1.0)
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "epochs": config.epochs,
-                "train_loss": totals.get("loss", float("nan")) / n,
-                "train_accuracy": totals.get("correct", 0.0) / n,
-                "train_samples": int(totals.get("n", 0)),
-                "lr": lr,
-            }
-            if ctx.is_main:
-                if config.eval_url:
-                    t_eval = time.perf_counter()
-                    row.update(evaluate_images(model, config.eval_url, ctx.device, 256))
-                    row["eval_seconds"] = time.perf_counter() - t_eval
-                row["seconds"] = time.perf_counter() - t0
-                history.append(row)
-                log.info("%s", format_row(row))
-                run.record_epoch(
-                    model=model,
-                    optimizer=optimizer,
-                    epoch=epoch + 1,
-                    history=history,
-                    config=settings,
-                    title="image classifier",
-                )
-            torch.distributed.barrier()
-        summary = {
-            "run_dir": str(run.path),
-            "world_size": ctx.world_size,
-            "device": str(ctx.device),
-            "backend": ctx.backend,
-            "resumed_from_epoch": start,
-            "epochs_trained": config.epochs - start,
-            "train_seconds": time.perf_counter() - started,
-            "final": history[-1] if history else {},
-        }
-        if ctx.is_main:
-            run.finish(history, settings, **summary)
-        return {**summary, "history": history, "metrics": str(run.metrics), "loss_curve": str(run.loss_curve)}
+        evaluate = None
+        if config.eval_url:
+            eval_url = config.eval_url
+
+            def evaluate(m: nn.Module) -> dict[str, float]:
+                return evaluate_images(m, eval_url, ctx.device, 256)
+
+        task = Task("image classifier", ["image", "label"], _image_step, evaluate)
+        return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
 
 
 def run_image_training(config: ImageTrainConfig, *, spark: Any = None) -> dict[str, Any]:

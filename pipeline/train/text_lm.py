@@ -11,9 +11,7 @@ them and the padding is left out of the loss.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +23,13 @@ from pipeline.config import load_config
 from pipeline.dataset import read_provenance
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.train.distributed import DistributedConfig, run_distributed, setup
+from pipeline.train.loop import Task, fit
 from pipeline.train.metrics import RunningSums
 from pipeline.train.models import TinyCausalLM
-from pipeline.train.run import absolute_paths, cosine_lr, derive_seed, format_row, prepare_run_dir
+from pipeline.train.run import absolute_paths, prepare_run_dir
 
 __all__ = ["TextTrainConfig", "load_text_config", "run_text_training", "train_text"]
 
-log = logging.getLogger(__name__)
 
 _IGNORE = -100
 _MUST_MATCH = ("train_url", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "seed")
@@ -153,17 +151,21 @@ def evaluate_text(model: nn.Module, url: str, device: torch.device, batch_size: 
     }
 
 
+def _text_step(
+    ddp: nn.Module, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    device = next(ddp.parameters()).device
+    inputs, targets = _inputs_and_targets(batch, device)
+    loss_sum, correct, count = _step_sums(ddp(inputs), targets)
+    return loss_sum / count.clamp(min=1), loss_sum, correct, count
+
+
 def train_text(config: TextTrainConfig) -> dict[str, Any]:
     """Train on this rank; the driver gets rank 0's summary (history, paths)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pipeline import open_loader
-
     settings = dataclasses.asdict(config)
     with setup() as ctx:
-        run = prepare_run_dir(config.run_dir, resume=True)
         settings["vocab_size"] = vocab_size = _vocab_size(config)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = TinyCausalLM(
             vocab_size,
             config.max_len,
@@ -171,86 +173,24 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
             n_layers=config.n_layers,
             n_heads=config.n_heads,
         ).to(ctx.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=_MUST_MATCH)
-        start = restored.epoch if restored else 0
-        ctx.ensure_agreed(
-            start,
-            what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)",
-            hint="run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)",
+        evaluate = None
+        if config.eval_url:
+            eval_url = config.eval_url
+
+            def evaluate(m: nn.Module) -> dict[str, float]:
+                return evaluate_text(m, eval_url, ctx.device, config.batch_size)
+
+        task = Task(
+            "causal LM",
+            ["tokens"],
+            _text_step,
+            evaluate,
+            count_key="train_tokens",
+            rate_key="tokens_per_s",
+            loader_on_device=False,  # CPU batches; _inputs_and_targets does pin_memory() + non_blocking
+            clip_grad_norm=1.0,
         )
-        history = restored.history if restored else []
-        ddp = DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-        started = time.perf_counter()
-        for epoch in range(start, config.epochs):
-            t0 = time.perf_counter()
-            lr = cosine_lr(config.lr, epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))
-            sums = RunningSums(ctx.device)
-            ddp.train()
-            # CPU batches here; _inputs_and_targets moves them with pin_memory() + non_blocking.
-            with open_loader(
-                config.train_url,
-                batch_size=config.batch_size,
-                seed=derive_seed(config.seed, epoch),
-                num_epochs=1,
-                shuffle=True,
-                drop_last=True,  # the same number of steps on every rank
-                workers=config.workers,
-                fields=["tokens"],
-            ) as loader:
-                for batch in loader:
-                    inputs, targets = _inputs_and_targets(batch, ctx.device)
-                    loss_sum, correct, count = _step_sums(ddp(inputs), targets)
-                    loss = loss_sum / count.clamp(min=1)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    sums.add(loss=loss_sum.detach(), correct=correct, n=count)
-            totals = sums.reduce()
-            n = max(totals.get("n", 0.0), 1.0)
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "epochs": config.epochs,
-                "train_loss": totals.get("loss", float("nan")) / n,
-                "train_accuracy": totals.get("correct", 0.0) / n,
-                "train_tokens": int(totals.get("n", 0)),
-                "lr": lr,
-            }
-            if ctx.is_main:
-                if config.eval_url:
-                    row.update(evaluate_text(model, config.eval_url, ctx.device, config.batch_size))
-                row["seconds"] = time.perf_counter() - t0
-                row["tokens_per_s"] = row["train_tokens"] / max(row["seconds"], 1e-9)
-                history.append(row)
-                log.info("%s", format_row(row))
-                run.record_epoch(
-                    model=model,
-                    optimizer=optimizer,
-                    epoch=epoch + 1,
-                    history=history,
-                    config=settings,
-                    title="causal LM",
-                )
-            torch.distributed.barrier()
-        summary = {
-            "run_dir": str(run.path),
-            "world_size": ctx.world_size,
-            "device": str(ctx.device),
-            "backend": ctx.backend,
-            "resumed_from_epoch": start,
-            "epochs_trained": config.epochs - start,
-            "train_seconds": time.perf_counter() - started,
-            "final": history[-1] if history else {},
-        }
-        if ctx.is_main:
-            run.finish(history, settings, **summary)
-        return {**summary, "history": history, "metrics": str(run.metrics), "loss_curve": str(run.loss_curve)}
+        return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
 
 
 def run_text_training(config: TextTrainConfig, *, spark: Any = None) -> dict[str, Any]:
