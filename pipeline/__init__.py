@@ -4,25 +4,37 @@ The data's path through the package:
 
 * ``pipeline.convert`` -- Spark jobs that turn raw images, text and HDF5 into Petastorm datasets.
 * ``pipeline.dataset`` / ``pipeline.inspect`` -- what a dataset on disk holds.
-* ``pipeline.reader`` -- seeded, sharded, multi-epoch reading on top of petastorm.
+* ``pipeline.reader`` -- seeded, sharded, multi-epoch reading of Parquet row groups.
 * ``pipeline.loader`` -- torch batches, pinned and prefetched onto a device.
 * ``pipeline.train`` -- training through Spark's ``TorchDistributor``.
 
-``open_loader`` is imported lazily so that ``import pipeline`` (and the CLI) stays light.
+Public names are imported lazily (on first attribute access) so that ``import pipeline`` and the
+CLI stay light: nothing here imports torch, pyarrow or Spark until it is used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["__version__", "open_loader"]
+# public name -> module that defines it (imported on first use)
+_LAZY: dict[str, str] = {
+    "open_loader": "pipeline.loader",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "open_loader":
-        from pipeline.loader import open_loader
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return open_loader
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
