@@ -12,13 +12,18 @@ How inputs become 8-bit RGB (decoded with Pillow):
   0..65535; float images are taken as 0..1 when their maximum is <= 1 and as 0..255 otherwise.
   16-bit RGB PNG and TIFF are reduced to 8 bits by Pillow itself when it opens them.
 
-Fit to ``size = (H, W)``: ``resize`` stretches; ``center-crop`` resizes the short side to the
-target and crops the middle (one resampling step over the cropped region); ``pad`` resizes the
-long side to the target and centers the image on black.
+Fit to ``size = (H, W)``: ``resize`` stretches; ``center-crop`` takes the largest centered
+region with the target's aspect ratio and resizes it (one resampling step over the cropped
+region); ``pad`` resizes the long side to the target and centers the image on black. The
+arithmetic is done in integers (:func:`fit_plan`): every source and target size works and the
+output is exactly ``size``.
 
 Pass-through: when the source is already a complete 8-bit RGB JPEG (or PNG), in the target
-encoding, upright (no EXIF rotation) and of the target size (or no size was asked for), its
-bytes are stored unchanged -- no decode, no re-encode, no quality loss.
+encoding (or in one of ``keep_formats``: with ``encoding: auto`` every row may keep its own JPEG or
+PNG bytes), upright (no EXIF rotation) and of the target size (or no size was asked for), its
+bytes are stored unchanged -- no decode, no re-encode, no quality loss. Decoders (OpenCV,
+Pillow, petastorm's codec, this project's reader) detect JPEG or PNG from the bytes, not from
+the field's declared codec, so such a mixed field reads back everywhere.
 
 ``jpeg_draft`` (off by default): when a JPEG is at least twice as large as needed for the fit,
 libjpeg decodes it directly at 1/2, 1/4 or 1/8 scale (never smaller than needed) before the
@@ -28,7 +33,8 @@ resize. Several times faster for camera photos; pixels differ slightly from a fu
 from __future__ import annotations
 
 import io
-import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,11 +45,13 @@ __all__ = [
     "ENCODINGS",
     "EXTENSIONS",
     "FITS",
+    "FitPlan",
     "RESAMPLES",
     "ImageError",
     "decode_rgb",
     "encode_rgb",
     "fit_image",
+    "fit_plan",
     "passthrough_ok",
     "prepare_image",
 ]
@@ -115,9 +123,13 @@ def _draft_size(
     if fit == "resize":
         need_w, need_h = target_w, target_h
     else:
-        pick = max if fit == "center-crop" else min
-        scale = pick(target_w / width, target_h / height)
-        need_w, need_h = math.ceil(width * scale), math.ceil(height * scale)
+        # scale = pick(target_w / width, target_h / height), in integers: compare the cross products
+        width_limits = target_w * height >= target_h * width  # target_w / width >= target_h / height
+        by_width = width_limits if fit == "center-crop" else not width_limits
+        if by_width:  # scale = target_w / width
+            need_w, need_h = target_w, -(-height * target_w // width)
+        else:  # scale = target_h / height
+            need_w, need_h = -(-width * target_h // height), target_h
     return (need_h, need_w) if orientation in (5, 6, 7, 8) else (need_w, need_h)
 
 
@@ -158,8 +170,74 @@ def decode_rgb(data: bytes, *, draft: tuple[tuple[int, int], str] | None = None)
         raise ImageError(f"cannot convert {image.format} mode {mode} to RGB: {exc}") from None
 
 
+@dataclass(frozen=True)
+class FitPlan:
+    """Where a ``fit`` takes its pixels from and where it puts them, in whole pixels.
+
+    The source region ``box = (left, top, right, bottom)`` is resized to ``resized = (height,
+    width)`` and pasted at ``offset = (top, left)`` of the target (black elsewhere; only ``pad``
+    leaves borders).
+    """
+
+    box: tuple[int, int, int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def _round_div(num: int, den: int) -> int:
+    """``round(num / den)`` for non-negative integers, halves rounded up; exact."""
+    return (2 * num + den) // (2 * den)
+
+
+def fit_plan(source: tuple[int, int], size: tuple[int, int], fit: str = "center-crop") -> FitPlan:
+    """The integer arithmetic of :func:`fit_image`: which source region goes where in the target.
+
+    Every value is an integer computed exactly (no floating point), so every source size and
+    every target size gives a box inside the source and an output of exactly ``size``:
+
+    * ``resize``: the whole source, stretched to ``size``.
+    * ``center-crop``: the largest centered region of the source with the target's aspect ratio,
+      its short side rounded to the nearest whole pixel (at least 1), resized to ``size``.
+    * ``pad``: the whole source, resized so that its long side fills the target and its short
+      side is rounded to the nearest whole pixel (at least 1), centered on black.
+
+    Centering puts the odd pixel, if any, on the right/bottom.
+
+    Args:
+        source: ``(height, width)`` of the image, both >= 1.
+        size: Target ``(height, width)``, both >= 1.
+        fit: ``"center-crop"``, ``"resize"`` or ``"pad"``. Defaults to ``"center-crop"``.
+
+    Raises:
+        ValueError: A size is not positive, or ``fit`` is unknown.
+    """
+    h, w = (int(v) for v in source)
+    height, width = (int(v) for v in size)
+    if min(h, w, height, width) < 1:
+        raise ValueError(f"source and target sizes must be >= 1, got source {source} and size {size}")
+    whole = (0, 0, w, h)
+    if fit == "resize":
+        return FitPlan(whole, (height, width), (0, 0))
+    # The target is relatively wider than the source when width / height >= w / h.
+    wider = width * h >= height * w
+    if fit == "center-crop":
+        if wider:  # keep the full source width, crop rows: crop_h = w * height / width
+            crop_w, crop_h = w, min(h, max(1, _round_div(w * height, width)))
+        else:  # keep the full source height, crop columns: crop_w = h * width / height
+            crop_w, crop_h = min(w, max(1, _round_div(h * width, height))), h
+        left, top = (w - crop_w) // 2, (h - crop_h) // 2
+        return FitPlan((left, top, left + crop_w, top + crop_h), (height, width), (0, 0))
+    if fit == "pad":
+        if wider:  # the height fills the target: new_w = w * height / h
+            new_h, new_w = height, min(width, max(1, _round_div(w * height, h)))
+        else:  # the width fills the target: new_h = h * width / w
+            new_h, new_w = min(height, max(1, _round_div(h * width, w))), width
+        return FitPlan(whole, (new_h, new_w), ((height - new_h) // 2, (width - new_w) // 2))
+    raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+
+
 def fit_image(image: Any, size: tuple[int, int], fit: str = "center-crop", resample: str = "bilinear") -> Any:
-    """Fit an RGB ``PIL.Image`` to ``size = (height, width)``.
+    """Fit an RGB ``PIL.Image`` to ``size = (height, width)`` (arithmetic: :func:`fit_plan`).
 
     Args:
         image: RGB image.
@@ -171,23 +249,19 @@ def fit_image(image: Any, size: tuple[int, int], fit: str = "center-crop", resam
     Image = _pil()
     height, width = size
     w, h = image.size
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if (h, w) == (height, width):
         return image
+    plan = fit_plan((h, w), (height, width), fit)
     method = getattr(Image.Resampling, resample.upper())
-    if fit == "resize":
-        return image.resize((width, height), method)
-    if fit == "center-crop":
-        scale = max(width / w, height / h)
-        crop_w, crop_h = width / scale, height / scale
-        left, top = (w - crop_w) / 2, (h - crop_h) / 2
-        return image.resize((width, height), method, box=(left, top, left + crop_w, top + crop_h))
-    if fit == "pad":
-        scale = min(width / w, height / h)
-        new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
-        canvas = Image.new("RGB", (width, height))
-        canvas.paste(image.resize((new_w, new_h), method), ((width - new_w) // 2, (height - new_h) // 2))
-        return canvas
-    raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    new_h, new_w = plan.resized
+    resized = image.resize((new_w, new_h), method, box=plan.box)
+    if plan.resized == (height, width):
+        return resized
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(resized, (plan.offset[1], plan.offset[0]))
+    return canvas
 
 
 def encode_rgb(image: Any, encoding: str, *, jpeg_quality: int = 95, png_compression: int = 1) -> bytes:
@@ -207,10 +281,17 @@ def encode_rgb(image: Any, encoding: str, *, jpeg_quality: int = 95, png_compres
     return buf.tobytes()
 
 
-def passthrough_ok(data: bytes, encoding: str, size: tuple[int, int] | None) -> bool:
-    """Whether ``data`` can be stored as it is (see the module doc), judged from its header only."""
+def passthrough_ok(
+    data: bytes, encoding: str | Sequence[str], size: tuple[int, int] | None
+) -> bool:
+    """Whether ``data`` can be stored as it is (see the module doc), judged from its header only.
+
+    ``encoding`` is the stored encoding, or several (``("jpeg", "png")``) when each row may keep
+    its own format.
+    """
     header = image_header(data)
-    if header is None or (header.format, encoding) not in (("JPEG", "jpeg"), ("PNG", "png")):
+    allowed = {encoding} if isinstance(encoding, str) else set(encoding)
+    if header is None or {"JPEG": "jpeg", "PNG": "png"}.get(header.format) not in allowed:
         return False
     if header.channels != 3 or header.bits != 8 or header.transparency or header.orientation != 1:
         return False
@@ -230,16 +311,20 @@ def prepare_image(
     png_compression: int = 1,
     pass_through: bool = True,
     jpeg_draft: bool = False,
+    keep_formats: Sequence[str] | None = None,
 ) -> tuple[bytes, bool]:
     """Turn source bytes into stored bytes; returns ``(bytes, passed_through)``.
 
     ``jpeg_draft`` lets large JPEGs be decoded at a reduced scale before ``fit`` (see
-    :func:`decode_rgb`); other arguments as in :class:`~pipeline.convert.images.ImageOptions`.
+    :func:`decode_rgb`); ``keep_formats`` are the source formats (``"jpeg"``, ``"png"``) whose
+    bytes may be kept as they are when no change is needed, defaults to ``None`` (only
+    ``encoding``); an image that must be decoded is always encoded as ``encoding``. Other
+    arguments as in :class:`~pipeline.convert.images.ImageOptions`.
 
     Raises:
         ImageError: The input is not a usable image.
     """
-    if pass_through and passthrough_ok(data, encoding, size):
+    if pass_through and passthrough_ok(data, keep_formats or encoding, size):
         return data, True
     image = decode_rgb(data, draft=(size, fit) if jpeg_draft and size is not None else None)
     if size is not None:
