@@ -23,7 +23,7 @@ import argparse
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from pipeline.config import load_config
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options, parse_size
 from pipeline.convert.image_sources import ImageSource, find_images
 from pipeline.convert.imaging import FITS, JPEG_EXTENSIONS, ImageError, prepare_image
+from pipeline.convert.splits import parse_split
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "convert_images",
     "find_images",
     "options_from_args",
+    "write_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,17 @@ class ImageOptions:
     """Keep the source bytes when no change is needed (see :mod:`~pipeline.convert.imaging`). Defaults to ``True``."""
     jpeg_draft: bool = False
     """Decode large JPEGs at 1/2..1/8 scale before resizing: faster, pixels differ slightly. Defaults to ``False``."""
+    split: str | None = None
+    """``"train=0.8,heldout=0.2"``: write one dataset per split under DEST, stratified by class
+    (see :mod:`pipeline.convert.splits`). Defaults to ``None`` (one dataset at DEST)."""
+    seed: int = 0
+    """Seed of ``split``'s random order. Defaults to ``0``."""
 
     def __post_init__(self) -> None:
+        if self.split is not None:
+            parse_split(self.split)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise ConfigError(f"size must be [height, width] with positive integers, got {self.size!r}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -94,6 +105,13 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
         default=None,
         help="decode big JPEGs at 1/2-1/8 scale before resizing (faster, pixels differ slightly)",
     )
+    parser.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME=FRACTION,...",
+        help="write one dataset per split under DEST, stratified by class, e.g. train=0.8,heldout=0.2",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of --split's random order (default 0)")
 
 
 def options_from_args(args: argparse.Namespace) -> ImageOptions:
@@ -109,16 +127,27 @@ def options_from_args(args: argparse.Namespace) -> ImageOptions:
             "encoding": args.encoding,
             "jpeg_quality": args.quality,
             "jpeg_draft": args.jpeg_draft,
+            "split": args.split,
+            "seed": args.seed,
         },
     )
 
 
 def process_images(
-    items: Sequence[tuple[str, str, int]], errors: RecordErrors, *, options: ImageOptions, encoding: str
+    items: Sequence[tuple[str, str, int]],
+    errors: RecordErrors,
+    *,
+    options: ImageOptions,
+    encoding: str,
+    stats: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, list[Any]]]:
-    """Partition function (runs in Spark tasks): read, convert and batch the images of ``items``."""
+    """Partition function (runs in Spark tasks): read, convert and batch the images of ``items``.
+
+    ``stats`` holds Spark accumulators ``passed_through`` and ``re_encoded`` (or is ``None``).
+    """
     batch: dict[str, list[Any]] = {"image": [], "label": [], "path": []}
-    held = 0
+    held = passed = 0
+    keep = ("jpeg", "png") if options.encoding == "auto" else None
     for path, rel, label in items:
         try:
             with open(path, "rb") as fh:
@@ -127,7 +156,7 @@ def process_images(
             errors.bad(path, f"cannot read file: {exc.strerror or exc}")
             continue
         try:
-            stored, _ = prepare_image(
+            stored, kept = prepare_image(
                 data,
                 size=options.size,
                 fit=options.fit,
@@ -137,6 +166,7 @@ def process_images(
                 png_compression=options.png_compression,
                 pass_through=options.pass_through,
                 jpeg_draft=options.jpeg_draft,
+                keep_formats=keep,
             )
         except ImageError as exc:
             errors.bad(path, str(exc))
@@ -147,12 +177,21 @@ def process_images(
         batch["image"].append(stored)
         batch["label"].append(label)
         batch["path"].append(rel)
+        passed += kept
         held += len(stored)
         if held >= _BATCH_BYTES or len(batch["path"]) >= _BATCH_ROWS:
+            _count(stats, passed, len(batch["path"]) - passed)
             yield batch
-            batch, held = {"image": [], "label": [], "path": []}, 0
+            batch, held, passed = {"image": [], "label": [], "path": []}, 0, 0
     if batch["path"]:
+        _count(stats, passed, len(batch["path"]) - passed)
         yield batch
+
+
+def _count(stats: Mapping[str, Any] | None, passed: int, re_encoded: int) -> None:
+    if stats is not None:
+        stats["passed_through"].add(passed)
+        stats["re_encoded"].add(re_encoded)
 
 
 def image_schema(size: tuple[int, int] | None, encoding: str, jpeg_quality: int) -> Any:
@@ -190,16 +229,21 @@ def convert_images(
         options: Size, fit and encoding. Defaults to ``conf/convert_images.yaml``.
         settings: Row groups, compression, bad-input policy. Defaults to ``conf/convert.yaml``.
 
+    With ``options.split`` DEST holds one dataset per split (``DEST/train``, ``DEST/heldout``),
+    written in one staging folder and moved into place together (see
+    :mod:`pipeline.convert.image_splits`).
+
     Returns:
         The :class:`~pipeline.convert.common.ConversionResult`; ``extra`` holds ``class_names``,
-        ``layout`` and the resolved ``encoding``.
+        ``layout``, the resolved ``encoding`` and how many images were ``passed_through`` (source
+        bytes kept) or ``re_encoded``. With a split, a ``SplitConversionResult`` whose ``splits``
+        maps each split name to its rows, skipped and output.
 
     Raises:
         InputError: SRC holds no images, or a bad image under ``on_error="fail"``.
         DatasetError: DEST exists and ``overwrite`` is off.
     """
     from pipeline.convert.staging import check_destination
-    from pipeline.convert.writer import plan_partitions, write_petastorm
 
     started = time.perf_counter()
     options = options or load_config(ImageOptions, "convert_images.yaml")
@@ -219,7 +263,39 @@ def convert_images(
         encoding,
         f" {options.size[0]}x{options.size[1]} ({options.fit})" if options.size else "",
     )
-    process = functools.partial(process_images, options=options, encoding=encoding)
+    if options.split is not None:
+        from pipeline.convert.image_splits import write_splits
+
+        return write_splits(spark, src, dest, source, options, settings, encoding=encoding, started=started)
+    return write_images(spark, src, dest, source, options, settings, encoding=encoding, started=started)
+
+
+def write_images(
+    spark: Any,
+    src: str,
+    dest: str,
+    source: ImageSource,
+    options: ImageOptions,
+    settings: ConvertConfig,
+    *,
+    encoding: str,
+    started: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ConversionResult:
+    """Write the images of ``source`` as one dataset at ``dest`` (one Spark job).
+
+    ``extra`` facts are added to the provenance and the result's ``extra``, next to
+    ``class_names``, ``layout``, ``encoding``, ``passed_through`` and ``re_encoded``.
+    """
+    from pipeline.convert.writer import plan_partitions, write_petastorm
+
+    counters = {name: spark.sparkContext.accumulator(0) for name in ("passed_through", "re_encoded")}
+    fixed = {"class_names": source.class_names, "layout": source.layout, "encoding": encoding, **(extra or {})}
+
+    def facts() -> dict[str, Any]:  # read after the Spark job, when the task counters are final
+        return {**fixed, **{name: int(acc.value) for name, acc in counters.items()}}
+
+    process = functools.partial(process_images, options=options, encoding=encoding, stats=counters)
     return write_petastorm(
         spark,
         kind="images",
@@ -231,7 +307,7 @@ def convert_images(
         settings=settings,
         input_bytes=sum(source.sizes),
         options=replace(options, encoding=encoding),
-        extra={"class_names": source.class_names, "layout": source.layout, "encoding": encoding},
+        extra=facts,
         auto_compression="none",  # JPEG/PNG bytes do not compress further; snappy only costs CPU
         started=started,
     )

@@ -68,7 +68,8 @@ def check_destination(
         )
     if path.exists() and not path.is_dir():
         raise DatasetError(f"{path} exists and is not a folder", hint="choose another DEST")
-    if path.is_dir() and not (path / "_common_metadata").exists() and any(path.iterdir()):
+    marks = ("_common_metadata", "_splits.json")  # a dataset, or datasets written with --split
+    if path.is_dir() and not any((path / m).exists() for m in marks) and any(path.iterdir()):
         raise DatasetError(
             f"{path} exists, is not empty and is not a dataset; --overwrite replaces datasets only",
             hint="choose another DEST, or remove that folder yourself if it is really not needed",
