@@ -10,6 +10,10 @@ Stages, each in its own thread or module: the reader's thread pool (read + decod
 reordered into plan order) -> the prefetch thread (shuffle buffer, batching, collation into
 fresh CPU tensors or reused pinned buffers) -> on CUDA, side-stream copies one batch ahead in
 the training loop's thread. Leaving the ``with`` block stops and joins all of them.
+
+Long runs: ``loader.state_dict()`` / ``loader.load_state_dict(state)`` resume exactly where a
+consumer stopped (:mod:`pipeline.loader.state`), and ``loader.stats()`` tells how fast batches
+come and where the time goes (:mod:`pipeline.loader.stats`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,15 +32,20 @@ from pipeline.errors import ConfigError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
 from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
 from pipeline.loader.prefetch import Prefetcher
+from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprint
+from pipeline.loader.stats import LoaderStats, time_source_reads
 from pipeline.reader.config import LoaderConfig, ReaderConfig, ReadOptions
 from pipeline.reader.reader import Reader
 from pipeline.reader.source import DatasetSource
 
-__all__ = ["Loader", "open_loader", "resolve_shard"]
+__all__ = ["ENGINES", "Loader", "open_loader", "resolve_shard"]
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "reader.yaml"
+
+ENGINES = ("pipeline", "petastorm")
+"""Values of ``open_loader(engine=...)``."""
 
 
 class _Default:
@@ -102,9 +112,15 @@ class Loader:
                         spec.name,
                         _shape_text(spec.shape),
                     )
-        self.epoch = 0
-        """Epoch of the batch most recently returned (``0`` before the first one)."""
+        self.epoch = reader.start_epoch
+        """Epoch of the batch most recently returned (the epoch to start in before the first one)."""
         self.batches_returned = 0
+        self._epoch_batches = reader.start_batch  # batches of `epoch` delivered, restored ones included
+        self._stats = LoaderStats(reader.config.worker_threads)
+        if reader.stats is None:
+            reader.stats = self._stats
+            time_source_reads(reader.source, self._stats)
+        self._fingerprint: str | None = None
         self._prefetcher: Prefetcher[Any] | None = None
         self._slots: PinnedSlots | None = None
         self._copier: DeviceCopier | None = None
@@ -137,7 +153,7 @@ class Loader:
         if self.device is not None:
             self._slots = PinnedSlots(self.config.prefetch + 3, self._prefetcher.stopping)
             self._copier = DeviceCopier(
-                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots
+                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots, stats=self._stats
             )
         self._prefetcher.start()
 
@@ -149,38 +165,139 @@ class Loader:
             torch.cuda.set_device(self.device)
         specs = self.reader.source.specs
         pad = self.config.pad_value
+        stats = self._stats
         for selection in self.reader.batches():
             slot = self._slots.acquire() if self._slots is not None else None
             alloc = slot.allocate if slot is not None else cpu_allocator
+            t0 = time.perf_counter()
             if self._batch_fn is not None:
                 try:
                     values = self._batch_fn(gather_selection(selection, specs))
                 except Exception as exc:
                     exc.add_note(f"in the batch transform {self._batch_fn!r} (epoch {selection.epoch})")
                     raise
+                t1 = time.perf_counter()
+                stats.add("transform", t1 - t0)
                 batch = collate_batch(values, pad, alloc)
+                stats.add("collate", time.perf_counter() - t1)
             else:
                 batch = collate_selection(selection, specs, pad, alloc)
-            yield batch, slot, selection.epoch
+                stats.add("collate", time.perf_counter() - t0)
+            yield batch, slot, (selection.epoch, len(selection.positions))
 
     def __next__(self) -> dict[str, Any]:
         self._start()
         assert self._prefetcher is not None
+        asked = self._stats.requested()
         if self._copier is not None:
-            batch, epoch = self._copier.next()
+            batch, (epoch, rows) = self._copier.next()
         else:
-            batch, _, epoch = self._prefetcher.get()
+            batch, _, (epoch, rows) = self._prefetcher.get()
+        self._stats.delivered(asked, rows, epoch)
+        if epoch != self.epoch:
+            self._epoch_batches = 0
         self.epoch = epoch
+        self._epoch_batches += 1
         self.batches_returned += 1
         return batch
+
+    def stats(self) -> dict[str, Any]:
+        """Throughput, the consumer's wait, time per stage, queue depths, RSS and CPU.
+
+        Since the first batch was asked for and for the current epoch; see
+        :mod:`pipeline.loader.stats` for the keys. JSON-serialisable; cheap enough to call per step.
+        """
+        prefetcher = self._prefetcher
+        queues = {
+            "prefetched": prefetcher.depth() if prefetcher is not None else 0,
+            "prefetch_capacity": self.config.prefetch,
+            "reading": self.reader.in_flight,
+            "buffered_rows": self.reader.buffered,
+        }
+        return self._stats.snapshot(queues)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the consumer is, as a small JSON-serialisable dict.
+
+        ``epoch`` and ``batches`` (of that epoch already returned; ``rows`` counts their rows),
+        with the seed, the options that decide the order, this rank's shard and a fingerprint of
+        the dataset. Give it to :meth:`load_state_dict` of a new loader to go on from there. An
+        epoch whose batches were all returned is recorded as the start of the next one.
+        """
+        reader = self.reader
+        epoch, batches = self.epoch, self._epoch_batches
+        if batches >= len(self) > 0 or (len(self) == 0 and batches):
+            epoch, batches = epoch + 1, 0
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(reader.source)
+        fields = list(reader.source.options.fields) if reader.source.options.fields is not None else None
+        return {
+            "kind": "pipeline.loader",
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "batches": batches,
+            "rows": min(batches * self.config.batch_size, reader.rows_per_epoch),
+            "rank": reader.rank,
+            "world_size": reader.world_size,
+            "options": {
+                "seed": reader.config.seed,
+                "shuffle": reader.config.shuffle,
+                "shuffle_buffer": reader.config.shuffle_buffer,
+                "batch_size": self.config.batch_size,
+                "drop_last": self.config.drop_last,
+                "fields": fields,
+                "num_epochs": reader.config.num_epochs,
+            },
+            "dataset": {
+                "url": reader.source.url,
+                "fingerprint": self._fingerprint,
+                "rows_per_epoch": reader.rows_per_epoch,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (another loader's :meth:`state_dict`) before the first batch.
+
+        The batches that follow are those the loader that saved ``state`` would have returned
+        next, value for value, whatever ``workers`` either loader has.
+
+        Raises:
+            ConfigError: ``state`` is from another dataset or other order options (the message
+                names the setting), or was saved mid-epoch with another ``world_size``/``rank``.
+            RuntimeError: This loader already returned a batch, or is closed.
+        """
+        if self._closed:
+            raise RuntimeError("this loader is closed; open a new one with pipeline.open_loader(...)")
+        if self.batches_returned:
+            raise RuntimeError(
+                f"load_state_dict must be called before the first batch; this loader returned "
+                f"{self.batches_returned}"
+            )
+        mine = self.state_dict()
+        epoch, batches = check_state(state, mine, batches_per_epoch=len(self))
+        end = self.reader.config.num_epochs
+        started = self._prefetcher is not None
+        if started:  # __enter__ started prefetching from the old position: start again
+            self._stop_threads()
+        if end is not None and epoch >= end:
+            self.reader.start_epoch, self.reader.start_batch = epoch, 0  # nothing left to read
+        else:
+            self.reader.start_at(epoch, batches)
+        self.epoch, self._epoch_batches = epoch, batches
+        if started:
+            self._start()
 
     def close(self) -> None:
         """Stop every thread and pool of this loader and wait for them; safe to call twice."""
         self._closed = True
+        self._stop_threads()
+
+    def _stop_threads(self) -> None:
         if self._prefetcher is not None:
             self._prefetcher.close()
         if self._copier is not None:
             self._copier.close()
+        self._prefetcher = self._copier = self._slots = None
 
 
 def open_loader(
@@ -204,6 +321,7 @@ def open_loader(
     predicate: Any = None,
     filesystem: Any = None,
     config: str | os.PathLike[str] | None = CONFIG_FILE,
+    engine: str = "pipeline",
 ) -> Loader:
     """Open a dataset for training: seeded, sharded, multi-epoch torch batches.
 
@@ -237,11 +355,28 @@ def open_loader(
         predicate: A petastorm predicate selecting rows. Defaults to ``None``.
         filesystem: A ``pyarrow.fs.FileSystem`` on which ``url`` is a path. Defaults to ``None``.
         config: YAML file for the defaults. Defaults to ``"reader.yaml"`` (in ``conf/``).
+        engine: ``"pipeline"`` (this package's reader) or ``"petastorm"`` (petastorm's
+            ``make_reader``/``make_batch_reader`` through
+            :func:`pipeline.loader.petastorm_engine.open_petastorm_loader`, which needs
+            ``pip install ".[petastorm]"``). Defaults to ``"pipeline"``.
 
     Returns:
         A :class:`Loader`; use it as a context manager so that its threads are stopped.
+
+    Raises:
+        ValueError: ``engine`` is not one of :data:`ENGINES`.
     """
     given = {k: v for k, v in locals().items() if v is not DEFAULT}
+    if engine not in ENGINES:
+        raise ConfigError(
+            f"engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {engine!r}",
+            hint='leave it out for the default "pipeline"',
+        )
+    if engine == "petastorm":
+        from pipeline.loader.petastorm_engine import open_petastorm_loader
+
+        kwargs = {k: v for k, v in given.items() if k not in ("url", "engine")}
+        return open_petastorm_loader(url, **kwargs)
     reader_keys = {f.name for f in dataclasses.fields(ReaderConfig)}
     loader_keys = {f.name for f in dataclasses.fields(LoaderConfig)}
     if isinstance(given.get("device"), torch.device):

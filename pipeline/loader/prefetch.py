@@ -87,6 +87,10 @@ class Prefetcher(Generic[T]):
                 except Exception:  # the original error, if any, is already on its way
                     log.exception("error while closing the producer")
 
+    def depth(self) -> int:
+        """Items produced and waiting for the consumer."""
+        return self._queue.qsize()
+
     def ready(self) -> bool:
         """Whether :meth:`get` would return (or raise) without waiting."""
         return self._done or not self._queue.empty()

@@ -9,7 +9,10 @@ threads are already reading the next epoch.
 
 The sequence of batches is a function of the data, the options and the seed only: the plan
 is pure, the window restores plan order, and the buffer's generator is derived from
-``(seed, epoch, rank, world_size)``.
+``(seed, epoch, rank, world_size)``. That is also how a reader starts in the middle of an epoch
+(:meth:`Reader.start_at`): it replays the epoch's draws on row numbers
+(:func:`~pipeline.reader.shuffle.replay_epoch`, no reading), reads only the work items that still
+have rows in the buffer at that batch, and goes on from the first item not yet committed.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +33,7 @@ from pipeline.errors import DatasetError
 from pipeline.reader.config import ReaderConfig
 from pipeline.reader.decode import ReadCancelled
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
-from pipeline.reader.shuffle import RowBuffer
+from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
 
 __all__ = ["Reader", "Selection"]
@@ -60,6 +65,7 @@ class Reader:
         drop_last: Drop the last incomplete batch of each epoch and the uneven shard tail.
         rank: This process's rank.
         world_size: Number of ranks.
+        stats: Where to add the time spent per stage (``add(stage, seconds)``). Defaults to ``None``.
     """
 
     def __init__(
@@ -71,8 +77,18 @@ class Reader:
         drop_last: bool,
         rank: int,
         world_size: int,
+        stats: Any = None,
     ) -> None:
         self.source = source
+        self.stats = stats
+        self.start_epoch = 0
+        """Epoch the next :meth:`batches` starts in (see :meth:`start_at`)."""
+        self.start_batch = 0
+        """Batches of ``start_epoch`` already delivered before :meth:`batches` starts."""
+        self.in_flight = 0
+        """Work items being read right now (a queue depth for monitoring)."""
+        self.buffered = 0
+        """Live rows in the shuffle buffer right now (a queue depth for monitoring)."""
         self.config = config
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -93,6 +109,18 @@ class Reader:
         full, rest = divmod(self.rows_per_epoch, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    def start_at(self, epoch: int, batches: int) -> None:
+        """Make the next :meth:`batches` start after ``batches`` batches of ``epoch``.
+
+        Raises:
+            ValueError: ``batches`` is not within the epoch.
+        """
+        if epoch < 0 or not 0 <= batches < max(self.batches_per_epoch, 1):
+            raise ValueError(
+                f"cannot start at batch {batches} of epoch {epoch}: an epoch has {self.batches_per_epoch} batches"
+            )
+        self.start_epoch, self.start_batch = epoch, batches
+
     def plan(self, epoch: int) -> list[WorkItem]:
         """This rank's work items of ``epoch``."""
         return epoch_plan(
@@ -110,17 +138,22 @@ class Reader:
             return None
         return np.random.default_rng([self.config.seed, epoch, self.rank, self.world_size, 1])
 
-    def _entries(self) -> Iterator[WorkItem | _EpochEnd]:
-        epochs = range(self.config.num_epochs) if self.config.num_epochs is not None else itertools.count()
+    def _entries(self, first_item: int) -> Iterator[WorkItem | _EpochEnd]:
+        start = self.start_epoch
+        end = self.config.num_epochs
+        epochs = range(start, end) if end is not None else itertools.count(start)
         for epoch in epochs:
-            yield from self.plan(epoch)
+            yield from self.plan(epoch)[first_item if epoch == start else 0 :]
             yield _EpochEnd(epoch)
 
     def _read(
         self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray, cancel: threading.Event
     ) -> None:
+        t0 = time.perf_counter()
         try:
             self.source.read_into(item, out, rows, cancel)
+            if self.stats is not None:
+                self.stats.add("read+decode", time.perf_counter() - t0)
         except ReadCancelled:
             raise
         except Exception as exc:
@@ -131,7 +164,49 @@ class Reader:
         largest = max(self._sizes, default=0)
         size = self.config.shuffle_buffer
         capacity = max(size, self.batch_size) + (limit + 1) * largest
-        return RowBuffer(self.source.specs, capacity, size, self._row_rng(0))
+        return RowBuffer(self.source.specs, capacity, size, self._row_rng(self.start_epoch))
+
+    def _restore(self, buffer: RowBuffer, cancel: threading.Event) -> int:
+        """Fill ``buffer`` as it was after ``start_batch`` batches; returns the next item's index.
+
+        The epoch's draws are replayed on row numbers; only the items that still have rows in the
+        buffer at that batch are read, each once, and only those rows are kept.
+        """
+        epoch = self.start_epoch
+        items = self.plan(epoch)
+        t0 = time.perf_counter()
+        cut = replay_epoch(
+            [item.rows for item in items],
+            size=self.config.shuffle_buffer,
+            batch=self.batch_size,
+            rng=self._row_rng(epoch),
+            drop_last=self.drop_last,
+            batches=self.start_batch,
+        )
+        starts = np.concatenate([[0], np.cumsum([item.rows for item in items], dtype=np.int64)])
+        owner = np.searchsorted(starts, cut.live, side="right") - 1  # the item of each live row
+        slot = np.empty(len(cut.live), dtype=np.int64)
+        for index in np.unique(owner):
+            item = items[int(index)]
+            rows = buffer.reserve(item.rows)
+            self._read(item, buffer.columns, rows, cancel)
+            keep = np.zeros(item.rows, dtype=bool)
+            mine = owner == index
+            offsets = cut.live[mine] - starts[index]
+            keep[offsets] = True
+            slot[mine] = rows[offsets]
+            buffer.unreserve(rows[~keep])
+        buffer.commit(slot)
+        buffer.set_rng(cut.rng)
+        log.info(
+            "resumed epoch %d after batch %d on rank %d: replayed in %.2f s, read %d work items back",
+            epoch,
+            self.start_batch,
+            self.rank,
+            time.perf_counter() - t0,
+            len(np.unique(owner)),
+        )
+        return cut.next_item
 
     def filled(self) -> Iterator[tuple[int, RowBuffer, bool]]:
         """Fill a :class:`RowBuffer` item by item in plan order.
@@ -147,8 +222,12 @@ class Reader:
         cancel = threading.Event()
         window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Future[None] | None]] = deque()
         in_flight = 0
-        entries = self._entries()
         try:
+            first_item = 0
+            if self.start_batch:
+                first_item = self._restore(buffer, cancel)
+                yield self.start_epoch, buffer, False
+            entries = self._entries(first_item)
             while True:
                 while in_flight < limit:
                     entry = next(entries, None)
@@ -161,6 +240,7 @@ class Reader:
                             future = pool.submit(self._read, entry, buffer.columns, rows, cancel)
                         in_flight += 1
                     window.append((entry, rows, future))
+                self.in_flight = in_flight
                 if not window:
                     return
                 entry, rows, future = window.popleft()
@@ -173,6 +253,7 @@ class Reader:
                 else:
                     self._read(entry, buffer.columns, rows, cancel)
                 buffer.commit(rows)
+                self.buffered = len(buffer)
                 yield entry.epoch, buffer, False
         finally:
             cancel.set()  # running decodes stop within a few rows
@@ -194,8 +275,11 @@ class Reader:
             buffer.set_rng(self._row_rng(epoch + 1))
             log.debug("epoch %d done on rank %d", epoch, self.rank)
 
-    @staticmethod
-    def _draw(buffer: RowBuffer, epoch: int, count: int) -> Iterator[Selection]:
+    def _draw(self, buffer: RowBuffer, epoch: int, count: int) -> Iterator[Selection]:
+        t0 = time.perf_counter()
         rows = buffer.select(count)
+        if self.stats is not None:
+            self.stats.add("shuffle", time.perf_counter() - t0)
         yield Selection(epoch, buffer.columns, rows)
         buffer.release()
+        self.buffered = len(buffer)
