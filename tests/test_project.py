@@ -18,9 +18,13 @@ else:  # pragma: no cover
     tomllib = pytest.importorskip("tomli")
 
 
-def _pins() -> dict[str, Version]:
+LOCKS = {"constraints.txt": ("dev",), "constraints-petastorm.txt": ("dev", "petastorm")}
+"""Each lock file and the extras installed with it (the default stack; the petastorm extra's)."""
+
+
+def _pins(lock: str = "constraints.txt") -> dict[str, Version]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / lock).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
@@ -28,40 +32,78 @@ def _pins() -> dict[str, Version]:
     return pins
 
 
-def _requirements() -> list[Requirement]:
+def _requirements(extras: tuple[str, ...] = ("dev",)) -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    for extra in extras:
+        reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return reqs
 
 
-def test_every_dependency_is_pinned_inside_its_declared_range():
-    pins = _pins()
-    for req in _requirements():
+@pytest.mark.parametrize("lock", sorted(LOCKS))
+def test_every_dependency_is_pinned_inside_its_declared_range(lock):
+    pins = _pins(lock)
+    for req in _requirements(LOCKS[lock]):
         name = re.sub(r"[-_.]+", "-", req.name).lower()
-        assert name in pins, f"{req.name} is declared in pyproject.toml but not pinned in constraints.txt"
+        assert name in pins, f"{req.name} is declared in pyproject.toml but not pinned in {lock}"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"constraints.txt pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}"
+            f"{lock} pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}"
         )
 
 
-def test_stack_facts_are_pinned():
-    pins = _pins()
+def test_default_stack_is_current_and_has_no_petastorm():
+    pins = _pins("constraints.txt")
+    assert "petastorm" not in pins
     assert pins["torch"] == Version("2.13.0")
+    assert pins["numpy"] >= Version("2")
+    assert pins["pyarrow"] >= Version("26")
+    assert pins["pandas"] >= Version("3")
+    assert pins["pyspark"] >= Version("4.3")
+    assert pins["opencv-python-headless"] >= Version("5")
+
+
+def test_petastorm_lock_is_petastorms_known_good_stack():
+    pins = _pins("constraints-petastorm.txt")
     assert pins["petastorm"] == Version("0.12.1")
-    assert pins["pyarrow"] < Version("15")
-    assert pins["numpy"] < Version("2")
+    assert pins["torch"] == Version("2.13.0")
+    assert pins["pyarrow"] < Version("15")  # petastorm 0.12.1 imports pyarrow.filesystem
+    assert pins["numpy"] < Version("2")  # ...and np.unicode_
 
 
-def test_make_does_not_reinstall_an_up_to_date_venv():
-    stamp = REPO / ".venv" / ".installed"
-    if not stamp.exists() or any(
-        (REPO / f).stat().st_mtime > stamp.stat().st_mtime for f in ("pyproject.toml", "constraints.txt")
-    ):
-        pytest.skip("this checkout's .venv was not installed by make (or is stale)")
-    plan = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+def test_supported_pythons_agree():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    makefile = (REPO / "Makefile").read_text()
+    spec = project["requires-python"]
+    low, high = re.search(r">=3\.(\d+),<3\.(\d+)", spec).groups()
+    assert f"(3,{low})<=v[:2]<(3,$(1))" in makefile, "Makefile's Python check disagrees with requires-python"
+    assert f"$(STAMP): pyproject.toml constraints.txt\n\t$(call check_python,{high})" in makefile
+
+
+def _make_plan(tmp_path, *targets: str) -> str:
+    """``make -n`` with both venvs pointed at ``tmp_path`` (nothing is built or run)."""
+    return subprocess.run(
+        ["make", "-n", *targets, f"VENV={tmp_path}/v", f"PETASTORM_VENV={tmp_path}/p"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_make_test_builds_both_envs_then_runs_pytest_with_the_petastorm_env(tmp_path):
+    plan = _make_plan(tmp_path, "test")
+    assert f"{tmp_path}/v/bin/python -m pip install" in plan and "-c constraints.txt" in plan
+    assert f"{tmp_path}/p/bin/python -m pip install" in plan and "-c constraints-petastorm.txt" in plan
+    assert '".[petastorm,dev]"' in plan
+    assert f"PIPELINE_PETASTORM_PYTHON={tmp_path}/p/bin/python {tmp_path}/v/bin/python -m pytest" in plan
+
+
+def test_make_does_not_reinstall_up_to_date_venvs(tmp_path):
+    for env in ("v", "p"):
+        (tmp_path / env).mkdir()
+        (tmp_path / env / ".installed").touch()  # newer than pyproject.toml and the lock files
+    plan = _make_plan(tmp_path, "test")
     assert "pip install" not in plan
-    assert "pytest" in plan
+    assert "-m pytest" in plan
+    demo = _make_plan(tmp_path, "demo")
+    assert "pip install" not in demo and "petastorm" not in demo  # the demo needs only .venv
 
 
 def test_ci_runs_exactly_make_test():
