@@ -18,7 +18,7 @@ from pipeline.convert.runner import configure_parser, kind_module, raise_interru
 __all__ = ["KINDS", "register"]
 
 # Conversion kinds, in the order `pipeline convert --help` lists them.
-KINDS = ("images", "text", "hdf5")
+KINDS = ("images", "text", "hdf5", "table")
 
 
 def _handler(kind: str, args: argparse.Namespace) -> dict[str, Any]:

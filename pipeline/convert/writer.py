@@ -151,6 +151,7 @@ def write_petastorm(
     extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     auto_compression: str = "snappy",
     started: float | None = None,
+    frame_for: Callable[[PartitionTask], Any] | None = None,
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
@@ -180,6 +181,9 @@ def write_petastorm(
             ``"snappy"``.
         started: ``time.perf_counter()`` when the conversion began (before listing), for
             ``seconds``. Defaults to ``None`` (now).
+        frame_for: Builds the Spark DataFrame whose ``collect()`` runs the tasks (e.g.
+            ``df.mapInArrow`` over a DataFrame's own partitions, :mod:`pipeline.convert.table`).
+            Defaults to ``None``: one task per partition of ``plan`` over ``spark.range``.
 
     Returns:
         The :class:`ConversionResult` (also logged).
@@ -211,7 +215,10 @@ def write_petastorm(
             compression=codec,
             row_group_bytes=settings.row_group_mb * 1024 * 1024,
         )
-        frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(task, STATS_SCHEMA)
+        if frame_for is not None:
+            frame = frame_for(task)
+        else:
+            frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(task, STATS_SCHEMA)
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
