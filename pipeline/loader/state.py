@@ -32,7 +32,7 @@ ORDER_OPTIONS = ("shuffle", "shuffle_buffer", "batch_size", "drop_last", "fields
 
 
 def dataset_fingerprint(source: Any) -> str:
-    """A short hash of the dataset's layout: files (relative), row groups, rows, bytes, fields."""
+    """A short hash of the dataset's layout: files (relative to the dataset), row groups, rows, bytes."""
     paths = [rg.path for rg in source.row_groups]
     root = os.path.commonpath(paths) if len(set(paths)) > 1 else os.path.dirname(paths[0]) if paths else ""
     footers = getattr(source, "_footers", {})
@@ -40,8 +40,10 @@ def dataset_fingerprint(source: Any) -> str:
     for rg, usable in zip(source.row_groups, source.sizes, strict=True):
         meta = footers.get(rg.path)
         nbytes = meta.row_group(rg.index).total_byte_size if meta is not None else None
-        layout.append([os.path.relpath(rg.path, root) if root else rg.path, rg.index, rg.rows, usable, nbytes])
-    blob = json.dumps({"row_groups": layout, "fields": list(source.specs)}, sort_keys=True).encode()
+        layout.append(
+            [os.path.relpath(rg.path, root) if root else rg.path, rg.index, rg.rows, usable, nbytes]
+        )
+    blob = json.dumps({"row_groups": layout}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -1,0 +1,62 @@
+"""loader.stats(): present, plausible, and the wait fraction says when the data is the bottleneck."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import pipeline
+from pipeline.loader.stats import STAGES, bound_by
+from tests.datasets import write_parquet_dataset
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    return write_parquet_dataset(tmp_path_factory.mktemp("stats") / "ds", rows=96, files=2, row_group_rows=12)
+
+
+def run(url, *, step_s=0.0, transform=None, **kw):
+    with pipeline.open_loader(
+        url, config=None, batch_size=8, shuffle_buffer=16, workers=2, num_epochs=2, transform=transform, **kw
+    ) as loader:
+        for _ in loader:
+            time.sleep(step_s)  # the "training step"
+        return loader.stats()
+
+
+def slow_transform(batch):
+    time.sleep(0.02)
+    return batch
+
+
+def test_stats_are_present_and_add_up(url):
+    stats = run(url)
+    assert json.loads(json.dumps(stats)) == stats
+    assert (stats["batches"], stats["samples"]) == (24, 192)
+    assert stats["samples_per_s"] > 0 and 0 <= stats["wait_fraction"] <= 1
+    assert set(stats["stages"]) == set(STAGES)
+    assert stats["stages"]["read"] > 0 and stats["stages"]["collate"] > 0 and stats["stages"]["h2d"] == 0
+    assert stats["rss_bytes"] > 10 * 2**20 and stats["cpu_percent"] > 0
+    assert set(stats["queues"]) == {"prefetched", "prefetch_capacity", "reading", "buffered_rows"}
+    epoch = stats["epoch"]
+    assert (epoch["epoch"], epoch["batches"], epoch["samples"]) == (1, 12, 96)
+    assert epoch["seconds"] <= stats["seconds"]
+
+
+def test_wait_fraction_rises_when_the_loader_is_slow_and_falls_when_the_step_is(url):
+    slow_data = run(url, transform=slow_transform)
+    slow_step = run(url, step_s=0.02)
+    assert slow_data["wait_fraction"] > 0.7, slow_data
+    assert slow_step["wait_fraction"] < 0.3, slow_step
+    assert slow_data["bound_by"] == "transform"
+    assert slow_data["stages"]["transform"] >= 24 * 0.02
+    assert slow_step["bound_by"] == "consumer"
+
+
+def test_bound_by_divides_the_reader_stages_by_its_threads():
+    stages = dict.fromkeys(STAGES, 0.0) | {"decode": 4.0, "collate": 1.5}
+    assert bound_by(stages, 0.5, workers=2) == "decode"
+    assert bound_by(stages, 0.5, workers=4) == "collate"
+    assert bound_by(stages, 0.05, workers=1) == "consumer"
