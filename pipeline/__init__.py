@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 # public name -> module that defines it (imported on first use)
 _LAZY: dict[str, str] = {
     "open_loader": "pipeline.loader",
+    "open_dataset": "pipeline.access",
 }
 
 __all__ = ["__version__", *_LAZY]
