@@ -69,7 +69,7 @@ class RowGroupReader:
             columns = apply_transform_spec(
                 self._spec, columns, table.num_rows, self.source.specs, batch=self.source.kind == "parquet"
             )
-        return columns
+        return {name: _writable(col) for name, col in columns.items()}
 
 
 def _rows(table: pa.Table, local: np.ndarray) -> pa.Table:
@@ -77,6 +77,16 @@ def _rows(table: pa.Table, local: np.ndarray) -> pa.Table:
     if len(local) and int(local[-1]) - int(local[0]) == len(local) - 1 and (np.diff(local) == 1).all():
         return table.slice(int(local[0]), len(local))
     return table.take(pa.array(local, type=pa.int64()))
+
+
+def _writable(column: np.ndarray) -> np.ndarray:
+    """``column`` with values users may write to (zero-copy Arrow views are read-only)."""
+    if column.dtype != object:
+        return column if column.flags.writeable else column.copy()
+    for k, value in enumerate(column):
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            column[k] = value.copy()
+    return column
 
 
 def column_nbytes(column: Any) -> int:
