@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.config import load_config
 from pipeline.dataset import normalize_url, read_provenance
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.train.coverage import log_epoch_coverage
 from pipeline.train.distributed import DistributedConfig, run_distributed, setup
 from pipeline.train.loop import Task, fit
 from pipeline.train.models import SmallCNN, images_to_float
@@ -171,6 +172,11 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
                 return evaluate_images(m, eval_url, ctx.device, 256)
 
         task = Task("image classifier", ["image", "label"], _image_step, evaluate)
+        if ctx.is_main:  # say up front whether each epoch uses every sample
+            # loop.fit reads with drop_last=True unless its Task has a drop_last field
+            log_epoch_coverage(
+                config.train_url, ctx.world_size, config.batch_size, drop_last=getattr(task, "drop_last", True)
+            )
         return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
 
 

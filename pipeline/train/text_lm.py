@@ -22,6 +22,7 @@ from torch import nn
 from pipeline.config import load_config
 from pipeline.dataset import read_provenance
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.train.coverage import log_epoch_coverage
 from pipeline.train.distributed import DistributedConfig, run_distributed, setup
 from pipeline.train.loop import Task, fit
 from pipeline.train.metrics import RunningSums
@@ -190,6 +191,11 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
             loader_on_device=False,  # CPU batches; _inputs_and_targets does pin_memory() + non_blocking
             clip_grad_norm=1.0,
         )
+        if ctx.is_main:  # say up front whether each epoch uses every sample
+            # loop.fit reads with drop_last=True unless its Task has a drop_last field
+            log_epoch_coverage(
+                config.train_url, ctx.world_size, config.batch_size, drop_last=getattr(task, "drop_last", True)
+            )
         return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
 
 
