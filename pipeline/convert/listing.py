@@ -1,7 +1,9 @@
 """Input listing: find the source files of a conversion and split them into balanced partitions.
 
 Listing happens once, on the driver, from file metadata only (names and sizes); the files are
-opened by the Spark tasks. Partitions are contiguous runs of the sorted listing whose byte sizes
+opened by the Spark tasks. Object-store prefixes (``s3://...``) are listed in parallel through
+:mod:`pipeline.storage`; their files keep their URL, which tasks open with
+:func:`pipeline.storage.open_input`. Partitions are contiguous runs of the sorted listing whose byte sizes
 are as equal as possible, so that the output keeps the listing's order and tasks take about the
 same time.
 """
@@ -17,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pipeline.errors import InputError
+import pyarrow.fs as pafs
+
+from pipeline.errors import InputError, PipelineError
+from pipeline.storage import file_info, is_remote, list_files, resolve
 
 __all__ = [
     "SourceFile",
@@ -33,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file: its absolute local path and size in bytes."""
+    """One input file: its absolute local path (or ``s3://...`` URL) and size in bytes."""
 
     path: str
     size: int
@@ -52,8 +57,8 @@ def local_path(path_or_url: str | os.PathLike[str]) -> Path:
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
         raise InputError(
-            f"{text}: only local paths and file:// URLs are supported for conversions",
-            hint="copy the data to a local or mounted folder (every Spark worker must see the same path)",
+            f"{text}: not a local path (this step needs a local path or a file:// URL)",
+            hint="copy the data to a local or mounted folder",
         )
     return Path(text).expanduser()
 
@@ -91,7 +96,8 @@ def list_source_files(
     ``extensions`` (case-insensitive) are left out and counted in a log line.
 
     Args:
-        src: Path, ``file://`` URL or glob (``data/*.txt``, ``data/**/*.h5``).
+        src: Path, ``file://`` URL, object-store URL (``s3://bucket/prefix``) or glob
+            (``data/*.txt``, ``data/**/*.h5``, ``s3://bucket/data/*.txt``).
         extensions: Allowed suffixes such as ``(".jpg", ".png")``. Defaults to ``None`` (all files).
         what: What the files are, for error messages. Defaults to ``"input files"``.
 
@@ -102,8 +108,10 @@ def list_source_files(
         InputError: ``src`` does not exist or holds no matching file.
     """
     text = os.fspath(src)
-    root = local_path(text)
     suffixes = tuple(e.lower() for e in extensions) if extensions else None
+    if is_remote(text):
+        return _filter(_list_remote(text), text, suffixes, what)
+    root = local_path(text)
     try:
         if any(c in str(root) for c in "*?["):
             matches = (Path(p) for p in sorted(glob.glob(str(root), recursive=True)))
@@ -120,6 +128,12 @@ def list_source_files(
             raise InputError(f"{text} does not exist", hint="check the SRC path")
     except OSError as exc:
         raise InputError(f"{exc.filename or text}: cannot list: {exc.strerror}") from None
+    return _filter(found, text, suffixes, what)
+
+
+def _filter(
+    found: list[tuple[str, int]], text: str, suffixes: tuple[str, ...] | None, what: str
+) -> list[SourceFile]:
     files = [
         SourceFile(path, size) for path, size in found if suffixes is None or path.lower().endswith(suffixes)
     ]
@@ -131,6 +145,57 @@ def list_source_files(
         raise InputError(f"no {what}{allowed} found in {text}", hint="check the SRC path or pattern")
     files.sort(key=lambda f: f.path)
     return files
+
+
+def _list_remote(url: str) -> list[tuple[str, int]]:
+    """``(url, size)`` of the non-hidden objects of a prefix, an object or a glob on an object store.
+
+    The URLs keep the scheme (``s3://bucket/key``) so that Spark tasks can open them.
+    """
+    scheme = url.split("://", 1)[0]
+    fs, root = resolve(url)
+    try:
+        pattern = None
+        if any(c in root for c in "*?["):
+            parts = root.split("/")
+            fixed = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+            pattern, root = root, "/".join(parts[:fixed])
+        else:
+            info = file_info(fs, root, url=url)
+            if info.type == pafs.FileType.File:
+                return [(url, info.size or 0)]
+        entries = list_files(fs, root, url=url)
+    except PipelineError as exc:
+        raise InputError(exc.message, hint=exc.hint) from None
+    found = []
+    for entry in entries:
+        rel = entry.path[len(root) :].lstrip("/")
+        if is_hidden(rel) or (pattern is not None and not _glob_match(entry.path, pattern)):
+            continue
+        found.append((f"{scheme}://{entry.path}", entry.size or 0))
+    if not found and pattern is None:
+        raise InputError(f"{url} does not exist or is empty", hint="check the SRC URL")
+    return found
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Glob match where ``*`` stays inside one path segment and ``**`` spans several."""
+    import re
+
+    regex = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex, i = regex + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pattern[i] == "*":
+            regex, i = regex + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            regex, i = regex + "[^/]", i + 1
+        else:
+            regex, i = regex + re.escape(pattern[i]), i + 1
+    return re.fullmatch(regex, path) is not None
 
 
 def split_by_bytes(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:

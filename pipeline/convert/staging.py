@@ -10,6 +10,11 @@ Only :meth:`StagedOutput.commit` makes DEST appear, with one rename. A failure o
 removes the staging folder; a killed process leaves it behind, DEST untouched, and the next run
 removes staging folders of processes that no longer exist on this host. With ``overwrite`` the
 old DEST is renamed aside first and deleted after the new one is in place.
+
+An object-store DEST (``s3://bucket/prefix``) has no rename: the staging folder is local (under
+the temporary directory) and :meth:`StagedOutput.commit` publishes it with the protocol of
+:mod:`pipeline.storage.commit` -- data files under attempt names, ``_common_metadata`` last as
+the commit point, then the removal of what it replaces. See ``docs/storage.md``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from pipeline.convert.listing import local_path
 from pipeline.errors import DatasetError, InputError
+from pipeline.storage import is_remote
+from pipeline.storage.publish import ObjectStoreDest
 
 __all__ = ["StagedOutput", "check_destination"]
 
@@ -34,10 +42,11 @@ _MARK = ".staging-"
 
 def check_destination(
     dest: str | os.PathLike[str], *, overwrite: bool, source: str | os.PathLike[str] | None = None
-) -> Path:
+) -> Path | PurePosixPath:
     """Resolve DEST and fail early if writing there could lose data.
 
-    Call this before any work starts (before Spark). Returns the absolute local path.
+    Call this before any work starts (before Spark). Returns the absolute local path, or
+    ``bucket/prefix`` for an object-store URL (which is checked by listing it).
 
     Args:
         dest: DEST path or ``file://`` URL.
@@ -50,6 +59,8 @@ def check_destination(
             is not empty and is not a dataset (``--overwrite`` replaces datasets only); its parent
             is not a folder; or its name has characters that do not survive a URL (``#``, ``?``).
     """
+    if is_remote(dest):
+        return _check_remote(os.fspath(dest), overwrite=overwrite, source=source).prefix_path
     path = local_path(dest).resolve()
     if any(c in str(path) for c in "#?"):
         raise DatasetError(
@@ -77,6 +88,20 @@ def check_destination(
     if path.parent.exists() and not path.parent.is_dir():
         raise DatasetError(f"{path.parent} is not a folder", hint="choose another DEST")
     return path
+
+
+def _check_remote(
+    dest: str, *, overwrite: bool, source: str | os.PathLike[str] | None
+) -> ObjectStoreDest:
+    if any(c in dest.split("://", 1)[1] for c in "#?"):
+        raise DatasetError(f"{dest}: DEST may not contain '#' or '?'", hint="choose another DEST")
+    src = None if source is None else os.fspath(source).rstrip("/")
+    if src is not None and (src == dest.rstrip("/") or src.startswith(dest.rstrip("/") + "/")):
+        raise DatasetError(
+            f"DEST {dest} is SRC {src} or a prefix above it; writing there would replace the inputs",
+            hint="choose a DEST outside SRC",
+        )
+    return ObjectStoreDest(dest, overwrite=overwrite)
 
 
 def _local_or_none(source: str | os.PathLike[str] | None) -> Path | None:
@@ -135,11 +160,25 @@ class StagedOutput:
         overwrite: bool = False,
         source: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.dest = check_destination(dest, overwrite=overwrite, source=source)
+        self.remote: ObjectStoreDest | None = None
+        if is_remote(dest):
+            self.remote = _check_remote(os.fspath(dest), overwrite=overwrite, source=source)
+            self.dest: Path | PurePosixPath = self.remote.prefix_path
+            # local staging for the metadata step; the name encodes DEST so stale ones are found
+            self._local_dest = Path(tempfile.gettempdir()) / "pipeline-staging" / self.remote.safe_name
+        else:
+            self.dest = check_destination(dest, overwrite=overwrite, source=source)
+            self._local_dest = Path(self.dest)
         self.overwrite = overwrite
-        name = f".{self.dest.name}{_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.root = self.dest.parent / name
+        tag = uuid.uuid4().hex[:8]
+        name = f".{self._local_dest.name}{_MARK}{socket.gethostname()}-{os.getpid()}-{tag}"
+        self.root = self._local_dest.parent / name
         self.committed = False
+
+    @property
+    def url(self) -> str:
+        """URL of DEST (``file:///...`` or the object-store URL)."""
+        return self.remote.url if self.remote is not None else "file://" + str(self.dest)
 
     @property
     def data_dir(self) -> Path:
@@ -156,15 +195,28 @@ class StagedOutput:
         return "file://" + str(self.root / "errors")
 
     def __enter__(self) -> StagedOutput:
-        _remove_stale(self.dest)
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self._local_dest)
+        if self.remote is not None:
+            self.remote.remove_leftovers()
+        self._local_dest.parent.mkdir(parents=True, exist_ok=True)
         (self.root / "errors").mkdir(parents=True)
         return self
 
     def commit(self) -> None:
-        """Move the finished dataset into DEST (replacing an old one when ``overwrite``)."""
+        """Move the finished dataset into DEST (replacing an old one when ``overwrite``).
+
+        On an object store: upload the data files, then ``_common_metadata`` (the commit
+        point), then delete what DEST held before.
+        """
         if not self.data_dir.is_dir():
             raise DatasetError(f"nothing was written to {self.data_dir}")
+        if self.remote is not None:
+            self.remote.check()  # a dataset may have appeared while the conversion ran
+            self.remote.upload_data(self.data_dir)
+            self.remote.publish(self.data_dir)
+            self.committed = True
+            return
+        assert isinstance(self.dest, Path)
         old: Path | None = None
         if self.dest.exists():
             if not self.overwrite:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.convert.common import BadInput, RecordErrors, SkippedRecord
+from pipeline.storage import effective_config, task_defaults
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class PartitionTask:
         errors_dir: Local folder for bad-input records.
         compression: pyarrow codec name (``"none"``, ``"snappy"``, ``"gzip"``, ``"zstd"``).
         row_group_bytes: Target uncompressed size of a row group.
+
+    The driver's storage settings (:func:`pipeline.storage.effective_config`: endpoint, region,
+    static credentials from its environment or ``conf/storage.yaml``) travel with the task, so
+    that executors open ``s3://`` inputs exactly as the driver listed them.
     """
 
     def __init__(
@@ -93,11 +98,13 @@ class PartitionTask:
         self.errors_dir = errors_dir
         self.compression = compression
         self.row_group_bytes = row_group_bytes
+        self.storage = effective_config().to_dict()
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for pid in batch.column(0).to_pylist():
-                rows = self.run(int(pid))
+                with task_defaults(self.storage):
+                    rows = self.run(int(pid))
                 yield pa.RecordBatch.from_pydict({"partition": [int(pid)], "rows": [rows]})
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
