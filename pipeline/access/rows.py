@@ -46,11 +46,15 @@ class RowGroupReader:
     def read_table(self, piece: int) -> pa.Table:
         """The encoded columns of row group ``piece`` (codec bytes not decoded yet)."""
         rg = self.source.row_groups[piece]
+        footer = self._footers.get(rg.path)
         with self.filesystem.open_input_file(rg.path) as fh:
-            parquet = pq.ParquetFile(fh, metadata=self._footers.get(rg.path))
-            with self._lock:
-                self._footers.setdefault(rg.path, parquet.metadata)
-            return parquet.read_row_group(rg.index, columns=list(self._stored))
+            if footer is None:
+                footer = pq.read_metadata(fh)
+                with self._lock:
+                    self._footers.setdefault(rg.path, footer)
+            # closed at once: a ParquetFile left to the garbage collector holds its read buffers
+            with pq.ParquetFile(fh, metadata=footer) as parquet:
+                return parquet.read_row_group(rg.index, columns=list(self._stored))
 
     def decode(self, table: pa.Table, local: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Decode rows ``local`` of ``table`` (all rows when ``None``), transform applied.
