@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.access.disk import DEFAULT_DISK_LIMIT, DiskCache, default_cache_dir
-from pipeline.dataset import normalize_url
-from pipeline.errors import DatasetError
+from pipeline.storage import resolve
 
 __all__ = ["CachingHandler", "cached_filesystem"]
 
@@ -35,17 +34,12 @@ def cached_filesystem(
 
     Args:
         url: Dataset URL or path (or a path on ``filesystem``).
-        filesystem: The store's filesystem; ``None`` resolves it from ``url``. Defaults to ``None``.
+        filesystem: The store's filesystem; ``None`` resolves it from ``url`` with
+            :func:`pipeline.storage.resolve` (``s3://``, fsspec, ``conf/storage.yaml``). Defaults to ``None``.
         cache_dir: Cache folder. Defaults to ``None`` (:func:`~pipeline.access.disk.default_cache_dir`).
         cache_limit: Bytes of entries kept. Defaults to ``None`` (``DEFAULT_DISK_LIMIT``, 10 GiB).
     """
-    if filesystem is None:
-        try:
-            filesystem, path = pafs.FileSystem.from_uri(normalize_url(url))
-        except (ValueError, OSError) as exc:
-            raise DatasetError(f"cannot open {url}: {exc}", hint="check the URL and its scheme") from None
-    else:
-        path = os.fspath(url).rstrip("/")
+    filesystem, path = resolve(url, filesystem=filesystem)
     if isinstance(filesystem, pafs.PyFileSystem) and isinstance(filesystem.handler, CachingHandler):
         return filesystem, path  # already cached: one cache, not two
     cache = DiskCache(
@@ -61,6 +55,13 @@ class CachingHandler(pafs.FileSystemHandler):
     def __init__(self, inner: pafs.FileSystem, cache: DiskCache) -> None:
         self.inner = inner
         self.cache = cache
+        self._infos: dict[str, pafs.FileInfo] = {}  # one HEAD per file and process, not per read
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"inner": self.inner, "cache": self.cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["inner"], state["cache"])  # type: ignore[misc]
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -85,7 +86,9 @@ class CachingHandler(pafs.FileSystemHandler):
         return self.inner.get_file_info(selector)
 
     def open_input_file(self, path: str) -> pa.NativeFile:
-        info = self.inner.get_file_info(path)
+        info = self._infos.get(path)
+        if info is None:
+            info = self._infos[path] = self.inner.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise FileNotFoundError(f"{path} is not a file on {self.inner.type_name}")
         return pa.PythonFile(_CachedFile(self, path, info), mode="r")

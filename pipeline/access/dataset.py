@@ -35,10 +35,10 @@ from pipeline.access.stores import (
     check_memory,
     estimate_decoded_bytes,
 )
-from pipeline.dataset import normalize_url
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.reader.config import ReadOptions
 from pipeline.reader.source import DatasetSource
+from pipeline.storage import resolve
 
 __all__ = ["CacheMode", "RandomAccessDataset", "open_dataset"]
 
@@ -111,10 +111,7 @@ class RandomAccessDataset:
             )
             options = ReadOptions(fields=self._fields, transform=self._transform, filesystem=fs)
         source = DatasetSource(url, options)
-        if options.filesystem is not None:
-            fs = options.filesystem
-        else:
-            fs, _ = pafs.FileSystem.from_uri(normalize_url(self.url))
+        fs = options.filesystem if options.filesystem is not None else resolve(self.url)[0]
         limit = self.cache_limit if self.cache == "stream" and self.cache_limit is not None else DEFAULT_STREAM_LIMIT
         return _Opened(os.getpid(), source, RowGroupReader(source, fs), TableLRU(limit))
 
