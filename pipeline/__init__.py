@@ -22,6 +22,8 @@ __version__ = "0.2.0"
 # public name -> module that defines it (imported on first use)
 _LAZY: dict[str, str] = {
     "open_loader": "pipeline.loader",
+    "convert_dataframe": "pipeline.convert.table",
+    "spark_dataset": "pipeline.convert.handle",
     "open_dataset": "pipeline.access",
 }
 

@@ -25,7 +25,7 @@ from pipeline.errors import PipelineError
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules under pipeline.cli, in the order `pipeline --help` lists them.
-COMMANDS = ("inspect", "convert", "bench")
+COMMANDS = ("inspect", "convert", "bench", "cache")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -156,8 +156,12 @@ def _column(
     null = _null_rows(out) if rule.kind == "array" else np.asarray(out.is_null())
     if not null.any():
         return out, None
-    what = "a null inside the array" if rule.kind == "array" else "null"
-    return out, [f"column {rule.source!r} ({rule.spark_type}) is {what}" if n else None for n in null]
+    where = f"column {rule.source!r} ({rule.spark_type})"
+    row_null = np.asarray(out.is_null())
+    return out, [
+        None if not n else f"{where} is null" if whole else f"{where} holds a null inside the array"
+        for n, whole in zip(null.tolist(), row_null.tolist(), strict=True)
+    ]
 
 
 def convert_batches(
