@@ -1,9 +1,11 @@
 """A dataset on disk: URLs, its Parquet files, its Unischema and its provenance metadata.
 
 A *Petastorm dataset* is a folder of Parquet files plus a ``_common_metadata`` file that holds
-the pickled Unischema (written by ``petastorm.etl.dataset_metadata.materialize_dataset``). A
-*plain Parquet dataset* has the files and no Unischema. Both are read by Spark, pyarrow and
-DuckDB alike; only the first one has codecs that ``make_reader`` decodes.
+the pickled Unischema (written by ``pipeline convert`` through :mod:`pipeline.format`, or by
+petastorm's ``materialize_dataset``). A *plain Parquet dataset* has the files and no Unischema.
+Both are read by Spark, pyarrow and DuckDB alike; only the first one has codecs to decode. The
+Unischema is read by :mod:`pipeline.format.pickling`'s restricted unpickler: opening a dataset
+runs no code from it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import DatasetError
+from pipeline.format.metadata import UNISCHEMA_KEY, unischema_from_metadata
 
 __all__ = [
     "PROVENANCE_KEY",
     "DatasetFiles",
     "arrow_list_shape",
     "is_petastorm_dataset",
+    "key_value_metadata",
     "list_dataset_files",
     "normalize_url",
     "read_provenance",
@@ -35,7 +39,6 @@ __all__ = [
 PROVENANCE_KEY = b"pipeline.provenance.v1"
 """Key of the JSON provenance record in ``_common_metadata`` (source, options, counts, ...)."""
 
-_UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 _NOT_DATA = ("_", ".")
 
 
@@ -64,10 +67,9 @@ def arrow_list_shape(arrow_type: pa.DataType) -> tuple[tuple[int | None, ...], p
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    try:
-        return pafs.FileSystem.from_uri(url)
-    except (ValueError, OSError) as exc:
-        raise DatasetError(f"cannot open {url}: {exc}") from None
+    from pipeline.storage import resolve  # s3:// from conf/storage.yaml + AWS_*; fsspec schemes
+
+    return resolve(url)
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,10 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
     with ``_`` (``_SUCCESS``, ``_common_metadata``, ``_skipped.jsonl``) are not data.
     """
     url = normalize_url(url)
+    from pipeline.storage import committed_files, file_info, list_files
+
     fs, root = _filesystem(url)
-    info = fs.get_file_info(root)
+    info = file_info(fs, root, url=url)  # retries; a missing bucket or denied access: clean error
     if info.type == pafs.FileType.NotFound:
         raise DatasetError(f"{url} does not exist", hint="check the path, or convert data into it first")
     if info.type == pafs.FileType.File:
@@ -104,10 +108,9 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
                 f"{url} is a file, not a dataset folder", hint="pass the folder that holds the Parquet files"
             )
         return DatasetFiles(url, fs, root, (root,), None)
-    selector = pafs.FileSelector(root, recursive=True)
     files: list[str] = []
     common = None
-    for entry in fs.get_file_info(selector):
+    for entry in list_files(fs, root, url=url):  # parallel, paginated, retried
         if entry.type != pafs.FileType.File:
             continue
         rel = entry.path[len(root) :].lstrip("/")
@@ -123,10 +126,12 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
             f"no Parquet files under {url}",
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
-    return DatasetFiles(url, fs, root, tuple(sorted(files)), common)
+    files = committed_files(fs, root, sorted(files), common, url=url)  # only what _common_metadata lists
+    return DatasetFiles(url, fs, root, tuple(files), common)
 
 
-def _key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
+def key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
+    """The key-value metadata of the dataset's ``_common_metadata`` (``{}`` when it has none)."""
     if files.common_metadata is None:
         return {}
     try:
@@ -139,22 +144,24 @@ def _key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
 
 def is_petastorm_dataset(url: str | os.PathLike[str]) -> bool:
     """Whether the dataset has a Petastorm Unischema in ``_common_metadata``."""
-    return _UNISCHEMA_KEY in _key_value_metadata(list_dataset_files(url))
+    return UNISCHEMA_KEY in key_value_metadata(list_dataset_files(url))
 
 
-def read_unischema(url: str | os.PathLike[str]) -> Any:
-    """The dataset's ``petastorm.unischema.Unischema``, or ``None`` for plain Parquet."""
-    files = list_dataset_files(url)
-    if _UNISCHEMA_KEY not in _key_value_metadata(files):
-        return None
-    from petastorm.etl.dataset_metadata import get_schema_from_dataset_url
+def read_unischema(url: str | os.PathLike[str] | DatasetFiles) -> Any:
+    """The dataset's :class:`pipeline.format.Unischema`, or ``None`` for plain Parquet.
 
-    return get_schema_from_dataset_url(files.url)
+    Raises:
+        UnsafeMetadataError: The stored pickle names a class the format does not use (nothing
+            of it is run; a :class:`DatasetError`).
+        DatasetError: The dataset is missing, or its metadata is damaged.
+    """
+    files = url if isinstance(url, DatasetFiles) else list_dataset_files(url)
+    return unischema_from_metadata(key_value_metadata(files), where=files.url)
 
 
 def read_provenance(url: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The provenance record written by ``pipeline convert``, or ``None`` when there is none."""
-    raw = _key_value_metadata(list_dataset_files(url)).get(PROVENANCE_KEY)
+    raw = key_value_metadata(list_dataset_files(url)).get(PROVENANCE_KEY)
     if raw is None:
         return None
     try:

@@ -70,7 +70,7 @@ def _codec_name(codec: Any) -> str:
 
 
 def _numpy_name(dtype: Any) -> str:
-    if dtype in (str, np.str_, np.unicode_):
+    if dtype in (str, np.str_):  # np.unicode_ (numpy 1) is np.str_
         return "str"
     if dtype in (bytes, np.bytes_):
         return "bytes"
@@ -96,10 +96,11 @@ def _arrow_field(arrow_field: pa.Field) -> FieldInfo:
 
 
 def inspect_dataset(url: str | os.PathLike[str]) -> DatasetInfo:
-    """Describe the dataset at ``url`` (a local path or a URL petastorm/pyarrow understand).
+    """Describe the dataset at ``url`` (a local path or a URL pyarrow understands).
 
     Raises:
-        DatasetError: ``url`` is missing, empty or not a Parquet dataset.
+        DatasetError: ``url`` is missing, empty or not a Parquet dataset, or its schema metadata
+            is damaged or names a class the format does not use (``UnsafeMetadataError``).
     """
     files = list_dataset_files(url)
     rows = row_groups = 0
@@ -117,7 +118,7 @@ def inspect_dataset(url: str | os.PathLike[str]) -> DatasetInfo:
         if arrow_schema is None:
             arrow_schema = meta.schema.to_arrow_schema()
 
-    unischema = read_unischema(files.url)
+    unischema = read_unischema(files)
     if unischema is not None:
         kind = "petastorm"
         fields = {

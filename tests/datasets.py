@@ -1,11 +1,16 @@
-"""Small datasets written by petastorm's own ``materialize_dataset`` and by plain pyarrow.
+"""Small datasets in the Petastorm format (written by this project's Spark writer, no petastorm)
+and in plain Parquet (pyarrow).
 
-Shared by the tests of every stage that reads datasets (inspect, reader, loader).
+Shared by the tests of every stage that reads datasets (inspect, reader, loader). Datasets
+written by petastorm's own ``materialize_dataset`` are in the compatibility suite.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,9 +18,9 @@ import pyarrow.parquet as pq
 
 
 def petastorm_schema():
-    from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
     from pyspark.sql.types import IntegerType, LongType, StringType
+
+    from pipeline.format import CompressedImageCodec, NdarrayCodec, ScalarCodec, Unischema, UnischemaField
 
     return Unischema(
         "TinySchema",
@@ -40,19 +45,35 @@ def expected_row(i: int) -> dict:
     }
 
 
+def encode_rows(ids: Sequence[int], errors: Any, *, schema: Any, batch: int = 16) -> Iterator[dict[str, list]]:
+    """Partition function for the writer: rows ``expected_row(i)``, encoded by the schema's codecs."""
+    from pipeline.format import encode_row
+
+    for start in range(0, len(ids), batch):
+        encoded = [encode_row(schema, expected_row(i)) for i in ids[start : start + batch]]
+        yield {name: [row[name] for row in encoded] for name in schema.fields}
+
+
 def write_petastorm_dataset(spark, path: Path, rows: int = 100, files: int = 4, row_group_mb: int = 1) -> str:
-    """A Petastorm dataset of ``rows`` rows in ``files`` Parquet files, via materialize_dataset."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
-    from petastorm.unischema import dict_to_spark_row
+    """A Petastorm dataset of ``rows`` rows in ``files`` Parquet files, by ``write_petastorm``."""
+    from pipeline.convert.common import ConvertConfig
+    from pipeline.convert.listing import split_by_bytes
+    from pipeline.convert.writer import write_petastorm
 
     schema = petastorm_schema()
-    url = "file://" + str(path)
-    with materialize_dataset(spark, url, schema, row_group_mb):
-        rdd = spark.sparkContext.parallelize(range(rows), files).map(
-            lambda i: dict_to_spark_row(schema, expected_row(i))
-        )
-        spark.createDataFrame(rdd, schema.as_spark_schema()).write.mode("overwrite").parquet(url)
-    return url
+    plan = [list(range(a, b)) for a, b in split_by_bytes([1] * rows, files)]
+    result = write_petastorm(
+        spark,
+        kind="test",
+        source="tests.datasets",
+        dest=str(path),
+        schema=schema,
+        plan=plan,
+        process=functools.partial(encode_rows, schema=schema),
+        settings=ConvertConfig(row_group_mb=row_group_mb, overwrite=True),
+        input_bytes=rows,
+    )
+    return result.output
 
 
 def write_parquet_dataset(path: Path, rows: int = 100, files: int = 3, row_group_rows: int = 10) -> str:

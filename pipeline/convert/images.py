@@ -33,6 +33,7 @@ from pipeline.convert.image_sources import ImageSource, find_images
 from pipeline.convert.imaging import FITS, JPEG_EXTENSIONS, ImageError, prepare_image
 from pipeline.convert.splits import parse_split
 from pipeline.errors import ConfigError
+from pipeline.storage import open_input
 
 __all__ = [
     "ImageOptions",
@@ -150,7 +151,7 @@ def process_images(
     keep = ("jpeg", "png") if options.encoding == "auto" else None
     for path, rel, label in items:
         try:
-            with open(path, "rb") as fh:
+            with open_input(path) as fh:  # a local path or an s3:// URL
                 data = fh.read()
         except OSError as exc:
             errors.bad(path, f"cannot read file: {exc.strerror or exc}")
@@ -197,8 +198,7 @@ def _count(stats: Mapping[str, Any] | None, passed: int, re_encoded: int) -> Non
 def image_schema(size: tuple[int, int] | None, encoding: str, jpeg_quality: int) -> Any:
     """The Unischema: ``image`` (uint8 HxWx3, compressed), ``label`` (int64), ``path`` (str)."""
     import numpy as np
-    from petastorm.codecs import CompressedImageCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
+    from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import LongType, StringType
 
     shape = (size[0], size[1], 3) if size else (None, None, 3)

@@ -32,6 +32,7 @@ from pipeline.convert.text_columns import TokenColumn
 from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, TextPiece, iter_documents, plan_pieces
 from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
 from pipeline.errors import ConfigError
+from pipeline.storage import open_input
 
 __all__ = ["TextOptions", "add_arguments", "convert_text", "options_from_args", "text_schema"]
 
@@ -114,8 +115,7 @@ def options_from_args(args: argparse.Namespace) -> TextOptions:
 
 def text_schema(seq_len: int | None) -> Any:
     """The Unischema: ``tokens`` int32 of shape ``(seq_len,)``, or ``(None,)`` per document."""
-    from petastorm.codecs import ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
+    from pipeline.format import ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import ArrayType, IntegerType
 
     codec = ScalarCodec(ArrayType(IntegerType(), containsNull=False))
@@ -131,7 +131,7 @@ def _documents(
     size = 0
     for item in items:
         try:
-            stream = open(item.path, "rb")  # noqa: SIM115 - closed below, the generator may pause
+            stream = open_input(item.path)  # noqa: SIM115 - closed below, the generator may pause
         except OSError as exc:
             errors.bad(item.path, f"cannot read: {exc.strerror or exc}")
             continue

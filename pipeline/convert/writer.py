@@ -30,12 +30,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedRecord
@@ -44,6 +42,8 @@ from pipeline.convert.provenance import build_provenance, write_provenance
 from pipeline.convert.staging import StagedOutput
 from pipeline.convert.tasks import STATS_SCHEMA, PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
+from pipeline.format import as_unischema
+from pipeline.format.metadata import format_metadata, write_common_metadata
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
@@ -51,14 +51,6 @@ log = logging.getLogger(__name__)
 
 
 _SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
-_HADOOP_KEYS = (
-    "parquet.summary.metadata.level",
-    "parquet.enable.summary-metadata",
-    "parquet.summary.metadata.propagate-errors",
-    "parquet.block.size.row.check.min",
-    "parquet.row-group.size.row.check.min",
-    "parquet.block.size",
-)
 
 
 def plan_partitions(
@@ -87,31 +79,6 @@ def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
             if line.strip():
                 records.append(SkippedRecord(**json.loads(line)))
     return sorted(records, key=lambda r: (r.source, str(r.record)))
-
-
-def _write_summary(data_dir: Path, schema: pa.Schema) -> None:
-    """Write ``_metadata`` (all footers), from which ``materialize_dataset`` checks the row groups."""
-    footers = []
-    for path in sorted(data_dir.glob("*.parquet")):
-        footer = pq.read_metadata(path)
-        footer.set_file_path(path.name)
-        footers.append(footer)
-    pq.write_metadata(schema, data_dir / "_metadata", metadata_collector=footers)
-
-
-@contextmanager
-def _hadoop_conf_restored(spark: Any) -> Iterator[None]:
-    """petastorm changes Parquet settings of the shared SparkContext and restores them only on success."""
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    saved = {k: conf.get(k) for k in _HADOOP_KEYS}
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                conf.unset(key)
-            else:
-                conf.set(key, value)
 
 
 def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
@@ -155,19 +122,20 @@ def write_petastorm(
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
-    Steps: stage next to DEST; inside petastorm's ``materialize_dataset``, run the tasks (each
-    writes ``part-<id>.parquet``) and write a ``_metadata`` summary of their footers, from which
-    materialize_dataset (``use_summary_metadata=True``) checks the row groups and adds the
-    Unischema to ``_common_metadata``; collect skipped records into ``_skipped.jsonl``; add
-    petastorm's per-file row-group index and the provenance, drop the summary; move into DEST.
-    Nothing appears at DEST unless every step succeeded.
+    Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet``); collect
+    skipped records into ``_skipped.jsonl``; read the files' footers (not their data) for the
+    row and row-group counts; write ``_common_metadata`` with the Petastorm format's keys (the
+    Unischema pickle petastorm reads, the per-file row-group index; :mod:`pipeline.format`) and
+    the provenance; move into DEST. Nothing appears at DEST unless every step succeeded. No
+    petastorm is needed; petastorm's ``make_reader`` reads the result.
 
     Args:
         spark: The SparkSession.
         kind: ``"images"``, ``"text"``, ``"hdf5"``, ... (provenance and summary).
         source: SRC as the user gave it.
         dest: DEST path or ``file://`` URL.
-        schema: The ``petastorm.unischema.Unischema`` of the rows ``process`` yields.
+        schema: The ``Unischema`` of the rows ``process`` yields (:class:`pipeline.format.Unischema`,
+            or petastorm's).
         plan: Partitions of picklable work items, e.g. from :func:`plan_partitions`.
         process: Picklable partition function (a module-level function or ``functools.partial``).
         settings: Row-group size, compression, bad-input policy, overwrite.
@@ -193,12 +161,12 @@ def write_petastorm(
             rows were written.
         DatasetError: DEST exists and ``settings.overwrite`` is off.
     """
-    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, materialize_dataset
     from pyspark.sql.pandas.types import to_arrow_schema
 
     started = time.perf_counter() if started is None else started
     if not plan:
         raise InputError(f"nothing to convert in {source}", hint="check SRC")
+    schema = as_unischema(schema)
     spark_schema = schema.as_spark_schema()
     arrow_schema = to_arrow_schema(spark_schema)
     codec = auto_compression if settings.compression == "auto" else settings.compression
@@ -222,28 +190,17 @@ def write_petastorm(
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
-            with (
-                _hadoop_conf_restored(spark),
-                materialize_dataset(
-                    spark, stage.data_url, schema, settings.row_group_mb, use_summary_metadata=True
-                ),
-            ):
-                written = sum(row["rows"] for row in frame.collect())
-                log.debug("Spark write done after %.2f s", time.perf_counter() - started)
-                if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
-                    raise _task_failure(None, errors_dir)
-                if not written:
-                    skipped = _read_records(errors_dir, "skipped")
-                    raise InputError(
-                        f"no rows were converted from {source}"
-                        + (
-                            f": all {len(skipped)} inputs were bad, e.g. {skipped[0].describe()}"
-                            if skipped
-                            else ""
-                        ),
-                        hint="check SRC and the options",
-                    )
-                _write_summary(stage.data_dir, arrow_schema)
+            written = sum(row["rows"] for row in frame.collect())
+            log.debug("Spark write done after %.2f s", time.perf_counter() - started)
+            if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
+                raise _task_failure(None, errors_dir)
+            if not written:
+                skipped = _read_records(errors_dir, "skipped")
+                raise InputError(
+                    f"no rows were converted from {source}"
+                    + (f": all {len(skipped)} inputs were bad, e.g. {skipped[0].describe()}" if skipped else ""),
+                    hint="check SRC and the options",
+                )
         except PipelineError:
             raise
         except Exception as exc:
@@ -254,7 +211,6 @@ def write_petastorm(
         finally:
             spark.sparkContext._jsc.clearJobGroup()  # also clears the description
 
-        log.debug("petastorm metadata done after %.2f s", time.perf_counter() - started)
         skipped = _read_records(errors_dir, "skipped")
         if skipped:
             (stage.data_dir / "_skipped.jsonl").write_text("".join(r.to_json() + "\n" for r in skipped))
@@ -277,20 +233,18 @@ def write_petastorm(
             counts=counts,
             extra=facts,
         )
-        # petastorm's own row-group index (what materialize_dataset computes in an extra Spark job
-        # when use_summary_metadata=False), built from the footers read above; the summary file
-        # written for materialize_dataset is then redundant and removed.
+        # the format's keys: the Unischema pickle and petastorm's row-group index (what
+        # materialize_dataset computes in an extra Spark job), from the footers read above
         row_groups_per_file = {f.name: m.num_row_groups for f, m in zip(files, footers, strict=True)}
-        index = {ROW_GROUPS_PER_FILE_KEY: json.dumps(row_groups_per_file).encode("utf-8")}
-        write_provenance(stage.data_dir, record, also=index)
-        for name in ("_metadata", "._metadata.crc"):
-            (stage.data_dir / name).unlink(missing_ok=True)
+        write_common_metadata(stage.data_dir, arrow_schema, format_metadata(schema, row_groups_per_file))
+        write_provenance(stage.data_dir, record)
+        log.debug("metadata done after %.2f s", time.perf_counter() - started)
         output_bytes = sum(p.stat().st_size for p in stage.data_dir.rglob("*") if p.is_file())
         stage.commit()
     result = ConversionResult(
         kind=kind,
         source=source,
-        output="file://" + str(stage.dest),
+        output=stage.url,  # file:///... or the object-store URL
         rows=rows,
         skipped=len(skipped),
         input_bytes=input_bytes,
@@ -298,7 +252,7 @@ def write_petastorm(
         files=len(files),
         row_groups=row_groups,
         seconds=time.perf_counter() - started,
-        skipped_report=str(stage.dest / "_skipped.jsonl") if skipped else None,
+        skipped_report=f"{stage.url}/_skipped.jsonl" if skipped else None,
         extra=facts,
     )
     log.info("%s", result.summary())

@@ -7,10 +7,10 @@ given row group looks like:
 * ``ragged`` -- an object array of per-row ndarrays whose shape varies (token lists);
 * ``list`` -- an object array of Python values (strings, bytes, anything torch cannot hold).
 
-Petastorm codecs are decoded with petastorm's own ``codec.decode``, except the hot path of
-``CompressedImageCodec`` into a fixed-shape field: the same ``cv2.imdecode(IMREAD_UNCHANGED)``
-and BGR -> RGB conversion, written straight into the output array (OpenCV releases the GIL,
-so worker threads decode in parallel). Colour (YCbCr) JPEGs going into an RGB field are decoded
+Petastorm codecs are decoded with the codec's own ``decode`` (:mod:`pipeline.format.codecs`, or
+petastorm's), except the hot path of ``CompressedImageCodec`` into a fixed-shape field: the same
+``cv2.imdecode(IMREAD_UNCHANGED)`` and BGR -> RGB conversion as petastorm's, written straight
+into the output array (OpenCV releases the GIL, so worker threads decode in parallel). Colour (YCbCr) JPEGs going into an RGB field are decoded
 by libjpeg-turbo through ``simplejpeg`` straight into the output row instead: the same library
 and settings as OpenCV's decoder (accurate DCT, fancy upsampling), so the pixels are identical
 (tested against petastorm's decode), at about 60% of the CPU time, because it decodes to RGB
@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from pipeline.dataset import arrow_list_shape
 from pipeline.errors import DatasetError
+from pipeline.format import UnischemaField
 
 __all__ = ["FieldSpec", "ReadCancelled", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
 
@@ -49,7 +50,7 @@ class FieldSpec:
 
 
 def spec_from_unischema(field: Any) -> FieldSpec:
-    """The :class:`FieldSpec` of a petastorm ``UnischemaField``."""
+    """The :class:`FieldSpec` of a ``UnischemaField`` (ours or petastorm's)."""
     dtype = field.numpy_dtype
     shape = tuple(field.shape or ())
     if dtype in _PY_TYPES or (isinstance(dtype, type) and issubclass(dtype, (str, bytes, Decimal))):
@@ -58,10 +59,8 @@ def spec_from_unischema(field: Any) -> FieldSpec:
     return FieldSpec(field.name, kind, np.dtype(dtype), shape)
 
 
-def unischema_field_from_arrow(arrow_field: pa.Field) -> Any:
+def unischema_field_from_arrow(arrow_field: pa.Field) -> UnischemaField:
     """A codec-less ``UnischemaField`` for a plain Parquet column (lists -> ``None`` dims)."""
-    from petastorm.unischema import UnischemaField
-
     dims, t = arrow_list_shape(arrow_field.type)
     shape: list[int | None] = list(dims)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
@@ -87,7 +86,7 @@ def decode_column(
 
     Args:
         spec: The field's :class:`FieldSpec`.
-        field: The petastorm ``UnischemaField`` (its codec decides the decoding; ``None`` codec
+        field: The ``UnischemaField`` (its codec decides the decoding; ``None`` codec
             means a plain Arrow value).
         column: The Arrow column.
         out: Write the values into ``out[rows[i]]`` instead of a new array (the reader's row

@@ -2,8 +2,9 @@
 
 :class:`DatasetSource` opens a Petastorm dataset (Unischema with codecs, read like
 ``make_reader``) or plain Parquet (Arrow schema, read like ``make_batch_reader``), lists its row
-groups from the Parquet footers, evaluates a petastorm predicate once per row group on the
-predicate's columns (so that the plan knows every row group's row count), and reads a
+groups from the Parquet footers, evaluates a predicate (:mod:`pipeline.predicates`, or
+petastorm's) once per row group on the predicate's columns (so that the plan knows every row
+group's row count), and reads a
 :class:`~pipeline.reader.plan.WorkItem` into a :class:`Chunk` of numpy columns. ``read`` is
 thread-safe: pyarrow reads and OpenCV decodes release the GIL.
 """
@@ -21,8 +22,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.dataset import DatasetFiles, list_dataset_files, normalize_url
+from pipeline.dataset import DatasetFiles, list_dataset_files, normalize_url, read_unischema
 from pipeline.errors import DatasetError
+from pipeline.format import Unischema, match_unischema_fields
 from pipeline.reader.config import ReadOptions
 from pipeline.reader.decode import decode_column, spec_from_unischema, unischema_field_from_arrow
 from pipeline.reader.plan import WorkItem
@@ -31,8 +33,6 @@ from pipeline.reader.transform import apply_transform_spec, transformed_specs
 __all__ = ["Chunk", "DatasetSource", "RowGroup"]
 
 log = logging.getLogger(__name__)
-
-_UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,9 @@ class DatasetSource:
         self.url = files.url
         self._fs = files.filesystem
         self._footers = {path: _footer(self._fs, path) for path in files.files}
-        stored = _unischema(files)
+        stored = read_unischema(files)
         self.kind = "petastorm" if stored is not None else "parquet"
         if stored is None:
-            from petastorm.unischema import Unischema
-
             arrow_schema = self._footers[files.files[0]].schema.to_arrow_schema()
             stored = Unischema("ParquetSchema", [unischema_field_from_arrow(f) for f in arrow_schema])
         self.schema = _select(stored, self.options.fields, self.url)
@@ -207,24 +205,10 @@ def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
         ) from None
 
 
-def _unischema(files: DatasetFiles) -> Any:
-    if files.common_metadata is None:
-        return None
-    with files.filesystem.open_input_file(files.common_metadata) as fh:
-        metadata = pq.read_schema(fh).metadata or {}
-    if _UNISCHEMA_KEY not in metadata:
-        return None
-    from petastorm.etl.legacy import depickle_legacy_package_name_compatible
-
-    return depickle_legacy_package_name_compatible(metadata[_UNISCHEMA_KEY])
-
-
 def _select(schema: Any, fields: tuple[str, ...] | None, url: str) -> Any:
     """A view of ``schema`` with ``fields`` (exact names or petastorm regexes) in the given order."""
     if fields is None:
         return schema
-    from petastorm.unischema import Unischema, match_unischema_fields
-
     chosen: list[Any] = []
     for name in fields:
         matches = [schema.fields[name]] if name in schema.fields else match_unischema_fields(schema, [name])

@@ -5,8 +5,8 @@
 * Batch form (``make_batch_reader``, plain Parquet): ``func(DataFrame) -> DataFrame`` per
   row-group slice, then ``removed_fields`` are dropped.
 
-The fields after the transform are petastorm's own ``transform_schema`` (``edit_fields``,
-``removed_fields``, ``selected_fields``); their :class:`FieldSpec` fixes how values are held.
+The fields after the transform follow petastorm's ``transform_schema`` (``edit_fields``,
+``removed_fields``, ``selected_fields``; :func:`pipeline.format.transform_schema`); their :class:`FieldSpec` fixes how values are held.
 A transform must keep the number of rows: the shard plan counts rows before reading them.
 """
 
@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.format import transform_schema
 from pipeline.reader.decode import FieldSpec, spec_from_unischema
 
 __all__ = ["apply_transform_spec", "transformed_specs"]
 
 
 def transformed_specs(unischema: Any, spec: Any) -> dict[str, FieldSpec]:
-    """Field specs after ``spec``, by petastorm's ``transform_schema``, in output order."""
-    from petastorm.transform import transform_schema
-
+    """Field specs after ``spec`` (ours or petastorm's ``TransformSpec``), in output order."""
     schema = transform_schema(unischema, spec)
     return {name: spec_from_unischema(f) for name, f in schema.fields.items()}
 
