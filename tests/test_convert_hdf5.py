@@ -127,8 +127,8 @@ def test_field_names_and_selection_rules():
         select_datasets("f.h5", infos, ("/zz",))
 
 
-def test_dtype_mapping_and_unrepresentable_dtypes():
-    specs = map_fields("f.h5", [DatasetInfo("/t", (4, 2), COMPOUND, None, None)])
+def test_dtype_mapping_rules_and_unique_names():
+    specs, dropped = map_fields("f.h5", [DatasetInfo("/t", (4, 2), COMPOUND, None, None)])
     got = {s.name: (s.dtype.str, s.shape, s.codec) for s in specs}
     assert got == {
         "t_a": ("<i4", (2,), "ndarray"),
@@ -136,7 +136,8 @@ def test_dtype_mapping_and_unrepresentable_dtypes():
         "t_p": ("<f4", (2, 2), "ndarray"),
         "t_vs": ("<U0", (2,), "ndarray"),
     }
-    scalars = map_fields(
+    assert dropped == []
+    scalars, _ = map_fields(
         "f.h5", [DatasetInfo(f"/{k}", (4,), np.dtype(k), None, None) for k in (">u4", "u8", "f2", "c16", "?")]
     )
     assert [(s.dtype.str, s.codec) for s in scalars] == [
@@ -146,17 +147,50 @@ def test_dtype_mapping_and_unrepresentable_dtypes():
         ("<c16", "ndarray"),
         ("|b1", "scalar"),
     ]
-    for dtype, label in [
-        (h5py.ref_dtype, "reference"),
-        (np.dtype("V8"), "opaque"),
-        (h5py.vlen_dtype("i4"), "variable-length"),
-    ]:
-        with pytest.raises(InputError, match=rf"f\.h5: dataset /bad has dtype {label}") as info:
-            map_fields("f.h5", [DatasetInfo("/bad", (4,), dtype, None, None)])
-        assert "--datasets" in str(info.value)
-    for pair in [("/a/b", "/a_b"), ("/X", "/x")]:  # Spark column names ignore case
-        with pytest.raises(InputError, match=f"datasets {pair[0]} and {pair[1]} both map to field"):
-            map_fields("f.h5", [DatasetInfo(p, (4,), np.dtype("i4"), None, None) for p in pair])
+    rules, _ = map_fields(
+        "f.h5",
+        [
+            DatasetInfo("/ref", (4,), h5py.ref_dtype, None, None),
+            DatasetInfo("/op", (4,), np.dtype("V8"), None, None),
+            DatasetInfo("/vl", (4,), h5py.vlen_dtype(">i4"), None, None),
+            DatasetInfo("/ld", (4,), np.dtype(np.longdouble), None, None),
+            DatasetInfo("/en", (4,), h5py.enum_dtype({"A": 0, "B": 7}, basetype=">i2"), None, None),
+            DatasetInfo("/dt", (4,), np.dtype("M8[s]"), None, None),
+        ],
+    )
+    assert [(s.name, s.rule, s.dtype.str, s.shape) for s in rules] == [
+        ("ref", "ref", "<U0", ()),
+        ("op", "opaque", "|u1", (8,)),
+        ("vl", "ragged", "<i4", (None,)),
+        ("ld", "longdouble", "<f8", ()),
+        ("en", "plain", "<i2", ()),
+        ("dt", "datetime", "<i8", ()),
+    ]
+    assert rules[4].labels == (("A", 0), ("B", 7))
+    # nothing convertible: a clean error naming the dataset and the reason
+    with pytest.raises(InputError, match=r"f\.h5: nothing convertible left \(/bad: region reference"):
+        map_fields("f.h5", [DatasetInfo("/bad", (4,), h5py.regionref_dtype, None, None)])
+    # a 2-D vlen dataset is left out, with the reason
+    _, dropped = map_fields(
+        "f.h5",
+        [DatasetInfo("/x", (4,), np.dtype("i4"), None, None), DatasetInfo("/g", (4, 2), h5py.vlen_dtype("i4"), None, None)],
+    )
+    assert dropped == [("/g", "variable-length sequences in a dataset of row shape (2,) (only 1-D datasets become ragged fields)")]
+
+
+def test_colliding_names_get_numbered_suffixes():
+    infos = [DatasetInfo(p, (4,), np.dtype("i4"), None, None) for p in ("/<c16", "/>c16", "/a/b", "/a_b", "/X", "/x")]
+    compound = np.dtype([("a b", "i4"), ("a_b", "i4"), ("A-B", "i4")])
+    infos.append(DatasetInfo("/t", (4,), compound, None, None))
+    infos.append(DatasetInfo("/t_a_b", (4,), np.dtype("i4"), None, None))
+    specs, _ = map_fields("f.h5", infos)
+    assert [s.name for s in specs] == ["c16", "c16_2", "a_b", "a_b_2", "X", "x_2", "t_a_b", "t_a_b_2", "t_A_B_3", "t_a_b_4"]
+    # the loader adds <ragged>_lengths: a field of that name moves out of the way
+    specs, _ = map_fields(
+        "f.h5",
+        [DatasetInfo("/v", (4,), h5py.vlen_dtype("i4"), None, None), DatasetInfo("/v_lengths", (4,), np.dtype("i8"), None, None)],
+    )
+    assert [s.name for s in specs] == ["v", "v_lengths_2"]
 
 
 def test_slices_are_aligned_to_chunks():
@@ -292,15 +326,13 @@ def test_fail_mode_and_bad_dtypes_stop_before_spark(tmp_path):
     assert "--on-error skip" in str(info.value)
     with h5py.File(tmp_path / "refs.h5", "w") as f:
         f["x"] = np.arange(3)
-        f.create_dataset("refs", (3,), dtype=h5py.ref_dtype)
-    with pytest.raises(InputError, match=r"refs\.h5: dataset /refs has dtype reference"):
-        convert_hdf5(None, tmp_path / "refs.h5", tmp_path / "out")
-    with h5py.File(tmp_path / "blosc.h5", "w") as f:  # a filter id h5py has no decoder for
-        f.create_dataset("x", data=np.arange(8), chunks=(4,), compression=32001, allow_unknown_filter=True)
-    with pytest.raises(
-        InputError, match=r"blosc\.h5: dataset /x is compressed with HDF5 filter .*32001.*hdf5plugin"
-    ):
-        convert_hdf5(None, tmp_path / "blosc.h5", tmp_path / "out")
+        f.create_dataset("refs", (3,), dtype=h5py.regionref_dtype)
+    with pytest.raises(InputError, match=r"refs\.h5: dataset /refs cannot be converted: region reference"):
+        convert_hdf5(None, tmp_path / "refs.h5", tmp_path / "out", Hdf5Options(datasets=("x", "refs")))
+    with h5py.File(tmp_path / "snappy.h5", "w") as f:  # a filter id no installed plugin decodes
+        f.create_dataset("x", data=np.arange(8), chunks=(4,), compression=32003, allow_unknown_filter=True)
+    with pytest.raises(InputError, match=r"snappy\.h5: dataset /x is compressed with HDF5 filter 32003 \(Snappy\)"):
+        convert_hdf5(None, tmp_path / "snappy.h5", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

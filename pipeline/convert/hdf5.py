@@ -15,7 +15,6 @@ the same dtypes and row shapes (its own first-axis length may differ), otherwise
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
@@ -24,24 +23,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
-from pipeline.convert.hdf5_read import StringDecodeError, read_slice, unischema_for
+from pipeline.convert.hdf5_attrs import collect_metadata
+from pipeline.convert.hdf5_filters import missing_filter_error, register_plugins
+from pipeline.convert.hdf5_read import ValueCheckError, read_slice, unischema_for
 from pipeline.convert.hdf5_schema import (
     DatasetInfo,
     FieldSpec,
     Slice,
+    dataset_fields,
     discover_datasets,
     map_fields,
     missing_filters,
     plan_slices,
     select_datasets,
+    wanted_names,
 )
 from pipeline.convert.listing import SourceFile, list_source_files, local_path
 from pipeline.errors import ConfigError, InputError
+from pipeline.storage import is_remote, open_input
 
 __all__ = ["Hdf5Options", "add_arguments", "convert_hdf5", "options_from_args"]
 
 log = logging.getLogger(__name__)
 
+_PYTABLES_INDEX = "PyTables index (internal)"
 _SKIP_HINT = "fix or remove the file, or pass --on-error skip to skip it and list it in DEST/_skipped.jsonl"
 
 
@@ -111,39 +116,60 @@ class _FileMeta:
     chosen: list[DatasetInfo]
     left_out: list[tuple[str, str]]
     specs: list[FieldSpec]
+    attrs: dict[str, Any]
 
 
-def _register_plugins() -> None:
-    """Make the filters of ``hdf5plugin`` (Blosc, Bitshuffle, LZ4, Zstd, ...) readable when it is installed."""
-    with contextlib.suppress(ImportError):
-        import hdf5plugin  # noqa: F401
+def _read_metadata(path: str, wanted: tuple[str, ...] | None, *, first: bool = False) -> _FileMeta:
+    """Metadata of one file (never its data); raises :class:`InputError` for a bad file.
 
-
-def _read_metadata(path: str, wanted: tuple[str, ...] | None) -> _FileMeta:
-    """Metadata of one file (never its data); raises :class:`InputError` for a bad file."""
+    ``first``: the file that decides the layout: its attributes and scalars are collected and
+    what is left out is logged.
+    """
     import h5py
 
-    _register_plugins()
+    register_plugins()
     try:
-        if not h5py.is_hdf5(path):
+        if not is_remote(path) and not h5py.is_hdf5(path):
             raise InputError(f"{path} is not an HDF5 file (no HDF5 signature)", hint=_SKIP_HINT)
-        with h5py.File(path, "r") as h5:
+        with h5py.File(open_input(path) if is_remote(path) else path, "r") as h5:
             infos = discover_datasets(h5)
+            attrs = collect_metadata(h5, [d.path for d in infos if not d.shape]) if first else {}
     except InputError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{path}: cannot read HDF5 metadata: {exc}", hint=_SKIP_HINT) from None
-    chosen, left_out = select_datasets(path, infos, wanted)
+    usable, unusable = [], []
+    for info in infos:
+        if not wanted and any(part.startswith("_i_") for part in info.path.split("/")):
+            unusable.append((info.path, _PYTABLES_INDEX))
+        elif info.shape and not dataset_fields(info)[0]:
+            unusable.append((info.path, "; ".join(why for _, why in dataset_fields(info)[1])))
+        else:
+            usable.append(info)
+    if wanted:
+        for p, why in unusable:
+            if wanted_names(p) & set(wanted):
+                raise InputError(
+                    f"{path}: dataset {p} cannot be converted: {why}",
+                    hint="leave it out of --datasets; docs/convert_text_hdf5.md lists the HDF5 types that convert",
+                )
+    if unusable and not any(d.shape for d in usable):
+        listed = "; ".join(f"{p}: {why}" for p, why in unusable)
+        raise InputError(
+            f"{path}: no dataset can be converted ({listed})",
+            hint="docs/convert_text_hdf5.md lists the HDF5 types that convert",
+        )
+    chosen, left_out = select_datasets(path, usable, wanted)
     for info in chosen:
         for code, name in missing_filters(info):
-            raise InputError(
-                f"{path}: dataset {info.path} is compressed with HDF5 filter {name or '?'} (id {code}), "
-                "which this h5py cannot decode",
-                hint="`pip install hdf5plugin` adds Blosc, Bitshuffle, LZ4, Zstd and more; "
-                "or leave the dataset out with --datasets",
-            )
-    specs = map_fields(path, chosen)
-    return _FileMeta(chosen[0].rows, chosen, left_out, specs)
+            raise missing_filter_error(path, info.path, code, name)
+    specs, dropped = map_fields(path, chosen)
+    left_out = [*unusable, *dropped, *left_out]
+    if first:
+        for p, why in [*unusable, *dropped]:
+            if why != _PYTABLES_INDEX:
+                log.warning("%s: leaving out %s: %s", path, p, why)
+    return _FileMeta(chosen[0].rows, chosen, sorted(left_out), specs, attrs)
 
 
 def _row_bytes(chosen: list[DatasetInfo]) -> int:
@@ -156,8 +182,8 @@ def _row_bytes(chosen: list[DatasetInfo]) -> int:
     return max(1, total)
 
 
-def _signature(specs: list[FieldSpec]) -> list[tuple[str, str, tuple[int, ...]]]:
-    return [(s.name, s.dtype.str, s.shape) for s in specs]
+def _signature(specs: list[FieldSpec]) -> list[tuple[str, str, str, tuple[int | None, ...]]]:
+    return [(s.name, s.rule, s.dtype.str, s.shape) for s in specs]
 
 
 @dataclass
@@ -171,15 +197,18 @@ class _Plan:
 
 
 def _plan(src: str, options: Hdf5Options, on_error: str) -> _Plan:
-    root = local_path(src)
-    files = list_source_files(src, extensions=None if root.is_file() else options.suffixes, what="HDF5 files")
+    root = None if is_remote(src) else local_path(src)
+    files = list_source_files(src, extensions=None if root is not None and root.is_file() else options.suffixes, what="HDF5 files")
     first: _FileMeta | None = None
     items: list[Slice | _BadFile] = []
     sizes: list[int] = []
     rows = 0
     for source in files:
         try:
-            meta = _read_metadata(source.path, options.datasets if first is None else _paths(first))
+            if first is None:
+                meta = _read_metadata(source.path, options.datasets, first=True)
+            else:
+                meta = _read_metadata(source.path, _paths(first))
             if first is not None and _signature(meta.specs) != _signature(first.specs):
                 raise InputError(
                     f"{source.path}: its datasets do not match {files[0].path}: fields "
@@ -196,7 +225,7 @@ def _plan(src: str, options: Hdf5Options, on_error: str) -> _Plan:
         if first is None:
             first = meta
             for path, why in meta.left_out:
-                log.info("%s: leaving out dataset %s (%s)", source.path, path, why)
+                log.info("%s: leaving out %s (%s)", source.path, path, why)
         row_bytes = _row_bytes(meta.chosen)
         chunked = sorted((d for d in meta.chosen if d.chunks), key=lambda d: -_row_bytes([d]))
         target = max(1, int(options.slice_mb * (1 << 20)))
@@ -210,10 +239,18 @@ def _plan(src: str, options: Hdf5Options, on_error: str) -> _Plan:
         raise InputError(
             f"no readable HDF5 file in {src}", hint="check SRC; every file was bad (see the log)"
         )
+    if rows == 0 and not any(isinstance(i, _BadFile) for i in items):
+        raise InputError(
+            f"{src}: nothing to convert: the selected datasets ({', '.join(_paths(first))}) have 0 rows",
+            hint="an empty dataset has nothing to store; pick others with --datasets",
+        )
     facts = {
         "fields": {s.name: s.dataset + ("." + ".".join(s.member) if s.member else "") for s in first.specs},
         "datasets": [d.path for d in first.chosen],
         "left_out": [{"dataset": p, "reason": why} for p, why in first.left_out],
+        "conversions": {s.name: s.note for s in first.specs if s.note},
+        "enums": {s.name: dict(s.labels) for s in first.specs if s.labels},
+        **first.attrs,
         "hdf5_rows": rows,
         "slices": sum(isinstance(i, Slice) for i in items),
     }
@@ -230,7 +267,7 @@ def _process(
     """Partition function (runs in a Spark executor): each task opens its files and reads its slices."""
     import h5py
 
-    _register_plugins()
+    register_plugins()
     handle: Any = None
     opened: str | None = None
     try:
@@ -244,12 +281,12 @@ def _process(
                     if handle is not None:
                         handle.close()
                     handle, opened = None, item.file
-                    handle = h5py.File(item.file, "r")
+                    handle = h5py.File(open_input(item.file) if is_remote(item.file) else item.file, "r")
                 columns = read_slice(handle, specs, schema, item.start, item.stop)
-            except StringDecodeError as exc:
+            except ValueCheckError as exc:
                 errors.bad(item.file, str(exc), record=where)
                 continue
-            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
                 errors.bad(item.file, f"cannot read HDF5 data: {exc}", record=where)
                 continue
             yield columns

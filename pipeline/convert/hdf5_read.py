@@ -3,7 +3,8 @@
 Runs inside Spark tasks: :func:`read_slice` reads rows ``[start, stop)`` of every selected
 dataset of an open ``h5py.File`` (one hyperslab read per dataset, decompressed by HDF5) and
 returns columns in their stored form: Python scalars and strings for ``ScalarCodec`` fields,
-``np.save`` bytes for ``NdarrayCodec`` fields.
+``np.save`` bytes for ``NdarrayCodec`` fields. Each field's ``rule``
+(:mod:`pipeline.convert.hdf5_types`) says how its values are turned into the field's dtype.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import numpy as np
 
 from pipeline.convert.hdf5_schema import FieldSpec
 
-__all__ = ["StringDecodeError", "read_slice", "unischema_for"]
+__all__ = ["StringDecodeError", "ValueCheckError", "read_slice", "unischema_for"]
 
 
-class StringDecodeError(ValueError):
-    """A string value of an HDF5 dataset is not valid UTF-8 (bad input, with where it happened)."""
+class ValueCheckError(ValueError):
+    """A value of an HDF5 dataset cannot be converted by its rule (bad input, with where it happened)."""
+
+
+class StringDecodeError(ValueCheckError):
+    """A string value of an HDF5 dataset is not valid UTF-8."""
 
 
 def _spark_scalar_type(dtype: np.dtype) -> Any:
@@ -39,8 +44,7 @@ def _spark_scalar_type(dtype: np.dtype) -> Any:
 
 def unischema_for(specs: Sequence[FieldSpec], name: str = "Hdf5Schema") -> Any:
     """The ``Unischema`` of the fields: ``ScalarCodec`` for scalars, ``NdarrayCodec`` otherwise."""
-    from petastorm.codecs import NdarrayCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
+    from pipeline.format import NdarrayCodec, ScalarCodec, Unischema, UnischemaField
 
     fields = []
     for spec in specs:
@@ -73,7 +77,18 @@ def _leaf(values: np.ndarray, member: tuple[str, ...]) -> np.ndarray:
     return values
 
 
-def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int) -> list[Any]:
+def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int, h5file: Any) -> list[Any]:
+    if spec.rule == "ragged":
+        rows = [np.asarray(v).astype(spec.dtype, copy=False).reshape(-1) for v in values]
+        return [field.codec.encode(field, row) for row in rows]
+    if spec.rule == "ref":
+        values = _ref_paths(values, h5file)
+    elif spec.rule == "longdouble":
+        values = _exact(values, spec.dtype, where, start)
+    elif spec.rule == "opaque":
+        values = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8).reshape(values.shape + spec.shape[-1:])
+    elif spec.rule == "datetime":
+        values = values.view(np.int64) if values.dtype.itemsize == 8 else values.astype(np.int64)
     if spec.dtype.kind == "U":
         values = _decode_strings(values, where, start)
         if spec.codec == "scalar":
@@ -87,6 +102,46 @@ def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: 
         return _npy_rows(np.ascontiguousarray(values))
     codec = field.codec
     return [codec.encode(field, np.asarray(row)) for row in values]
+
+
+def _ref_paths(values: np.ndarray, h5file: Any) -> np.ndarray:
+    """Object references -> the HDF5 path of each object (``""`` for a null reference)."""
+    flat = values.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, ref in enumerate(flat):
+        out[i] = (h5file[ref].name or "") if ref else ""
+    return out.reshape(values.shape)
+
+
+def _exact(values: np.ndarray, dtype: np.dtype, where: str, start: int) -> np.ndarray:
+    """Long double -> ``dtype`` (float64/complex128); raises :class:`ValueCheckError` if a value changes."""
+    out = values.astype(dtype)
+    same = (out.astype(values.dtype) == values) | (np.isnan(values) & np.isnan(out))
+    if not same.all():
+        bad = np.argwhere(~same)[0]
+        raise ValueCheckError(
+            f"{where}: row {start + int(bad[0])}: value {values[tuple(bad)]!r} of dtype {values.dtype} is not "
+            f"exactly representable as {dtype}"
+        )
+    return out
+
+
+def _read_raw(dataset: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` as the stored bytes, without type conversion (HDF5 time types).
+
+    HDF5 has no conversion from its time types to integers, so the read uses the file's own
+    type as memory type: the bytes are copied as stored, and the caller views them.
+    """
+    import h5py
+
+    tid = dataset.id.get_type()
+    shape = tuple(dataset.shape)
+    out = np.empty((stop - start, *shape[1:]), dtype=f"V{tid.get_size()}")
+    if out.size:
+        fspace = dataset.id.get_space()
+        fspace.select_hyperslab((start, *([0] * (len(shape) - 1))), out.shape)
+        dataset.id.read(h5py.h5s.create_simple(out.shape), fspace, out, mtype=tid)
+    return out
 
 
 def _npy_rows(values: np.ndarray) -> list[bytes]:
@@ -109,7 +164,8 @@ def read_slice(
     Each source dataset is read once, however many compound members it feeds.
 
     Raises:
-        StringDecodeError: A string is not valid UTF-8 (the message names dataset and row).
+        ValueCheckError: A string is not valid UTF-8, or a long double is not exact as float64
+            (the message names dataset and row).
         OSError: HDF5 could not read the data (damaged file or chunk).
     """
     cache: dict[str, np.ndarray] = {}
@@ -117,7 +173,13 @@ def read_slice(
     for spec in specs:
         raw = cache.get(spec.dataset)
         if raw is None:
-            raw = cache[spec.dataset] = np.asarray(h5file[spec.dataset][start:stop])
+            dataset = h5file[spec.dataset]
+            if spec.raw is not None:
+                raw = _read_raw(dataset, start, stop).view(spec.raw)
+            else:
+                raw = np.asarray(dataset[start:stop])
+            cache[spec.dataset] = raw
         where = spec.dataset + (f" member {'.'.join(spec.member)}" if spec.member else "")
-        columns[spec.name] = _column(spec, _leaf(raw, spec.member), schema.fields[spec.name], where, start)
+        field = schema.fields[spec.name]
+        columns[spec.name] = _column(spec, _leaf(raw, spec.member), field, where, start, h5file)
     return columns

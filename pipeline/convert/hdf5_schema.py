@@ -10,13 +10,12 @@ Mapping rules (one row per index along the first axis of the selected datasets):
   are not letters, digits or ``_`` become ``_``; a leading digit gets an ``f`` prefix).
 * A compound dataset becomes one field per member, ``<dataset>_<member>`` (nested compounds
   recursively; array members add their shape after the dataset's own trailing shape).
-* Numeric and bool values keep their dtype (byte order normalized to native) and the shape
-  of one row (``dataset.shape[1:]``): scalars use petastorm's ``ScalarCodec``, everything else
-  ``NdarrayCodec``. Spark has no unsigned, half or complex scalars, so ``uint64``, ``float16``
-  and complex scalars are stored with ``NdarrayCodec`` too (shape ``()``), which keeps the dtype.
-* Fixed- and variable-length strings become ``str`` fields (decoded as UTF-8).
-* Anything else (references, opaque, variable-length sequences, enums over non-integers,
-  ``float128``) is an :class:`~pipeline.errors.InputError` naming the file, dataset and dtype.
+* Names that collide (ignoring case) are made unique with ``_2``, ``_3``, ... in dataset order
+  (:func:`unique_names`).
+* Each leaf type follows a rule of :mod:`pipeline.convert.hdf5_types` (plain numbers keep their
+  dtype in native byte order, strings become ``str``, variable-length numbers become ragged
+  1-D fields, ...). Scalars use petastorm's ``ScalarCodec`` where Spark has the type, everything
+  else ``NdarrayCodec``. Leaves without a rule are left out with the reason.
 """
 
 from __future__ import annotations
@@ -25,23 +24,27 @@ import keyword
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from pipeline.convert.hdf5_types import dataset_type, leaf_rules
 from pipeline.errors import InputError
 
 __all__ = [
     "DatasetInfo",
     "FieldSpec",
     "Slice",
+    "dataset_fields",
     "discover_datasets",
     "field_name",
     "map_fields",
     "missing_filters",
     "plan_slices",
     "select_datasets",
+    "unique_names",
+    "wanted_names",
 ]
 
 
@@ -57,6 +60,9 @@ class DatasetInfo:
     compression: str | None
     filters: tuple[tuple[int, str], ...] = ()
     """HDF5 filter pipeline as ``(filter id, name)`` pairs, e.g. ``((2, "shuffle"), (1, "deflate"))``."""
+    kind: str = ""
+    """``""``, ``"time"`` or ``"raw"`` (read as stored bytes, viewed through ``dtype``) or why the
+    type cannot be read (:func:`~pipeline.convert.hdf5_types.dataset_type`)."""
 
     @property
     def rows(self) -> int:
@@ -75,10 +81,18 @@ class FieldSpec:
     """Compound member path (empty for a plain dataset)."""
     dtype: np.dtype
     """Native-endian numpy dtype of the values (``<U0`` kind ``U`` for strings)."""
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
     """Shape of one row's value (``()`` for scalars)."""
     codec: str
     """``"scalar"`` or ``"ndarray"``."""
+    rule: str = "plain"
+    """How values are read (:mod:`pipeline.convert.hdf5_types`): ``plain``, ``string``, ``ragged``, ..."""
+    raw: np.dtype | None = None
+    """Set for datasets read as stored bytes (HDF5 time types): the dtype that views them."""
+    note: str = ""
+    """What the conversion did to the values (provenance), ``""`` when they are kept as they are."""
+    labels: tuple[tuple[str, int], ...] = ()
+    """Enum labels and values (provenance)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,11 @@ def field_name(*parts: str) -> str:
     if name[0].isdigit():
         name = f"f{name}"
     return f"{name}_" if keyword.iskeyword(name) else name  # rows are namedtuples in make_reader
+
+
+def wanted_names(path: str) -> set[str]:
+    """The names by which ``--datasets`` can ask for the dataset at ``path``."""
+    return {path, path.lstrip("/"), field_name(path)}
 
 
 def _filters(dataset: Any) -> tuple[tuple[int, str], ...]:
@@ -127,13 +146,15 @@ def discover_datasets(h5file: Any) -> list[DatasetInfo]:
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
             path = "/" + name
+            dtype, kind = dataset_type(obj)
             found[path] = DatasetInfo(
                 path=path,
                 shape=tuple(int(n) for n in obj.shape) if obj.shape is not None else (),
-                dtype=obj.dtype,
+                dtype=dtype,
                 chunks=tuple(obj.chunks) if obj.chunks else None,
                 compression=obj.compression,
                 filters=_filters(obj),
+                kind=kind,
             )
 
     h5file.visititems(visit)
@@ -147,8 +168,8 @@ def select_datasets(
 
     With ``wanted`` (``--datasets``): exactly those, given as HDF5 paths (``/grp/x`` or ``grp/x``)
     or field names (``grp_x``); they must share the first-axis length. Without it: among the
-    datasets with at least one dimension, the largest group of equal first-axis length; a tie
-    goes to the longer first axis. Scalar (0-d) datasets are never picked by default.
+    datasets with at least one dimension, the largest group of equal first-axis length (groups
+    of zero rows only when no other exists); a tie goes to the longer first axis. Scalar (0-d) datasets are never picked by default.
 
     Returns:
         The selection, and ``(path, why)`` for each dataset left out (logged by the caller).
@@ -159,9 +180,8 @@ def select_datasets(
     if wanted:
         by_key: dict[str, DatasetInfo] = {}
         for d in datasets:
-            by_key.setdefault(d.path, d)
-            by_key.setdefault(d.path.lstrip("/"), d)
-            by_key.setdefault(field_name(d.path), d)
+            for key in sorted(wanted_names(d.path), key=lambda k: (not k.startswith("/"), "/" in k)):
+                by_key.setdefault(key, d)
         missing = [w for w in wanted if w not in by_key]
         if missing:
             have = ", ".join(d.path for d in datasets) or "none"
@@ -191,7 +211,7 @@ def select_datasets(
             f"{source}: no dataset with a first axis to index rows by",
             hint="is this the right file? `h5ls -r FILE` lists its datasets",
         )
-    length = max(groups, key=lambda n: (len(groups[n]), n))
+    length = max(groups, key=lambda n: (n > 0, len(groups[n]), n))
     chosen = groups[length]
     left = [
         (d.path, "scalar dataset" if not d.shape else f"first axis {d.rows} != {length}")
@@ -201,74 +221,88 @@ def select_datasets(
     return chosen, left
 
 
-def _string_dtype(dtype: np.dtype) -> bool:
-    import h5py
-
-    return h5py.check_string_dtype(dtype) is not None
-
-
-def _leaf_fields(source: str, info: DatasetInfo, name: str, member: tuple[str, ...], dtype: np.dtype, shape):
-    import h5py
-
-    if dtype.names:
-        for key in dtype.names:
-            sub = dtype.fields[key][0]
-            yield from _leaf_fields(source, info, f"{name}_{field_name(key)}", (*member, key), sub, shape)
-        return
-    if dtype.subdtype is not None:
-        base, sub_shape = dtype.subdtype
-        yield from _leaf_fields(source, info, name, member, base, (*shape, *sub_shape))
-        return
-    where = f"{info.path}" + (f" member {'.'.join(member)}" if member else "")
-    if _string_dtype(dtype):
-        yield FieldSpec(name, info.path, member, np.dtype(str), shape, "scalar" if not shape else "ndarray")
-        return
-    if h5py.check_dtype(ref=dtype) is not None or h5py.check_dtype(vlen=dtype) is not None:
-        kind = "reference" if h5py.check_dtype(ref=dtype) is not None else "variable-length sequence"
-        raise InputError(
-            f"{source}: dataset {where} has dtype {kind} ({dtype}), which a dataset field cannot hold",
-            hint="leave it out with --datasets, or convert it to a numeric array first",
+def dataset_fields(info: DatasetInfo) -> tuple[list[FieldSpec], list[tuple[str, str]]]:
+    """The fields of one dataset (named after it, not yet made unique), and ``(where, why)`` for
+    each part left out (see :mod:`pipeline.convert.hdf5_types` for the rules)."""
+    rules, dropped = leaf_rules(info.dtype, info.shape[1:], info.kind)
+    base = field_name(info.path)
+    specs = []
+    for r in rules:
+        name = "_".join([base, *(field_name(m) for m in r.member)])
+        specs.append(
+            FieldSpec(
+                name,
+                info.path,
+                r.member,
+                r.dtype,
+                r.shape,
+                "scalar" if not r.shape and _scalar_ok(r.dtype) else "ndarray",
+                rule=r.rule,
+                raw=info.dtype if info.kind in ("time", "raw") else None,
+                note=r.note,
+                labels=r.labels,
+            )
         )
-    if dtype.kind not in "biufc" or (dtype.kind == "f" and dtype.itemsize > 8) or dtype.itemsize > 16:
-        raise InputError(
-            f"{source}: dataset {where} has dtype {_kind_name(dtype)} ({dtype!s}), which a dataset field "
-            "cannot hold",
-            hint="leave it out with --datasets; supported: bool, ints, uints, float16/32/64, complex, strings",
-        )
-    native = dtype.newbyteorder("=")
-    scalar_ok = (
-        native.kind in "bi"
-        or (native.kind == "u" and native.itemsize < 8)
-        or (native.kind == "f" and native.itemsize in (4, 8))
+    where = [(info.path + (f" member {'.'.join(m)}" if m else ""), why) for m, why in dropped]
+    return specs, where
+
+
+def _scalar_ok(dtype: np.dtype) -> bool:
+    """Spark has a scalar type for it (no unsigned 64, half or complex scalars)."""
+    return (
+        dtype.kind in "biU"
+        or (dtype.kind == "u" and dtype.itemsize < 8)
+        or (dtype.kind == "f" and dtype.itemsize in (4, 8))
     )
-    codec = "scalar" if not shape and scalar_ok else "ndarray"
-    yield FieldSpec(name, info.path, member, native, shape, codec)
 
 
-def _kind_name(dtype: np.dtype) -> str:
-    names = {"V": "opaque (raw bytes)", "O": "object", "M": "datetime", "m": "timedelta", "S": "bytes"}
-    return names.get(dtype.kind, dtype.name)
+def unique_names(specs: list[FieldSpec]) -> list[FieldSpec]:
+    """Make field names unique: the first field (dataset order, then member order) keeps its name,
+    each later one that equals a taken name (ignoring case, as Spark does) gets ``_2``, ``_3``, ...
+    (the smallest free number). A field named like ``<ragged field>_lengths`` (which the loader
+    adds to batches) counts as taken too."""
+    taken: set[str] = set()
+    out: list[FieldSpec] = []
+    for spec in specs:
+        name, n = spec.name, 2
+        while name.lower() in taken:
+            name, n = f"{spec.name}_{n}", n + 1
+        taken.add(name.lower())
+        out.append(spec if name == spec.name else replace(spec, name=name))
+    lengths = {f"{s.name}_lengths".lower() for s in out if s.rule == "ragged"}
+    for i, spec in enumerate(out):
+        if spec.name.lower() in lengths:
+            name, n = f"{spec.name}_2", 3
+            while name.lower() in taken or name.lower() in lengths:
+                name, n = f"{spec.name}_{n}", n + 1
+            taken.add(name.lower())
+            out[i] = replace(spec, name=name)
+    return out
 
 
-def map_fields(source: str, datasets: list[DatasetInfo]) -> list[FieldSpec]:
-    """Output fields of the selected datasets, in dataset order.
+def map_fields(source: str, datasets: list[DatasetInfo]) -> tuple[list[FieldSpec], list[tuple[str, str]]]:
+    """Output fields of the selected datasets, in dataset order, with unique names (:func:`unique_names`).
+
+    Returns:
+        The fields, and ``(where, why)`` for each part of a dataset left out (a compound member
+        or a whole dataset whose type has no field rule).
 
     Raises:
-        InputError: A dtype cannot be represented, or two datasets map to the same field name.
+        InputError: Nothing of the datasets can be converted.
     """
     specs: list[FieldSpec] = []
+    dropped: list[tuple[str, str]] = []
     for info in datasets:
-        specs.extend(_leaf_fields(source, info, field_name(info.path), (), info.dtype, info.shape[1:]))
-    seen: dict[str, FieldSpec] = {}
-    for spec in specs:
-        key = spec.name.lower()  # Spark column names are case-insensitive
-        if key in seen:
-            raise InputError(
-                f"{source}: datasets {seen[key].dataset} and {spec.dataset} both map to field {spec.name!r}",
-                hint="pick one of them with --datasets",
-            )
-        seen[key] = spec
-    return specs
+        got, lost = dataset_fields(info)
+        specs.extend(got)
+        dropped.extend(lost)
+    if not specs:
+        listed = "; ".join(f"{w}: {why}" for w, why in dropped) or "no datasets"
+        raise InputError(
+            f"{source}: nothing convertible left ({listed})",
+            hint="see docs/convert_text_hdf5.md for the HDF5 types that convert; pick others with --datasets",
+        )
+    return unique_names(specs), dropped
 
 
 def plan_slices(
