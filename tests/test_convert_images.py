@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ def smooth(h: int, w: int, seed: int) -> np.ndarray:
         [128 + 100 * np.sin(a * xx + b * yy), 128 + 100 * np.cos(b * xx), (xx * 255 // w + c * yy)], -1
     )
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def half_up(value: Fraction) -> int:
+    """``value`` rounded to the nearest integer, halves up (at least 1)."""
+    return max(1, int(value + Fraction(1, 2)))
 
 
 def jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:
@@ -158,13 +164,16 @@ def test_size_gives_a_fixed_shape_equal_to_the_same_resize_done_independently(sp
     assert inspect_dataset(result.output).fields["image"].shape == (16, 24, 3)
     for rel, (image, _) in rows.items():
         source = Image.fromarray(expected_rgb(src / rel))
-        if fit == "center-crop":
-            want = ImageOps.fit(source, (24, 16), Image.Resampling.BILINEAR)
+        sw, sh = source.size
+        if fit == "center-crop":  # the largest centered 24:16 region, its short side rounded (half up)
+            cw, ch = (sw, half_up(Fraction(sw * 16, 24))) if 24 * sh >= 16 * sw else (half_up(Fraction(sh * 24, 16)), sh)
+            left, top = (sw - cw) // 2, (sh - ch) // 2
+            want = source.resize((24, 16), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
         elif fit == "resize":
             want = source.resize((24, 16), Image.Resampling.BILINEAR)
         else:
-            scale = min(24 / source.width, 16 / source.height)
-            w, h = round(source.width * scale), round(source.height * scale)
+            scale = min(Fraction(24, sw), Fraction(16, sh))
+            w, h = half_up(sw * scale), half_up(sh * scale)
             want = Image.new("RGB", (24, 16))
             want.paste(source.resize((w, h), Image.Resampling.BILINEAR), ((24 - w) // 2, (16 - h) // 2))
         np.testing.assert_array_equal(image, np.asarray(want), err_msg=f"{rel} {fit}")
@@ -399,3 +408,62 @@ def test_jpeg_draft_decodes_big_photos_at_a_reduced_scale_close_to_a_full_decode
     a, b = (cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_COLOR).astype(int) for x in (full, fast))
     assert a.shape == b.shape == (48, 64, 3)
     assert np.abs(a - b).mean() < 3
+
+
+def write_mixed_folder(root: Path, count: int, sizes: list[tuple[int, int]] | None = None) -> list[str]:
+    """``count`` ordinary RGB images, alternately JPEG and PNG, in 3 class folders; returns rel paths."""
+    rng = np.random.default_rng(300)
+    sizes = sizes or [(103, 127), (156, 98)]
+    while len(sizes) < count:
+        sizes.append((int(rng.integers(40, 201)), int(rng.integers(40, 301))))
+    rels = []
+    for i, (h, w) in enumerate(sizes[:count]):
+        rel = f"{('cat', 'dog', 'owl')[i % 3]}/img{i:03d}.{'jpg' if i % 2 else 'png'}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth(h, w, i)).save(root / rel, **({"quality": 90} if i % 2 else {}))
+        rels.append(rel)
+    return rels
+
+
+@pytest.mark.slow
+def test_300_ordinary_images_of_mixed_sizes_convert_at_64x64_with_none_skipped(spark, tmp_path, capsys):
+    src = tmp_path / "photos"
+    write_mixed_folder(src, 300)  # includes 127x103 and 98x156 (W x H), which failed before
+    dest = tmp_path / "out"
+    argv = ["convert", "images", str(src), str(dest), "--size", "64x64", "--on-error", "skip", "--json"]
+    assert cli_main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["rows"], out["skipped"]) == (300, 0)
+    assert out["extra"]["passed_through"] + out["extra"]["re_encoded"] == 300
+    table = [pq.read_table(f) for f in list_dataset_files(out["output"]).files]
+    for blob in (b for t in table for b in t["image"].to_pylist()):
+        assert Image.open(io.BytesIO(blob)).size == (64, 64)
+
+
+def test_mixed_jpeg_and_png_folder_keeps_each_images_bytes(spark, tmp_path):
+    """auto encoding: JPEG and PNG rows keep their own bytes; petastorm and our loader read both."""
+    import cv2
+
+    import pipeline
+
+    src = tmp_path / "mixed"
+    rels = write_mixed_folder(src, 8, [(24, 32)] * 8)
+    Image.fromarray(smooth(24, 32, 99)[:, :, 0]).save(src / "cat" / "gray.jpg")  # must be decoded
+    result = convert_images(spark, str(src), str(tmp_path / "out"), ImageOptions(size=(24, 32)))
+    assert result.extra["encoding"] == "png"  # the field's declared codec: not every source is a JPEG
+    assert (result.extra["passed_through"], result.extra["re_encoded"]) == (8, 1)
+    stored = {r["path"]: bytes(r["image"]) for r in spark.read.parquet(result.output).collect()}
+    for rel in rels:
+        assert stored[rel] == (src / rel).read_bytes(), rel
+    assert stored["cat/gray.jpg"].startswith(b"\x89PNG")  # re-encoded in the declared encoding
+    expected = {rel: cv2.imread(str(src / rel), cv2.IMREAD_COLOR)[:, :, ::-1] for rel in rels}
+    rows = read_back(spark, result.output)  # petastorm's make_reader decodes by content
+    for rel in rels:
+        np.testing.assert_array_equal(rows[rel][0], expected[rel], err_msg=rel)
+    want = {p: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for p, b in stored.items()}
+    seen = []
+    with pipeline.open_loader(result.output, batch_size=4, shuffle=False, num_epochs=1) as loader:
+        for batch in loader:  # fixed-shape field: the reader's JPEG fast path and its OpenCV path
+            for image in batch["image"].numpy():
+                seen += [p for p, w in want.items() if np.array_equal(image, w)][:1]
+    assert sorted(seen) == sorted(stored)
