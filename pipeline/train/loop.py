@@ -8,11 +8,22 @@ rest the same way for every job::
         torch.manual_seed(config.seed)              # the same initial weights on every rank
         model = SmallCNN(...).to(ctx.device)
         return fit(ctx, config, settings, model, task, must_match=(...))
+
+One loader serves the whole run (``num_epochs=epochs``: the reader's own per-epoch order, and
+its read-ahead into the next epoch while rank 0 evaluates). A checkpoint is saved after every
+epoch, every ``config.checkpoint_every`` steps, and when SIGTERM or SIGINT arrives (preemption:
+the step in progress finishes, the ranks agree to stop after the same step, the checkpoint is
+written, and :func:`fit` returns with ``status="preempted"``). Resuming from a checkpoint saved
+mid-epoch continues that epoch at the next batch: model, optimizer, LR scheduler, RNG states,
+the loader's position and the epoch's running metric sums are all restored, so the run ends
+with the same weights and metrics as one that was never interrupted.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.train.metrics import RunningSums
+from pipeline.errors import PipelineError
+from pipeline.train.metrics import RunningSums, write_metrics
+from pipeline.train.monitor import Progress, Trackers
 from pipeline.train.process_group import DistContext
-from pipeline.train.run import cosine_lr, derive_seed, format_row, prepare_run_dir
+from pipeline.train.run import RunDir, cosine_lr, derive_seed, format_row, prepare_run_dir
 
 __all__ = ["Step", "Task", "fit"]
 
@@ -55,6 +68,82 @@ class Task:
     """Let the loader deliver batches on the rank's device (pinned, side-stream copies)."""
     clip_grad_norm: float | None = None
     """Clip the gradients' norm to this before each step; ``None`` = no clipping."""
+    drop_last: bool = False
+    """``False``: every sample every epoch (shards padded, last batch short); ``True``: full batches only."""
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second signal: stop waiting for the step
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        log.warning("%s received: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+class _Agreement:
+    """Whether any rank wants to stop, agreed by all ranks after each step (CPU collective)."""
+
+    def __init__(self, ctx: DistContext) -> None:
+        import torch.distributed as dist
+
+        self._group = None
+        self._active = ctx.world_size > 1 and dist.is_initialized()
+        if self._active and ctx.backend != "gloo":
+            self._group = dist.new_group(backend="gloo")  # no GPU sync for a one-int flag
+
+    def any(self, flag: bool) -> bool:
+        if not self._active:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(value.item())
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather(ctx: DistContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    if ctx.world_size == 1 or not dist.is_initialized():
+        return [payload]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, payload)
+    return gathered
 
 
 def fit(
@@ -71,14 +160,17 @@ def fit(
     Args:
         ctx: This rank's place in the process group.
         config: The job's settings: ``run_dir``, ``train_url``, ``epochs``, ``batch_size``, ``lr``,
-            ``weight_decay``, ``seed``, ``workers`` (and ``eval_url`` for ``task.evaluate``).
+            ``weight_decay``, ``seed``, ``workers`` (and ``eval_url`` for ``task.evaluate``;
+            optional ``checkpoint_every``: steps between checkpoints, ``None``/``0`` = per epoch
+            only; optional ``tensorboard_dir``).
         settings: Settings recorded in checkpoints and ``metrics.json``.
         model: The model, on ``ctx.device``, initialised the same on every rank.
         task: The job's step and evaluation.
         must_match: Settings a checkpoint must share to be resumed from.
 
     Returns:
-        Rank 0's summary: history, paths, timing (every rank returns its own view).
+        Rank 0's summary: history, paths, timing, ``status`` (``"finished"`` or ``"preempted"``)
+        (every rank returns its own view).
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -86,85 +178,230 @@ def fit(
 
     run = prepare_run_dir(config.run_dir, resume=True)  # the driver already applied resume=False
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    restored = run.resume(model=model, optimizer=optimizer, config=settings, must_match=must_match)
-    start = restored.epoch if restored else 0
-    ctx.ensure_agreed(
-        start,
-        what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)",
-        hint="run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)",
+    epochs = config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine_lr(1.0, e, epochs))
+    restored = run.resume(
+        model=model, optimizer=optimizer, scheduler=scheduler, config=dict(settings), must_match=must_match
     )
+    start, first_step = (restored.epoch, restored.step) if restored else (0, 0)
+    hint = "run_dir must be on storage every rank sees (on a cluster: a shared or mounted folder)"
+    ctx.ensure_agreed(start, what=f"the epoch to resume from ({config.run_dir}/checkpoint.pt)", hint=hint)
+    ctx.ensure_agreed(first_step, what=f"the step to resume from ({config.run_dir}/checkpoint.pt)", hint=hint)
+    if first_step and restored is not None and len(restored.ranks) != ctx.world_size:
+        raise PipelineError(
+            f"{run.checkpoint} was saved in the middle of epoch {start + 1} by {len(restored.ranks)} ranks; "
+            f"this run has {ctx.world_size}",
+            hint=f"resume with --num-processes {len(restored.ranks)} (a mid-epoch checkpoint resumes only on "
+            "the same number of ranks), or use another run_dir",
+        )
     history = restored.history if restored else []
+    global_step = restored.global_step if restored else 0
+    every = int(getattr(config, "checkpoint_every", None) or 0)
     ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    agreement = _Agreement(ctx)
+    progress = Progress(enabled=ctx.is_main)
+    trackers = Trackers(tensorboard_dir=getattr(config, "tensorboard_dir", None)) if ctx.is_main else None
+    if trackers is not None:
+        trackers.log_params(settings)
     started = time.perf_counter()
-    for epoch in range(start, config.epochs):
-        t0 = time.perf_counter()
-        lr = cosine_lr(config.lr, epoch, config.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))  # dropout; reproducible on resume
-        sums = RunningSums(ctx.device)
-        ddp.train()
-        # With loader_on_device and a CUDA device the loader hands over batches already on the
-        # GPU: it collates into pinned buffers and copies on a side stream, the equivalent of
-        # `x.pin_memory().to(device, non_blocking=True)` one batch ahead of this loop.
-        with open_loader(
-            config.train_url,
-            batch_size=config.batch_size,
-            seed=derive_seed(config.seed, epoch),
-            num_epochs=1,
-            shuffle=True,
-            drop_last=True,  # every rank takes the same number of steps (DDP needs it)
-            device=ctx.device if task.loader_on_device else None,
-            workers=config.workers,
-            fields=list(task.fields),
-        ) as loader:
-            for batch in loader:
-                loss, loss_sum, correct, count = task.step(ddp, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if task.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
-                optimizer.step()
-                sums.add(loss=loss_sum.detach(), correct=correct, n=count)
-        totals = sums.reduce()  # every rank: all-reduce over the process group
-        n = max(totals.get("n", 0.0), 1.0)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "epochs": config.epochs,
-            "train_loss": totals.get("loss", float("nan")) / n,
-            "train_accuracy": totals.get("correct", 0.0) / n,
-            task.count_key: int(totals.get("n", 0)),
-            "lr": lr,
-        }
-        if ctx.is_main:
-            if task.evaluate is not None:
-                t_eval = time.perf_counter()
-                row.update(task.evaluate(model))
-                row["eval_seconds"] = time.perf_counter() - t_eval
-            row["seconds"] = time.perf_counter() - t0
-            if task.rate_key:
-                row[task.rate_key] = row[task.count_key] / max(row["seconds"], 1e-9)
-            history.append(row)
-            run.record_epoch(
-                model=model,
-                optimizer=optimizer,
-                epoch=epoch + 1,
-                history=history,
-                config=settings,
-                title=task.title,
-            )
-            log.info("%s: %s", task.title, format_row(row))
-        torch.distributed.barrier()
-    summary = {
+    status, stopped_at = "finished", (epochs, 0)
+    # With loader_on_device and a CUDA device the loader hands over batches already on the
+    # GPU: it collates into pinned buffers and copies on a side stream, the equivalent of
+    # `x.pin_memory().to(device, non_blocking=True)` one batch ahead of this loop.
+    loader = open_loader(
+        config.train_url,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_epochs=epochs,
+        shuffle=True,
+        drop_last=task.drop_last,
+        device=ctx.device if task.loader_on_device else None,
+        workers=config.workers,
+        fields=list(task.fields),
+    )
+    try:
+        with loader, _StopSignals() as signals:
+            _restore_loader(loader, restored, ctx.rank, start)
+            steps = len(loader)
+            rank_state = restored.ranks[ctx.rank] if restored is not None and first_step else None
+            for epoch in range(start, epochs):
+                step = first_step if epoch == start else 0
+                sums = RunningSums(ctx.device)
+                spent = 0.0
+                if step and rank_state is not None:
+                    sums.load(rank_state["sums"])
+                    _set_rng_state(rank_state["rng"], ctx.device)
+                    spent = float(rank_state.get("seconds", 0.0))
+                else:
+                    torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))  # dropout; reproducible
+                lr = optimizer.param_groups[0]["lr"]
+                ddp.train()
+                t0 = time.perf_counter() - spent
+                stop = False
+                while step < steps:
+                    batch = next(loader)
+                    loss, loss_sum, correct, count = task.step(ddp, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if task.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
+                    optimizer.step()
+                    sums.add(loss=loss_sum.detach(), correct=correct, n=count)
+                    step += 1
+                    global_step += 1
+                    progress.update(epoch=epoch, epochs=epochs, step=step, steps=steps, stats=loader.stats)
+                    stop = agreement.any(signals.received is not None)
+                    if step < steps and (stop or (every and global_step % every == 0)):
+                        ranks = _gather(
+                            ctx,
+                            {
+                                "loader": loader.state_dict(),
+                                "rng": _rng_state(ctx.device),
+                                "sums": sums.local(),
+                                "seconds": time.perf_counter() - t0,
+                            },
+                        )
+                        if ctx.is_main:
+                            run_save(
+                                run,
+                                model,
+                                optimizer,
+                                scheduler,
+                                epoch,
+                                step,
+                                global_step,
+                                history,
+                                settings,
+                                ranks,
+                            )
+                            write_metrics(
+                                run.metrics,
+                                history,
+                                config=dict(settings),
+                                status="preempted" if stop else "running",
+                            )
+                        torch.distributed.barrier()
+                        if stop:
+                            break
+                if stop and step < steps:
+                    status, stopped_at = "preempted", (epoch, step)
+                    break
+                row = _epoch_row(task, epoch, epochs, lr, sums.reduce(), loader.stats())
+                scheduler.step()
+                if ctx.is_main:
+                    if task.evaluate is not None:
+                        t_eval = time.perf_counter()
+                        row.update(task.evaluate(model))
+                        row["eval_seconds"] = time.perf_counter() - t_eval
+                    row["seconds"] = time.perf_counter() - t0
+                    if task.rate_key:
+                        row[task.rate_key] = row[task.count_key] / max(row["seconds"], 1e-9)
+                    history.append(row)
+                    progress.close()
+                    run.record_epoch(
+                        model=model,
+                        optimizer=optimizer,
+                        epoch=epoch + 1,
+                        history=history,
+                        config=dict(settings),
+                        title=task.title,
+                        scheduler=scheduler,
+                        global_step=global_step,
+                        ranks=[{"loader": loader.state_dict()}],  # an epoch boundary: any rank's will do
+                    )
+                    if trackers is not None:
+                        trackers.log_epoch(row, epoch + 1)
+                    log.info("%s: %s", task.title, format_row(row))
+                torch.distributed.barrier()
+                if stop and epoch + 1 < epochs:
+                    status, stopped_at = "preempted", (epoch + 1, 0)
+                    break
+    finally:
+        progress.close()
+        if trackers is not None:
+            trackers.close()
+    summary: dict[str, Any] = {
         "run_dir": str(run.path),
         "world_size": ctx.world_size,
         "device": str(ctx.device),
         "backend": ctx.backend,
+        "status": status,
         "resumed_from_epoch": start,
-        "epochs_trained": config.epochs - start,
+        "resumed_from_step": first_step,
+        "epochs_trained": (stopped_at[0] if status == "preempted" else epochs) - start,
+        "global_step": global_step,
         "train_seconds": time.perf_counter() - started,
         "final": history[-1] if history else {},
     }
-    if ctx.is_main:
-        run.finish(history, settings, **summary)
+    if status == "preempted":
+        epoch, step = stopped_at
+        summary["resume"] = (
+            f"preempted at epoch {epoch + 1}/{epochs}, step {step}/{steps}: checkpoint saved in "
+            f"{run.checkpoint}; run the same command again to resume from there (resume is on by default)"
+        )
+        if ctx.is_main:
+            log.warning("%s", summary["resume"])
+            write_metrics(run.metrics, history, config=dict(settings), **summary)
+    elif ctx.is_main:
+        run.finish(history, dict(settings), **summary)
     return {**summary, "history": history, "metrics": str(run.metrics), "loss_curve": str(run.loss_curve)}
+
+
+def run_save(
+    run: RunDir,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    step: int,
+    global_step: int,
+    history: list[dict[str, Any]],
+    settings: Mapping[str, Any],
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Rank 0: a mid-epoch checkpoint (``epoch`` epochs finished, ``step`` steps of the next taken)."""
+    from pipeline.train.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        run.checkpoint,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=epoch,
+        step=step,
+        global_step=global_step,
+        history=history,
+        config=dict(settings),
+        ranks=ranks,
+    )
+
+
+def _restore_loader(loader: Any, restored: Any, rank: int, start: int) -> None:
+    """Put the loader where the checkpoint left it (the start of epoch ``start`` for old checkpoints)."""
+    if restored is None:
+        return
+    states = [r["loader"] for r in restored.ranks if isinstance(r, dict) and "loader" in r]
+    if states:
+        loader.load_state_dict(states[rank] if rank < len(states) else states[0])
+    elif start:
+        state = loader.state_dict()
+        loader.load_state_dict({**state, "epoch": start, "batches": 0})
+
+
+def _epoch_row(
+    task: Task, epoch: int, epochs: int, lr: float, totals: dict[str, float], stats: dict[str, Any]
+) -> dict[str, Any]:
+    n = max(totals.get("n", 0.0), 1.0)
+    current = stats.get("epoch") or stats
+    return {
+        "epoch": epoch + 1,
+        "epochs": epochs,
+        "train_loss": totals.get("loss", float("nan")) / n,
+        "train_accuracy": totals.get("correct", 0.0) / n,
+        task.count_key: int(totals.get("n", 0)),
+        "lr": lr,
+        "data_samples_per_s": current["samples_per_s"],
+        "data_wait_fraction": current["wait_fraction"],
+        "data_bound_by": current["bound_by"],
+        "data": {**current, "rss_bytes": stats["rss_bytes"], "queues": stats["queues"]},
+    }

@@ -1,4 +1,9 @@
-"""Per-epoch metrics: summed over ranks, logged, written as JSON and drawn as a loss curve."""
+"""Per-epoch metrics: summed over ranks, logged, written as JSON and drawn as a loss curve.
+
+The loss curve has a second panel when the history holds the loader's figures
+(``data_wait_fraction``, ``data_samples_per_s``): how much of each epoch the training loop
+waited for data, beside the loss it reached.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,17 @@ class RunningSums:
             else:
                 self._sums[name] = value.clone()
 
+    def local(self) -> dict[str, float]:
+        """This rank's sums as floats (for a checkpoint); no collective."""
+        return {name: float(value) for name, value in self._sums.items()}
+
+    def load(self, sums: Mapping[str, float]) -> None:
+        """Start from ``sums`` (what :meth:`local` returned before an interruption)."""
+        self._sums = {
+            name: torch.tensor(float(value), dtype=torch.float64, device=self.device)
+            for name, value in sums.items()
+        }
+
     def reduce(self, *, across_ranks: bool = True) -> dict[str, float]:
         """The sums as floats: over all ranks (every rank must call this), or this rank's own.
 
@@ -68,16 +84,20 @@ def plot_loss_curve(
 ) -> Path:
     """Draw every ``*_loss`` series of ``history`` against the epoch as a PNG.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend switch).
+    With the loader's figures in ``history`` (``data_wait_fraction``, ``data_samples_per_s``), a
+    second panel beside the loss shows the share of each epoch spent waiting for data and the
+    samples per second. Uses matplotlib's Agg canvas directly (no pyplot, no display, no global
+    backend switch).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6, 4), dpi=100)
+    data = _series(history, "data_wait_fraction")
+    figure = Figure(figsize=(11 if data else 6, 4), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_subplot(1, 2 if data else 1, 1)
     keys = sorted({k for row in history for k in row if k.endswith("_loss")})
     for key in keys:
         points = [
@@ -94,6 +114,34 @@ def plot_loss_curve(
     if keys:
         axes.legend()
     axes.grid(alpha=0.3)
+    if data:
+        _plot_data(figure.add_subplot(1, 2, 2), history, data)
     figure.tight_layout()
     figure.savefig(path)
     return path
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [
+        (row["epoch"], row[key])
+        for row in history
+        if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+    ]
+
+
+def _plot_data(axes: Any, history: Sequence[Mapping[str, Any]], wait: list[tuple[float, float]]) -> None:
+    xs, ys = zip(*wait, strict=True)
+    axes.bar(xs, [100 * y for y in ys], color="tab:orange", alpha=0.6, label="waiting for data (%)")
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("data wait (% of the epoch)")
+    axes.set_title("loader")
+    rate = _series(history, "data_samples_per_s")
+    if rate:
+        twin = axes.twinx()
+        rx, ry = zip(*rate, strict=True)
+        twin.plot(rx, ry, marker="o", color="tab:blue", label="samples/s (rank 0)")
+        twin.set_ylabel("samples/s")
+        twin.set_ylim(bottom=0)
+        twin.legend(loc="upper right")
+    axes.legend(loc="upper left")

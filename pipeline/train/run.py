@@ -1,8 +1,9 @@
 """What both training jobs share: seeds per epoch, the LR schedule and the run folder's files.
 
-A run folder holds ``checkpoint.pt`` (rank 0, after every epoch), ``metrics.json`` (the per-epoch
-history plus a summary) and ``loss_curve.png``. Running a job again on the same folder resumes
-from the checkpoint: finished epochs are not trained again.
+A run folder holds ``checkpoint.pt`` (rank 0, after every epoch, every ``checkpoint_every``
+steps and on SIGTERM/SIGINT), ``metrics.json`` (the per-epoch history plus a summary) and
+``loss_curve.png``. Running a job again on the same folder resumes from the checkpoint, in the
+middle of an epoch if it was saved there: nothing already trained is trained again.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def format_row(row: dict[str, Any]) -> str:
     """One log line for an epoch's metrics: ``epoch 3/10  train_loss 0.1234  ...``."""
     parts = []
     for key, value in row.items():
-        if key in ("epoch", "epochs"):
+        if key in ("epoch", "epochs") or isinstance(value, (dict, list)):
             continue
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return f"epoch {row['epoch']}/{row.get('epochs', '?')}  " + "  ".join(parts)
@@ -98,6 +99,7 @@ class RunDir:
         optimizer: torch.optim.Optimizer,
         config: dict[str, Any],
         must_match: tuple[str, ...],
+        scheduler: Any = None,
     ) -> Checkpoint | None:
         """Load the checkpoint if there is one; refuse one trained with different settings.
 
@@ -106,12 +108,15 @@ class RunDir:
             optimizer: Its optimizer.
             config: This run's config as a mapping.
             must_match: Keys whose value must equal the checkpoint's (the model's shape, the data).
+            scheduler: The LR scheduler. Defaults to ``None``.
 
         Raises:
             PipelineError: A key in ``must_match`` differs, or the checkpoint does not fit the model.
         """
         expected = {key: config.get(key) for key in must_match}
-        return load_checkpoint(self.checkpoint, model=model, optimizer=optimizer, expected=expected)
+        return load_checkpoint(
+            self.checkpoint, model=model, optimizer=optimizer, expected=expected, scheduler=scheduler
+        )
 
     def record_epoch(
         self,
@@ -122,17 +127,27 @@ class RunDir:
         history: list[dict[str, Any]],
         config: dict[str, Any],
         title: str,
+        **position: Any,
     ) -> None:
-        """Rank 0, after an epoch: checkpoint, metrics JSON and loss curve."""
+        """Rank 0, after an epoch: checkpoint, metrics JSON and loss curve.
+
+        ``position`` goes to :func:`save_checkpoint` (``scheduler``, ``global_step``, ``ranks``).
+        """
         save_checkpoint(
-            self.checkpoint, model=model, optimizer=optimizer, epoch=epoch, history=history, config=config
+            self.checkpoint,
+            model=model,
+            optimizer=optimizer,
+            epoch=epoch,
+            history=history,
+            config=config,
+            **position,
         )
         write_metrics(self.metrics, history, config=config, status="running")
         plot_loss_curve(self.loss_curve, history, title=title)
 
     def finish(self, history: list[dict[str, Any]], config: dict[str, Any], **summary: Any) -> None:
         """Rank 0, at the end: the final metrics JSON (``status: "finished"``) and loss curve."""
-        write_metrics(self.metrics, history, config=config, status="finished", **summary)
+        write_metrics(self.metrics, history, config=config, **{**summary, "status": "finished"})
 
 
 def prepare_run_dir(path: str | os.PathLike[str], *, resume: bool) -> RunDir:

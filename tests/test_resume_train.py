@@ -1,0 +1,259 @@
+"""Kill a 2-rank CPU training mid-epoch (SIGKILL, SIGTERM), resume it: same weights and metrics.
+
+The ranks are plain processes started here with torchrun's environment (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``...), each running :func:`pipeline.train.loop.fit` -- the loop
+both training jobs use -- on a tiny image dataset; each step sleeps 30 ms so that a signal
+lands in the middle of an epoch. Run as ``python -m tests.test_resume_train CONFIG.json`` it is
+one such rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+STEP_SLEEP_S = 0.03
+TIMING = (
+    "seconds",
+    "eval_seconds",
+    "epochs",
+    "data",
+    "data_samples_per_s",
+    "data_wait_fraction",
+    "data_bound_by",
+)
+
+
+def write_images(path: Path, rows: int = 200, row_group_rows: int = 16) -> str:
+    """A plain Parquet dataset: ``image`` uint8 8x8x3 (fixed-size lists), ``label`` int64 in 0..3."""
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, rows)
+    images = rng.integers(0, 64, (rows, 8, 8, 3), dtype=np.uint8) + (labels * 48)[:, None, None, None].astype(
+        np.uint8
+    )
+    flat = pa.array(images.reshape(-1))
+    image = pa.FixedSizeListArray.from_arrays(
+        pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, 3), 8), 8
+    )
+    table = pa.table({"image": image, "label": pa.array(labels, pa.int64())})
+    pq.write_table(table.slice(0, rows // 2), path / "part-0.parquet", row_group_size=row_group_rows)
+    pq.write_table(table.slice(rows // 2), path / "part-1.parquet", row_group_size=row_group_rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("train") / "images")
+
+
+def settings(images: str, run_dir: Path, **changes) -> dict:
+    return {
+        "train_url": images,
+        "run_dir": str(run_dir),
+        "epochs": 2,
+        "batch_size": 8,  # 100 rows per rank: 13 steps per epoch, the last one of 4 rows
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "seed": 1,
+        "workers": 2,
+        "checkpoint_every": 4,
+        **changes,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: dict, tmp_path: Path, world: int = 2) -> list[subprocess.Popen]:
+    path = tmp_path / f"config-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config))
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "PIPELINE_USE_GPU": "0",
+            "OMP_NUM_THREADS": "1",
+        }
+        cmd = [sys.executable, "-m", "tests.test_resume_train", str(path)]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    return procs
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=180)
+        out.append((proc.returncode, stdout, stderr))
+    return out
+
+
+def train(config: dict, tmp_path: Path) -> dict:
+    results = finish(launch(config, tmp_path))
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    return json.loads(results[0][1].strip().splitlines()[-1])
+
+
+def wait_for_checkpoint(run_dir: Path, procs: list[subprocess.Popen], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "checkpoint.pt").exists():
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+
+
+def final_state(run_dir: Path) -> tuple[dict, list]:
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    history = json.loads((run_dir / "metrics.json").read_text())["epochs"]
+    rows = [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+    return state["model"], rows
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    weights_a, rows_a = final_state(a)
+    weights_b, rows_b = final_state(b)
+    assert rows_a == rows_b
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name
+
+
+def reference_run(images: str, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "reference"
+    summary = train(settings(images, run_dir), tmp_path)
+    assert (summary["status"], summary["global_step"]) == ("finished", 26)
+    return run_dir
+
+
+def checkpoint_position(run_dir: Path) -> tuple[int, int, int]:
+    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return saved["epoch"], saved["step"], saved["global_step"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_sigterm_mid_epoch_and_resume_equal_the_uninterrupted_run(images, tmp_path):
+    """One run killed twice: SIGKILL (no warning; resumes from the last periodic checkpoint), then
+    SIGTERM (saves at the step it is in, exits 0); the resumed run ends where the reference ends."""
+    reference = reference_run(images, tmp_path)
+    run_dir = tmp_path / "run"
+    config = settings(images, run_dir)
+
+    procs = launch(config, tmp_path)
+    wait_for_checkpoint(run_dir, procs)  # every 4 steps: the first one is mid-epoch 1
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+    finish(procs)
+    killed = checkpoint_position(run_dir)
+    assert killed[:2] != (2, 0), "the run ended before it was killed"
+
+    procs = launch(
+        {**config, "workers": 1, "checkpoint_every": None}, tmp_path
+    )  # other workers: same batches
+    while checkpoint_position(run_dir) == killed:  # wait for the end of the epoch in progress
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        time.sleep(0.05)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    results = finish(procs)
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
+    summary = json.loads(results[0][1].strip().splitlines()[-1])
+    assert (summary["status"], summary["resumed_from_epoch"], summary["resumed_from_step"]) == (
+        "preempted",
+        killed[0],
+        killed[1],
+    )
+    assert "run the same command again to resume" in results[0][2]
+    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and 0 < saved["step"] < 13, (saved["epoch"], saved["step"])  # mid-epoch 2
+    assert len(saved["ranks"]) == 2 and saved["ranks"][1]["loader"]["rank"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "preempted"
+
+    resumed = train(config, tmp_path)
+    assert (resumed["status"], resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == (
+        "finished",
+        1,
+        saved["step"],
+    )
+    assert_same_run(run_dir, reference)
+
+
+def test_a_mid_epoch_checkpoint_refuses_another_world_size(images, tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.train.models import SmallCNN
+
+    run_dir = tmp_path / "run"
+    config = settings(images, run_dir)
+    model = SmallCNN(4, width=8)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ranks = [{"loader": {}, "rng": {}, "sums": {}}] * 2
+    save_checkpoint(
+        run_dir / "checkpoint.pt",
+        model=model,
+        optimizer=optimizer,
+        epoch=0,
+        step=3,
+        history=[],
+        config=config,
+        ranks=ranks,
+    )
+    with pytest.raises(PipelineError, match=r"saved in the middle of epoch 1 by 2 ranks; this run has 1"):
+        _rank_main_config(config)
+
+
+def _slow_step(ddp, batch):
+    from pipeline.train.image_classifier import _image_step
+
+    time.sleep(STEP_SLEEP_S)
+    return _image_step(ddp, batch)
+
+
+def _rank_main_config(values: dict) -> dict:
+    from pipeline.train.loop import Task, fit
+    from pipeline.train.models import SmallCNN
+    from pipeline.train.process_group import setup
+
+    config = SimpleNamespace(**values)
+    with setup(use_gpu=False) as ctx:
+        torch.manual_seed(config.seed)
+        model = SmallCNN(4, width=8, dropout=0.2)
+        task = Task("resume test", ["image", "label"], _slow_step, None)
+        return fit(ctx, config, values, model, task, must_match=("train_url", "seed"))
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [rank %(process)d] %(name)s: %(message)s")
+    result = _rank_main_config(json.loads(Path(sys.argv[1]).read_text()))
+    keys = ("status", "global_step", "resumed_from_epoch", "resumed_from_step", "epochs_trained")
+    print(json.dumps({k: result[k] for k in keys}))
