@@ -16,6 +16,7 @@ parent had already loaded (``memory`` mode's arrays are shared copy-on-write).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import os
@@ -109,7 +110,7 @@ class RandomAccessDataset:
             fs, url = cached_filesystem(
                 self.url, filesystem=self._filesystem, cache_dir=self._cache_dir, cache_limit=self.cache_limit
             )
-            options = ReadOptions(fields=self._fields, transform=self._transform, filesystem=fs)
+            options = dataclasses.replace(options, filesystem=fs)
         source = DatasetSource(url, options)
         fs = options.filesystem if options.filesystem is not None else resolve(self.url)[0]
         limit = self.cache_limit if self.cache == "stream" and self.cache_limit is not None else DEFAULT_STREAM_LIMIT

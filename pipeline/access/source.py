@@ -19,6 +19,7 @@ and loader use (``url``, ``sizes``, ``specs``, ``schema``, ``row_groups``, ``kin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from typing import Any
@@ -63,7 +64,7 @@ def open_source(
         fs, path = cached_filesystem(
             url, filesystem=options.filesystem, cache_dir=cache_dir, cache_limit=cache_limit
         )
-        return DatasetSource(path, ReadOptions(options.fields, options.transform, options.predicate, fs))
+        return DatasetSource(path, dataclasses.replace(options, filesystem=fs))
     if cache == "memory":
         return CachedSource(DatasetSource(url, options), limit=cache_limit)
     raise ConfigError(f"cache must be one of stream, memory, disk, got {cache!r}")
