@@ -19,6 +19,7 @@ from pipeline.storage.objects import (
     upload_file,
     write_bytes,
 )
+from pipeline.storage.readahead import RemoteReads, is_remote_filesystem, parallel_map, read_threads
 from pipeline.storage.resolve import (
     effective_config,
     endpoint_of,
@@ -30,6 +31,7 @@ from pipeline.storage.resolve import (
 from pipeline.storage.retry import backoff_delays, with_retries
 
 __all__ = [
+    "RemoteReads",
     "StorageConfig",
     "backoff_delays",
     "committed_files",
@@ -38,12 +40,15 @@ __all__ = [
     "endpoint_of",
     "file_info",
     "is_remote",
+    "is_remote_filesystem",
     "is_transient",
     "list_files",
     "load_storage_config",
     "local_copy",
     "open_input",
+    "parallel_map",
     "read_bytes",
+    "read_threads",
     "resolve",
     "storage_error",
     "storage_options",

@@ -59,6 +59,9 @@ class StorageConfig:
     applied once per process when a remote filesystem is first opened. Defaults to ``32``."""
     pre_buffer: bool = True
     """Read a row group's column chunks with coalesced, concurrent ranged reads. Defaults to ``True``."""
+    read_threads: int | None = None
+    """Reader threads for a remote dataset when ``open_loader`` is not given ``workers``.
+    Defaults to ``None`` (CPU cores + measured round-trip ms / 2, at most 64)."""
 
     def __post_init__(self) -> None:
         if self.retries < 1:
@@ -66,6 +69,8 @@ class StorageConfig:
         for name in ("connect_timeout_s", "request_timeout_s", "retry_base_s", "retry_max_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.read_threads is not None and self.read_threads < 1:
+            raise ConfigError(f"read_threads must be >= 1 or null, got {self.read_threads}")
         if self.list_threads < 1 or self.io_threads < 1:
             raise ConfigError(
                 f"list_threads and io_threads must be >= 1, got {self.list_threads}, {self.io_threads}"

@@ -1,0 +1,140 @@
+"""Reading Parquet from far away: requests in flight enough to hide the latency.
+
+Three things make a row group cost one round trip instead of several, and keep enough of them
+in flight:
+
+* :class:`RemoteReads` opens each remote file once (one ``HEAD``) and shares the handle between
+  reader threads (positional reads are thread-safe), and turns on ``pre_buffer``: the column
+  chunks of a row group are fetched as coalesced ranged reads, concurrently;
+* :func:`parallel_map` reads the footers of all files at once when a dataset is opened;
+* :func:`read_threads`: the reader's thread count for a remote dataset, from
+  ``StorageConfig.read_threads`` or the measured round-trip time (``cpu + latency / 2 ms``,
+  at most 64): each thread waits on the network most of the time, so more threads than cores
+  keep the cores busy decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipeline.storage.config import StorageConfig, load_storage_config
+
+__all__ = ["RemoteReads", "is_remote_filesystem", "measure_latency", "parallel_map", "read_threads"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_READ_THREADS = 64
+
+
+def is_remote_filesystem(fs: pafs.FileSystem) -> bool:
+    """Whether reads on ``fs`` cross a network (anything but the local disk and memory)."""
+    if isinstance(fs, (pafs.LocalFileSystem, pafs.SubTreeFileSystem)):
+        return isinstance(fs, pafs.SubTreeFileSystem) and is_remote_filesystem(fs.base_fs)
+    if isinstance(fs, pafs.PyFileSystem):
+        inner = getattr(fs.handler, "inner", None)  # a cache in front of a store
+        fsspec = getattr(fs.handler, "fs", None)
+        if inner is not None:
+            return is_remote_filesystem(inner)
+        return fsspec is None or "local" not in str(getattr(fsspec, "protocol", "")).lower()
+    return fs.type_name not in ("local", "mock")
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, fs: pafs.FileSystem, threads: int = 16) -> list[R]:
+    """``[fn(x) for x in items]``, on ``threads`` threads when ``fs`` is remote."""
+    if len(items) < 2 or not is_remote_filesystem(fs):
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="pipeline-footers") as pool:
+        return list(pool.map(fn, items))
+
+
+def measure_latency(fs: pafs.FileSystem, path: str, samples: int = 2) -> float:
+    """Median seconds of a metadata request (``get_file_info``, one ``HEAD`` for a file) on ``path``."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        fs.get_file_info(path)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def read_threads(
+    fs: pafs.FileSystem,
+    path: str,
+    *,
+    cpu_threads: int,
+    config: StorageConfig | None = None,
+) -> int:
+    """Reader threads for a dataset at ``path`` on ``fs``.
+
+    Local: ``cpu_threads``. Remote: ``config.read_threads`` when set, else
+    ``cpu_threads + ceil(latency_ms / 2)`` at most 64 (20 ms -> cpu + 10).
+    """
+    if not is_remote_filesystem(fs):
+        return cpu_threads
+    cfg = config or load_storage_config()
+    if cfg.read_threads is not None:
+        return cfg.read_threads
+    latency = measure_latency(fs, f"{path.rstrip('/')}/_common_metadata")  # a file: a single HEAD
+    threads = min(MAX_READ_THREADS, cpu_threads + math.ceil(latency * 1000 / 2))
+    log.info("remote dataset %s: %.1f ms per request -> %d reader threads", path, latency * 1000, threads)
+    return max(cpu_threads, threads)
+
+
+class RemoteReads:
+    """How the reader opens data files: shared handles and pre-buffered reads on remote stores.
+
+    Args:
+        fs: The dataset's filesystem.
+        config: ``pre_buffer``. Defaults to ``None`` (``conf/storage.yaml``).
+    """
+
+    def __init__(self, fs: pafs.FileSystem, config: StorageConfig | None = None) -> None:
+        self.fs = fs
+        self.remote = is_remote_filesystem(fs)
+        self.pre_buffer = self.remote and (config or load_storage_config()).pre_buffer
+        # one handle per file, shared: only for native remote files, whose read_at is thread-safe
+        self._share = self.remote and not isinstance(fs, pafs.PyFileSystem)
+        self._handles: dict[str, pa.NativeFile] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fs": self.fs, "pre_buffer": self.pre_buffer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["fs"], StorageConfig(pre_buffer=state["pre_buffer"]))  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def open(self, path: str) -> Iterator[pa.NativeFile]:
+        """An input file for ``path``: shared (not closed here) on remote stores, else a new one."""
+        if not self._share:
+            with self.fs.open_input_file(path) as fh:
+                yield fh
+            return
+        with self._lock:
+            fh = self._handles.get(path)
+        if fh is None:
+            fh = self.fs.open_input_file(path)  # outside the lock: one round trip
+            with self._lock:
+                fh = self._handles.setdefault(path, fh)
+        yield fh
+
+    def close(self) -> None:
+        """Close the shared handles."""
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for fh in handles:
+            fh.close()
