@@ -6,7 +6,9 @@ Used by ``pipeline bench`` and ``benchmarks/bench_loader.py``::
     print(result.samples_per_s)
 
 *Batch wait* is the time the training loop spends inside ``next(loader)`` -- what a GPU would
-idle for if the step itself took no time.
+idle for if the step itself took no time. For this package's loader, the result also carries
+``loader.stats()``'s time per stage (read, decode, transform, shuffle, collate, h2d) and the
+stage that bounds the throughput.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,12 @@ class BenchResult:
     """Peak resident memory of this process so far, in MiB."""
     cpu_percent: float
     """CPU time of this process (all threads) over wall time, in percent of one core."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage, summed over the stage's threads (``loader.stats()``; empty for other loaders)."""
+    bound_by: str | None = None
+    """The stage that bounds throughput (``loader.stats()``); ``None`` for other loaders."""
+    wait_fraction: float | None = None
+    """Share of the wall time spent waiting for batches (``loader.stats()``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +97,7 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
     cpu_start = os.times()
     loader = open_fn()
     context = loader if hasattr(loader, "__enter__") else _Nothing(loader)
+    figures: dict[str, Any] = {}
     with context as opened:
         iterator = iter(opened)
         while max_batches is None or len(waits) < max_batches:
@@ -100,6 +109,8 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
             waits.append(time.perf_counter() - t0)
             rows += batch_rows(batch)
             nbytes += tensor_bytes(batch)
+        if callable(getattr(opened, "stats", None)):
+            figures = opened.stats()
     seconds = time.perf_counter() - start
     cpu_end = os.times()
     cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
@@ -114,6 +125,9 @@ def measure(open_fn: Callable[[], Any], *, max_batches: int | None = None) -> Be
         wait_p99_ms=round(float(np.percentile(wait_ms, 99)), 3),
         peak_rss_mb=round(_peak_rss_mb(), 1),
         cpu_percent=round(100 * cpu / seconds, 1) if seconds > 0 else 0.0,
+        stages=dict(figures.get("stages", {})),
+        bound_by=figures.get("bound_by"),
+        wait_fraction=figures.get("wait_fraction"),
     )
 
 

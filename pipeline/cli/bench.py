@@ -69,4 +69,24 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             f"memory    peak RSS {out['peak_rss_mb']:,.0f} MiB, CPU {out['cpu_percent']:.0f}% of one core\n"
             f"options   batch size {out['batch_size']}, {out['workers']} workers"
         )
+        if out["stages"]:
+            print(stage_table(out["stages"], out["batches"], out["workers"], out["bound_by"]))
     return out
+
+
+def stage_table(stages: dict[str, float], batches: int, workers: int, bound: str | None) -> str:
+    """The per-stage breakdown: seconds, ms per batch, and per batch per thread of the stage."""
+    lines = ["stage       seconds  ms/batch  ms/batch per thread"]
+    for name, seconds in stages.items():
+        threads = workers if name in ("read", "decode") else 1
+        per_batch = 1e3 * seconds / max(batches, 1)
+        mark = "  <- bounds throughput" if name == bound else ""
+        lines.append(f"{name:10s} {seconds:8.3f} {per_batch:9.3f} {per_batch / threads:14.3f}{mark}")
+    if bound == "consumer":
+        lines.append("bound by    the consumer: the loop waited for batches less than 10% of the time")
+    else:
+        lines.append(
+            f"bound by    {bound}"
+            + (f" ({workers} reader threads: more --workers may help)" if bound in ("read", "decode") else "")
+        )
+    return "\n".join(lines)
