@@ -4,16 +4,25 @@ Both jobs share one flow: ``conf/train_<kind>.yaml`` < ``--config FILE`` < flags
 session (reusing spark-submit's or a notebook's; with GPUs in local mode, one that knows the
 driver's GPUs); run the training through ``TorchDistributor``; print a report (``--json``: one
 JSON object as the last line). Exit status: 0, 1 when a rank failed, 2 for a user error.
+
+Preemption: SIGTERM to the driver is passed on to the ranks (the processes ``torchrun``
+started), which finish their step, save a checkpoint and stop; the driver waits for them, prints
+how to resume and exits 0. A SIGTERM sent to the whole process group ends the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +42,11 @@ _FLAGS = {  # flag -> (config field, type, help)
     "--lr": ("lr", float, "peak learning rate"),
     "--seed": ("seed", int, "seed of weights, data order and dropout"),
     "--workers": ("workers", int, "loader threads per rank"),
+    "--checkpoint-every": (
+        "checkpoint_every",
+        int,
+        "also checkpoint every N steps (default: after each epoch)",
+    ),
 }
 
 
@@ -61,6 +75,12 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help="run the ranks as Spark tasks on the cluster's executors (local_mode=False)",
     )
     dist.add_argument("--master", default=None, help="Spark master URL (default conf/spark.yaml)")
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also write each epoch's metrics as TensorBoard events",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     return parser
 
@@ -101,6 +121,95 @@ def _spark_config(args: argparse.Namespace, config: Any) -> Any:
     return spark_config
 
 
+class _Preemption:
+    """Driver side of SIGTERM: pass it on to the ranks, then let :func:`job_main` wait for them."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._ranks: list[int] = []
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:
+            return
+        self.received = True
+        self._ranks = _rank_processes()
+        log.warning("SIGTERM: asking %d rank(s) to save a checkpoint and stop", len(self._ranks))
+        for pid in self._ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def wait_for_ranks(self, timeout_s: float = 300.0) -> None:
+        """Wait until the ranks that got the signal have exited (they save first)."""
+        deadline = time.monotonic() + timeout_s
+        while self._ranks and time.monotonic() < deadline:
+            self._ranks = [pid for pid in self._ranks if _alive(pid)]
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _rank_processes() -> list[int]:
+    """PIDs of this process's descendants started by ``torchrun`` (Linux ``/proc``; else none)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                commands[int(entry)] = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def descends(pid: int) -> bool:
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == os.getpid():
+                return True
+            pid, seen = parents.get(pid, 0), seen + 1
+        return False
+
+    return sorted(
+        pid
+        for pid, parent in parents.items()
+        if "torch.distributed.run" in commands.get(parent, "") and descends(pid)
+    )
+
+
+def _preempted_exit(config: Any) -> int:
+    """After SIGTERM: the ranks' checkpoint says how to resume (exit 0), or nothing was saved (1)."""
+    metrics = os.path.join(os.path.expanduser(config.run_dir), "metrics.json")
+    try:
+        with open(metrics, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("status") in ("preempted", "finished"):
+        line = saved.get("resume") or f"finished before the signal took effect; see {metrics}"
+        print(f"{line}\nresume with: {' '.join(sys.argv)}")
+        return 0
+    print(f"error: SIGTERM before any checkpoint was saved in {config.run_dir}", file=sys.stderr)
+    return 1
+
+
 def report(result: dict[str, Any]) -> str:
     """A short human-readable summary of a training result."""
     final = result.get("final", {})
@@ -114,6 +223,8 @@ def report(result: dict[str, Any]) -> str:
             lines.append(f"  {key:16s} {final[key]:.4f}")
     lines.append(f"  metrics          {result['metrics']}")
     lines.append(f"  loss curve       {result['loss_curve']}")
+    if result.get("resume"):
+        lines.append(result["resume"])
     return "\n".join(lines)
 
 
@@ -127,19 +238,33 @@ def job_main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm", "pyspark", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = config_from_args(cls, f"train_{kind}.yaml", args)
-        with spark_session(_spark_config(args, config)) as spark:
-            result = train(config, spark=spark)
-    except PipelineError as exc:
-        print(f"error: {textwrap.fill(str(exc), width=100)}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from pipeline.train.monitor import PROGRESS_ENV, TENSORBOARD_ENV
+
+    if sys.stderr.isatty() and not args.json:
+        os.environ[PROGRESS_ENV] = "1"  # the ranks' output is piped through this process
+    if args.tensorboard:
+        os.environ[TENSORBOARD_ENV] = os.path.abspath(args.tensorboard)
+    config = None
+    with _Preemption() as preemption:
+        try:
+            config = config_from_args(cls, f"train_{kind}.yaml", args)
+            with spark_session(_spark_config(args, config)) as spark:
+                result = train(config, spark=spark)
+        except PipelineError as exc:
+            print(f"error: {textwrap.fill(str(exc), width=100)}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # TrainingError, or Spark going down with the signal
+            if not preemption.received:
+                if isinstance(exc, TrainingError):
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                raise
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        if preemption.received and config is not None:
+            preemption.wait_for_ranks()
+            return _preempted_exit(config)
     print(report(result))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str, sort_keys=True))

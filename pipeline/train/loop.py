@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.train.metrics import RunningSums, write_metrics
 from pipeline.train.monitor import Progress, Trackers
 from pipeline.train.process_group import DistContext
@@ -86,10 +86,11 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # a second signal: stop waiting for the step
-            self._restore()
-            signal.raise_signal(signum)
-            return
+        if self.received is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: stop now, without a checkpoint
+                self._restore()
+                signal.raise_signal(signum)
+            return  # SIGTERM again (the process group's and the driver's copy): already stopping
         self.received = signum
         log.warning("%s received: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
 
@@ -197,6 +198,8 @@ def fit(
     history = restored.history if restored else []
     global_step = restored.global_step if restored else 0
     every = int(getattr(config, "checkpoint_every", None) or 0)
+    if every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 1 steps (or None), got {every}")
     ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     agreement = _Agreement(ctx)
     progress = Progress(enabled=ctx.is_main)
