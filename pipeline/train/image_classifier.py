@@ -71,6 +71,8 @@ class ImageTrainConfig:
     """Seed of the weights, the data order (per epoch) and dropout (per epoch and rank). Defaults to ``0``."""
     workers: int = 2
     """Loader threads per rank. Defaults to ``2``."""
+    checkpoint_every: int | None = None
+    """Also checkpoint every N steps (mid-epoch); ``None`` = after each epoch only. Defaults to ``None``."""
     resume: bool = True
     """Continue from ``run_dir/checkpoint.pt`` when it exists. Defaults to ``True``."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
