@@ -45,7 +45,6 @@ import pipeline
 def generate(root: Path, rows: int) -> str:
     """JPEG files -> ``pipeline convert images`` (once); returns the dataset URL."""
     import cv2
-
     from bench_loader import make_image
 
     files, ds = root / f"ra-files-{rows}", root / f"ra-jpeg-{rows}"
@@ -53,11 +52,26 @@ def generate(root: Path, rows: int) -> str:
         for i in range(rows):
             folder = files / f"class_{i % 10}"
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+            cv2.imwrite(
+                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
+            )
         (files / "done").touch()
     if not (ds / "_common_metadata").exists():
-        cli = [sys.executable, "-m", "pipeline.cli", "convert", "images", str(files), str(ds), "--size", "64x64",
-               "--encoding", "jpeg", "--overwrite", "--json"]
+        cli = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "convert",
+            "images",
+            str(files),
+            str(ds),
+            "--size",
+            "64x64",
+            "--encoding",
+            "jpeg",
+            "--overwrite",
+            "--json",
+        ]
         subprocess.run(cli, check=True, stdout=subprocess.DEVNULL)
     return ds.as_uri()
 
@@ -68,8 +82,11 @@ def singles(ds, indices: np.ndarray) -> dict[str, float]:
         t = time.perf_counter()
         ds[i]
         times[k] = time.perf_counter() - t
-    return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3),
-            "samples_per_s": float(len(times) / times.sum())}
+    return {
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        "samples_per_s": float(len(times) / times.sum()),
+    }
 
 
 def epoch_rate(batches) -> float:
@@ -85,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pipeline-bench"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--loader-workers", type=int, default=None, help="open_loader threads (default: cores)")
+    parser.add_argument(
+        "--loader-workers", type=int, default=None, help="open_loader threads (default: cores)"
+    )
     parser.add_argument("--singles", type=int, default=2000, help="random ds[i] calls timed")
     parser.add_argument("--epochs", type=int, default=3, help="memory mode epochs (1 load + the rest)")
     parser.add_argument("--json", action="store_true")
@@ -103,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     out["stream_lru"] = ds.cache_info()
 
     def stream_epoch() -> float:
-        with pipeline.open_loader(url, batch_size=bs, num_epochs=1, seed=0, workers=args.loader_workers,
-                                  config=None) as loader:
+        with pipeline.open_loader(
+            url, batch_size=bs, num_epochs=1, seed=0, workers=args.loader_workers, config=None
+        ) as loader:
             return epoch_rate(loader)
 
     out["stream_samples_per_s"] = stream = max(stream_epoch(), stream_epoch())
@@ -114,11 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     def batch_loader(data, workers: int) -> DataLoader:
         """Random batches as ``ds[indices]`` (one call per batch, columns converted to tensors)."""
         sampler = BatchSampler(RandomSampler(data, generator=gen), bs, drop_last=False)
-        return DataLoader(data, sampler=sampler, batch_size=None, num_workers=workers,
-                          persistent_workers=workers > 0)
+        return DataLoader(
+            data, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        )
 
-    rows_loader = DataLoader(ds, batch_size=bs, sampler=RandomSampler(ds, generator=gen),
-                             num_workers=args.workers, persistent_workers=args.workers > 0)
+    rows_loader = DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=RandomSampler(ds, generator=gen),
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+    )
     epoch_rate(rows_loader)  # epoch 1 fills each worker's LRU
     out["batched_random_rows_samples_per_s"] = epoch_rate(rows_loader)
     del rows_loader
@@ -140,10 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.reader.reader import Reader
 
     source = open_source(url, cache="memory")
-    reader = Reader(source, ReaderConfig(num_epochs=args.epochs, workers=args.loader_workers),
-                    batch_size=bs, drop_last=False, rank=0, world_size=1)
+    reader = Reader(
+        source,
+        ReaderConfig(num_epochs=args.epochs, workers=args.loader_workers),
+        batch_size=bs,
+        drop_last=False,
+        rank=0,
+        world_size=1,
+    )
     with Loader(reader, LoaderConfig(batch_size=bs)) as stream_mem:
-        per_epoch, seen, t = len(stream_mem), 0, time.perf_counter()
+        per_epoch, t = len(stream_mem), time.perf_counter()
         rates = []
         for k, _ in enumerate(stream_mem, 1):
             if k % per_epoch == 0:

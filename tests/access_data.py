@@ -43,7 +43,9 @@ def _table(ids: np.ndarray, image: int) -> pa.Table:
         "tokens": pa.array([list(range(int(i) % 5)) for i in ids], type=pa.list_(pa.int32())),
     }
     if image:
-        pixels = np.stack([np.random.default_rng(int(i)).integers(0, 256, image * image, np.uint8) for i in ids])
+        pixels = np.stack(
+            [np.random.default_rng(int(i)).integers(0, 256, image * image, np.uint8) for i in ids]
+        )
         columns["image"] = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), image * image)
     return pa.table(columns)
 

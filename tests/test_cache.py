@@ -139,15 +139,23 @@ def test_disk_cache_unit(tmp_path):
 
 
 def _stream(source, epochs=2):
-    reader = Reader(source, ReaderConfig(num_epochs=epochs, workers=2, seed=3), batch_size=16,
-                    drop_last=False, rank=0, world_size=1)
+    reader = Reader(
+        source,
+        ReaderConfig(num_epochs=epochs, workers=2, seed=3),
+        batch_size=16,
+        drop_last=False,
+        rank=0,
+        world_size=1,
+    )
     return np.concatenate([sel.columns["id"][sel.positions].copy() for sel in reader.batches()])
 
 
 def test_loading_modes_of_the_stream_reader_give_the_same_batches(big_url, tmp_path):
     options = ReadOptions(fields=("id", "image"))
-    ids = {mode: _stream(open_source(big_url, options, cache=mode, cache_dir=tmp_path / "c"))
-           for mode in ("stream", "memory", "disk")}
+    ids = {
+        mode: _stream(open_source(big_url, options, cache=mode, cache_dir=tmp_path / "c"))
+        for mode in ("stream", "memory", "disk")
+    }
     assert len(ids["stream"]) == 2 * 275
     assert all(np.array_equal(ids["stream"], v) for v in ids.values())
     memory = open_source(big_url, options, cache="memory")

@@ -50,7 +50,9 @@ def test_index_bisects_uneven_row_groups():
     assert local.tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 6]
     groups = index.groups(np.array([10, 0, 3, 1]))
     assert [(p, loc.tolist(), pos.tolist()) for p, loc, pos in groups] == [
-        (0, [0, 1], [1, 3]), (2, [0], [2]), (3, [6], [0])
+        (0, [0, 1], [1, 3]),
+        (2, [0], [2]),
+        (3, [6], [0]),
     ]
 
 
@@ -208,7 +210,9 @@ def test_petastorm_dataset_rows_equal_the_stream(spark, tmp_path):
 
     url = write_petastorm_dataset(spark, tmp_path / "pt", rows=40, files=3)
     source = DatasetSource(url, ReadOptions())
-    reader = Reader(source, ReaderConfig(shuffle=False, workers=0), batch_size=7, drop_last=False, rank=0, world_size=1)
+    reader = Reader(
+        source, ReaderConfig(shuffle=False, workers=0), batch_size=7, drop_last=False, rank=0, world_size=1
+    )
     stream = {name: [] for name in source.specs}
     for sel in reader.batches():
         for name in stream:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow.fs as pafs
 
+from pipeline.access.batch import assemble, is_integer, split_rows, stack_rows
 from pipeline.access.cachedfs import cached_filesystem
 from pipeline.access.index import RowGroupIndex
 from pipeline.access.rows import RowGroupReader
@@ -113,7 +113,11 @@ class RandomAccessDataset:
             options = dataclasses.replace(options, filesystem=fs)
         source = DatasetSource(url, options)
         fs = options.filesystem if options.filesystem is not None else resolve(self.url)[0]
-        limit = self.cache_limit if self.cache == "stream" and self.cache_limit is not None else DEFAULT_STREAM_LIMIT
+        limit = (
+            self.cache_limit
+            if self.cache == "stream" and self.cache_limit is not None
+            else DEFAULT_STREAM_LIMIT
+        )
         return _Opened(os.getpid(), source, RowGroupReader(source, fs), TableLRU(limit))
 
     def _state(self) -> _Opened:
@@ -162,7 +166,7 @@ class RandomAccessDataset:
             IndexError: An index is out of range.
             TypeError: ``key`` is not an integer, a slice or a sequence of integers.
         """
-        if isinstance(key, slice) or not _is_integer(key):
+        if isinstance(key, slice) or not is_integer(key):
             return self.batch(self.index.rows(key))
         row = self.index.normalize(key)
         pieces, local = self.index.locate(np.array([row]))
@@ -172,26 +176,19 @@ class RandomAccessDataset:
 
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Rows ``rows`` (normalized row numbers) as columns, reading each row group once."""
-        n = len(rows)
-        parts = [(positions, self._columns(piece, local)) for piece, local, positions in self.index.groups(rows)]
+        parts = self._parts(rows)
         if self._row_fn is not None:
-            return _stack([self._row_fn(r) for r in _split(n, parts)])
-        out: dict[str, np.ndarray] = {}
-        for name, spec in self.specs.items():
-            if spec.kind == "fixed":
-                column = np.empty((n, *spec.shape), dtype=spec.dtype)
-            else:
-                column = np.empty(n, dtype=object)
-            for positions, columns in parts:
-                column[positions] = columns[name]
-            out[name] = column
-        return out
+            return stack_rows([self._row_fn(r) for r in split_rows(len(rows), parts)])
+        return assemble(self.specs, len(rows), parts)
+
+    def _parts(self, rows: np.ndarray) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """``[(positions in rows, decoded columns)]``, one per row group touched, each read once."""
+        return [(pos, self._columns(piece, local)) for piece, local, pos in self.index.groups(rows)]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """Rows for torch's ``DataLoader`` batch fetch: each row group read once per batch."""
         rows = self.index.rows(indices)
-        parts = [(positions, self._columns(piece, local)) for piece, local, positions in self.index.groups(rows)]
-        out = _split(len(rows), parts)
+        out = split_rows(len(rows), self._parts(rows))
         return [self._row_fn(r) for r in out] if self._row_fn is not None else out
 
     def load(self) -> RandomAccessDataset:
@@ -207,11 +204,22 @@ class RandomAccessDataset:
         """This process's cache figures: ``mode``, ``bytes`` held, ``limit``, ``hits``, ``misses``..."""
         opened = self._state()
         if self._store is not None:
-            return {"mode": "memory", "bytes": self._store.nbytes, "limit": self.memory_limit,
-                    "complete": self._store.complete}
+            return {
+                "mode": "memory",
+                "bytes": self._store.nbytes,
+                "limit": self.memory_limit,
+                "complete": self._store.complete,
+            }
         lru = opened.tables
-        info = {"mode": self.cache, "bytes": lru.nbytes, "peak_bytes": lru.peak_nbytes, "limit": lru.limit,
-                "row_groups": len(lru), "hits": lru.hits, "misses": lru.misses}
+        info = {
+            "mode": self.cache,
+            "bytes": lru.nbytes,
+            "peak_bytes": lru.peak_nbytes,
+            "limit": lru.limit,
+            "row_groups": len(lru),
+            "hits": lru.hits,
+            "misses": lru.misses,
+        }
         fs = opened.rows.filesystem
         if self.cache == "disk" and isinstance(fs, pafs.PyFileSystem):
             cache = fs.handler.cache
@@ -219,40 +227,9 @@ class RandomAccessDataset:
         return info
 
     def __repr__(self) -> str:
-        return f"RandomAccessDataset({self.url!r}, rows={len(self)}, fields={self.fields}, cache={self.cache!r})"
-
-
-def _is_integer(key: Any) -> bool:
-    try:
-        operator.index(key)
-    except TypeError:
-        return False
-    return True
-
-
-def _split(n: int, parts: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for positions, columns in parts:
-        for name, column in columns.items():
-            for k, pos in enumerate(positions.tolist()):
-                rows[pos][name] = column[k]
-    return rows
-
-
-def _stack(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Rows (after a row callable) back into columns: stacked when shapes agree, else objects."""
-    out: dict[str, np.ndarray] = {}
-    for name in rows[0] if rows else ():
-        arrays = [np.asarray(r[name]) for r in rows]
-        first = arrays[0]
-        if first.dtype.kind not in "OUS" and all(a.shape == first.shape and a.dtype == first.dtype for a in arrays):
-            out[name] = np.stack(arrays)
-            continue
-        column = np.empty(len(rows), dtype=object)
-        for k, r in enumerate(rows):
-            column[k] = r[name]
-        out[name] = column
-    return out
+        return (
+            f"RandomAccessDataset({self.url!r}, rows={len(self)}, fields={self.fields}, cache={self.cache!r})"
+        )
 
 
 def open_dataset(
@@ -303,7 +280,12 @@ def open_dataset(
         raise ConfigError(f'preload=True needs cache="memory", got cache={cache!r}')
     names = (fields,) if isinstance(fields, str) else tuple(fields) if fields is not None else None
     ds = RandomAccessDataset(
-        url, fields=names, transform=transform, cache=cache, cache_limit=cache_limit,
-        cache_dir=cache_dir, filesystem=filesystem,
+        url,
+        fields=names,
+        transform=transform,
+        cache=cache,
+        cache_limit=cache_limit,
+        cache_dir=cache_dir,
+        filesystem=filesystem,
     )
     return ds.load() if preload else ds

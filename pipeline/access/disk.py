@@ -34,7 +34,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,17 +136,12 @@ class DiskCache:
         if len(raw) == length + _TRAILER.size:
             magic, size, crc = _TRAILER.unpack_from(raw, length)
             if magic == _MAGIC and size == length and zlib.crc32(memoryview(raw)[:length]) == crc:
-                try:
+                with suppress(OSError):
                     os.utime(path)  # LRU: most recently used
-                except OSError:
-                    pass
                 return raw[:length]
         self.stats.corrupt += 1
         log.warning("cache entry %s is corrupt or partial (%d bytes); reading it again", path, len(raw))
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
         return None
 
     def _write(self, key: str, data: bytes) -> None:
