@@ -92,3 +92,54 @@ def write_parquet_dataset(path: Path, rows: int = 100, files: int = 3, row_group
         )
         pq.write_table(table, path / f"part-{f:03d}.parquet", row_group_size=row_group_rows)
     return str(path)
+
+
+class _OwnReader:
+    """Rows (or row-group batches) of a dataset as namedtuples, read by this project's reader."""
+
+    def __init__(self, url: str, *, batches: bool, schema_fields: Sequence[str] | None = None) -> None:
+        from pipeline.reader import DatasetSource, ReadOptions
+
+        fields = tuple(schema_fields) if schema_fields is not None else None
+        self._source = DatasetSource(url, ReadOptions(fields=fields))
+        self._batches = batches
+
+    def __enter__(self) -> _OwnReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[Any]:
+        from collections import namedtuple
+
+        from pipeline.reader.plan import WorkItem
+
+        Row = namedtuple("Row", list(self._source.specs))  # noqa: PYI024
+        for piece, size in enumerate(self._source.sizes):
+            chunk = self._source.read(WorkItem(epoch=0, piece=piece, start=0, stop=size))
+            if self._batches:
+                yield Row(**chunk.columns)
+            else:
+                for i in range(chunk.rows):
+                    yield Row(**{name: column[i] for name, column in chunk.columns.items()})
+
+
+def make_reader(url: str, **kwargs: Any) -> Any:
+    """petastorm's ``make_reader`` where petastorm is installed (it then reads what our writer
+    wrote); elsewhere the same rows in stored order through this project's reader."""
+    try:
+        from petastorm import make_reader as petastorm_make_reader
+    except ImportError:
+        return _OwnReader(url, batches=False, schema_fields=kwargs.get("schema_fields"))
+    return petastorm_make_reader(url, **kwargs)
+
+
+def make_batch_reader(url: str, **kwargs: Any) -> Any:
+    """petastorm's ``make_batch_reader`` where petastorm is installed; elsewhere one namedtuple of
+    columns per row group through this project's reader."""
+    try:
+        from petastorm import make_batch_reader as petastorm_make_batch_reader
+    except ImportError:
+        return _OwnReader(url, batches=True, schema_fields=kwargs.get("schema_fields"))
+    return petastorm_make_batch_reader(url, **kwargs)

@@ -180,8 +180,7 @@ def test_image_headers_are_read_without_decoding():
 
 # A toy kind: integers become rows; multiples of 5 are "bad".
 def toy_schema():
-    from petastorm.codecs import NdarrayCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
+    from pipeline.format import NdarrayCodec, ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import LongType
 
     return Unischema(
@@ -231,7 +230,7 @@ def write_toy(spark, dest: Path, n: int, start: int = 1, **kw):
 
 @pytest.mark.spark
 def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spark, tmp_path):
-    from petastorm import make_reader
+    from tests.datasets import make_reader
 
     result = write_toy(spark, tmp_path / "ds", 23, on_error="skip", partitions=3, row_group_mb=1)
     assert (result.rows, result.skipped, result.files) == (19, 4, 3)
@@ -242,7 +241,7 @@ def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spar
     np.testing.assert_array_equal(rows[7], np.full(3, 7, np.float32))
     ids = [i for f in sorted((tmp_path / "ds").glob("*.parquet")) for i in pq.read_table(f)["id"].to_pylist()]
     assert ids == sorted(rows)  # plan order is kept across files
-    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY
+    from pipeline.format import ROW_GROUPS_PER_FILE_KEY
 
     index = json.loads(pq.read_schema(tmp_path / "ds" / "_common_metadata").metadata[ROW_GROUPS_PER_FILE_KEY])
     data_files = sorted((tmp_path / "ds").glob("*.parquet"))

@@ -263,7 +263,7 @@ def test_sample_files_read_back_equal_to_h5py(spark, tmp_path):
     for name in FIELDS:
         assert_same(by_arrow[name], expected[name], name)
 
-    from petastorm import make_reader
+    from tests.datasets import make_reader
 
     position = {int(i): k for k, i in enumerate(expected["index"])}
     seen = 0
@@ -375,8 +375,7 @@ def test_shipped_conf_matches_the_defaults():
 
 
 def test_fast_npy_rows_are_the_bytes_ndarray_codec_writes():
-    from petastorm.codecs import NdarrayCodec
-    from petastorm.unischema import UnischemaField
+    from pipeline.format import NdarrayCodec, UnischemaField
 
     from pipeline.convert.hdf5_read import _npy_rows
 

@@ -103,7 +103,7 @@ def expected_rgb(path: Path) -> np.ndarray:
 def read_back(spark, url: str) -> dict[str, tuple[np.ndarray, int]]:
     """Rows by path via make_reader; asserts Spark and pyarrow hold the same values."""
     import cv2
-    from petastorm import make_reader
+    from tests.datasets import make_reader
 
     with make_reader(url, workers_count=1, shuffle_row_groups=False, num_epochs=1) as reader:
         by_reader = {row.path: (row.image, int(row.label)) for row in reader}

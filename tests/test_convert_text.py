@@ -49,7 +49,7 @@ def read_tokens_pyarrow(url: str) -> list[np.ndarray]:
 
 
 def read_tokens_petastorm(url: str) -> list[np.ndarray]:
-    from petastorm import make_reader
+    from tests.datasets import make_reader
 
     with make_reader(url, workers_count=1, shuffle_row_groups=False, num_epochs=1) as reader:
         return [row.tokens for row in reader]

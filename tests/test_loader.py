@@ -119,7 +119,7 @@ def test_endless_mode_crosses_epoch_boundaries(url):
 
 
 def test_no_rows_gives_no_batches_or_a_clear_error_when_endless(url):
-    from petastorm.predicates import in_lambda
+    from pipeline.predicates import in_lambda
 
     nothing = in_lambda(["id"], lambda i: i < 0)
     with pipeline.open_loader(url, predicate=nothing, config=None) as loader:
@@ -146,7 +146,7 @@ def test_variable_shape_images_get_a_hint():
 
 
 def test_batch_callable_and_transform_spec(url):
-    from petastorm.transform import TransformSpec
+    from pipeline.format import TransformSpec
 
     def crop(batch):
         batch["double"] = batch["id"] * 2
@@ -180,7 +180,7 @@ def test_keyboard_interrupt_inside_the_loop_stops_every_thread(url):
 
 
 def test_failing_transform_reaches_the_loop_with_traceback_and_row_group(url):
-    from petastorm.transform import TransformSpec
+    from pipeline.format import TransformSpec
 
     def explode(frame):
         if frame["id"].max() > 50:

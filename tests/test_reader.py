@@ -35,7 +35,7 @@ def read_all(url, options=None, **config):
 
 @pytest.mark.spark
 def test_petastorm_rows_decode_like_make_reader(petastorm_url):
-    from petastorm import make_reader
+    from tests.datasets import make_reader
 
     rows = read_all(petastorm_url, workers=2)
     assert sorted(rows["id"]) == list(range(60))
@@ -54,7 +54,7 @@ def test_petastorm_rows_decode_like_make_reader(petastorm_url):
 
 @pytest.mark.spark
 def test_row_form_transform_spec(petastorm_url):
-    from petastorm.transform import TransformSpec
+    from pipeline.format import TransformSpec
 
     def add_mean(row):
         row["mean"] = np.float64(row["image"].mean())
@@ -79,7 +79,7 @@ def test_row_form_transform_spec(petastorm_url):
 
 @pytest.mark.spark
 def test_predicate_and_field_selection(petastorm_url):
-    from petastorm.predicates import in_lambda
+    from pipeline.predicates import in_lambda
 
     options = ReadOptions(fields=("id", "label"), predicate=in_lambda(["id"], lambda i: i % 4 == 0))
     source = DatasetSource(petastorm_url, options)
@@ -89,7 +89,7 @@ def test_predicate_and_field_selection(petastorm_url):
 
 
 def test_plain_parquet_reads_like_make_batch_reader(parquet_url):
-    from petastorm import make_batch_reader
+    from tests.datasets import make_batch_reader
 
     ours = read_all(parquet_url, workers=3)
     assert ours["id"] == list(range(50))  # stored order without shuffling
@@ -108,7 +108,7 @@ def test_plain_parquet_reads_like_make_batch_reader(parquet_url):
 
 
 def test_batch_form_transform_spec_on_plain_parquet(parquet_url):
-    from petastorm.transform import TransformSpec
+    from pipeline.format import TransformSpec
 
     def scale(frame):
         frame["x"] = frame["x"] * 10
@@ -123,7 +123,7 @@ def test_batch_form_transform_spec_on_plain_parquet(parquet_url):
 
 
 def test_transform_must_keep_the_row_count(parquet_url):
-    from petastorm.transform import TransformSpec
+    from pipeline.format import TransformSpec
 
     spec = TransformSpec(lambda frame: frame.iloc[:2])
     with pytest.raises(PipelineError, match="number of rows") as info:
@@ -177,8 +177,7 @@ def test_row_buffer_memory_is_fixed_by_the_settings_not_the_dataset(tmp_path):
 def test_fixed_length_arrays_stored_as_spark_lists():
     """ScalarCodec(ArrayType) fields with a fixed shape, as `convert text --seq-len` writes them."""
     import pyarrow as pa
-    from petastorm.codecs import ScalarCodec
-    from petastorm.unischema import UnischemaField
+    from pipeline.format import ScalarCodec, UnischemaField
     from pyspark.sql.types import ArrayType, IntegerType
 
     from pipeline.reader.decode import decode_column, spec_from_unischema
@@ -196,8 +195,7 @@ def test_image_decoding_matches_the_codec_and_stops_when_cancelled():
     import threading
 
     import pyarrow as pa
-    from petastorm.codecs import CompressedImageCodec
-    from petastorm.unischema import UnischemaField
+    from pipeline.format import CompressedImageCodec, UnischemaField
 
     from pipeline.reader.decode import ReadCancelled, decode_column, spec_from_unischema
 
@@ -262,8 +260,7 @@ def _jpeg_variants(h: int, w: int) -> list[bytes]:
 def test_jpeg_fast_path_gives_petastorms_pixels(shape):
     """Colour JPEGs decoded by libjpeg-turbo straight to RGB equal petastorm's cv2 decode."""
     import pyarrow as pa
-    from petastorm.codecs import CompressedImageCodec
-    from petastorm.unischema import UnischemaField
+    from pipeline.format import CompressedImageCodec, UnischemaField
 
     from pipeline.reader.decode import _jpeg_into, decode_column, spec_from_unischema
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DatasetError
 from pipeline.format.pickling import dumps_unischema, loads_unischema
 from pipeline.format.unischema import Unischema, as_unischema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "COMMON_METADATA",
@@ -71,6 +71,8 @@ def write_common_metadata(
         metadata: Keys to store (e.g. from :func:`format_metadata`).
         filesystem: A ``pyarrow.fs.FileSystem``. Defaults to ``None`` (the local disk).
     """
+    import pyarrow.parquet as pq
+
     merged = dict(arrow_schema.metadata or {})
     merged.update(metadata)
     schema = arrow_schema.with_metadata(merged)

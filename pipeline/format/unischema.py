@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -123,7 +124,7 @@ class Unischema:
     """
 
     def __init__(self, name: str, fields: Iterable[Any]) -> None:
-        fields = [as_field(f) for f in fields]
+        fields = [_interned(as_field(f)) for f in fields]
         self._name = name
         self._fields: OrderedDict[str, UnischemaField] = OrderedDict((f.name, f) for f in fields)
         for f in fields:  # attribute access to fields, as petastorm offers it
@@ -230,6 +231,13 @@ def as_field(field: Any) -> UnischemaField:
         return field
     name, numpy_dtype, shape, codec, nullable = tuple(field)
     return UnischemaField(name, numpy_dtype, tuple(shape), as_codec(codec), nullable)
+
+
+def _interned(field: UnischemaField) -> UnischemaField:
+    """``field`` with its name interned: the key, the attribute and the field then share one
+    string, as in a schema built from literals (the pickle memoizes it once)."""
+    name = sys.intern(field.name) if type(field.name) is str else field.name
+    return field if name is field.name else field._replace(name=name)
 
 
 def as_unischema(schema: Any) -> Unischema:

@@ -1,0 +1,178 @@
+"""The schema pickle in _common_metadata: written for petastorm, read without running code."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import subprocess
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.dataset import read_unischema
+from pipeline.errors import DatasetError
+from pipeline.format import (
+    ROW_GROUPS_PER_FILE_KEY,
+    UNISCHEMA_KEY,
+    CompressedImageCodec,
+    CompressedNdarrayCodec,
+    NdarrayCodec,
+    ScalarCodec,
+    Unischema,
+    UnischemaField,
+    UnsafeMetadataError,
+    dumps_unischema,
+    loads_unischema,
+)
+from pipeline.format.metadata import format_metadata, write_common_metadata
+from pipeline.reader import DatasetSource
+from tests.test_format import tiny_schema
+
+# pickle.dumps of a petastorm 0.12.1 Unischema (petastorm classes, pyspark 4.0 types), made once
+# on the old stack, so that every stack reads a real petastorm pickle without petastorm:
+#   Unischema('Legacy', [id int64 ScalarCodec(LongType()), name str_ ScalarCodec(StringType()) nullable,
+#   vec float32 (None, 2) NdarrayCodec(), img uint8 (4, 4, 3) CompressedImageCodec('jpeg', 90),
+#   z float64 (3,) CompressedNdarrayCodec() nullable])
+PETASTORM_PICKLE = base64.b64decode(
+    "gASVTgIAAAAAAACME3BldGFzdG9ybS51bmlzY2hlbWGUjAlVbmlzY2hlbWGUk5QpgZR9lCiMBV9uYW1llIwGTGVnYWN5lIwHX2ZpZWxkc5S"
+    "MC2NvbGxlY3Rpb25zlIwLT3JkZXJlZERpY3SUk5QpUpQojAJpZJRoAIwOVW5pc2NoZW1hRmllbGSUk5QoaAyMBW51bXB5lIwFaW50NjSUk5"
+    "QpjBBwZXRhc3Rvcm0uY29kZWNzlIwLU2NhbGFyQ29kZWOUk5QpgZR9lIwLX3NwYXJrX3R5cGWUjBFweXNwYXJrLnNxbC50eXBlc5SMCExvbm"
+    "dUeXBllJOUKYGUc2KJdJSBlIwEbmFtZZRoDihoHmgPjARzdHJflJOUKWgUKYGUfZRoF2gYjApTdHJpbmdUeXBllJOUKYGUfZSMCWNvbGxhdG"
+    "lvbpSMC1VURjhfQklOQVJZlHNic2KIdJSBlIwDdmVjlGgOKGgraA+MB2Zsb2F0MzKUk5ROSwKGlGgSjAxOZGFycmF5Q29kZWOUk5QpgZSJdJ"
+    "SBlIwDaW1nlGgOKGg0aA+MBXVpbnQ4lJOUSwRLBEsDh5RoEowUQ29tcHJlc3NlZEltYWdlQ29kZWOUk5QpgZR9lCiMDF9pbWFnZV9jb2RlY5"
+    "SMBS5qcGVnlIwIX3F1YWxpdHmUS1p1Yol0lIGUjAF6lGgOKGhBaA+MB2Zsb2F0NjSUk5RLA4WUaBKMFkNvbXByZXNzZWROZGFycmF5Q29kZW"
+    "OUk5QpgZSIdJSBlHVoDGgdaB5oKmgraDNoNGhAaEFoSXViLg=="
+)
+
+
+def test_reads_a_petastorm_pickle_as_our_classes():
+    schema = loads_unischema(PETASTORM_PICKLE)
+    assert isinstance(schema, Unischema) and schema._name == "Legacy"
+    assert list(schema.fields) == ["id", "name", "vec", "img", "z"]
+    assert schema.img == UnischemaField("img", np.uint8, (4, 4, 3), None, False)
+    assert isinstance(schema.img.codec, CompressedImageCodec) and str(schema.img.codec) == "CompressedImageCodec('jpeg', 90)"
+    assert isinstance(schema.vec.codec, NdarrayCodec) and isinstance(schema.z.codec, CompressedNdarrayCodec)
+    assert isinstance(schema.id.codec, ScalarCodec) and schema.name.codec.spark_dtype().simpleString() == "string"
+    assert schema.name.nullable and schema.vec.shape == (None, 2)
+
+
+def test_written_pickle_equals_petastorms_and_reads_back():
+    data = dumps_unischema(loads_unischema(PETASTORM_PICKLE))
+    assert data == PETASTORM_PICKLE  # same bytes as petastorm's own pickle.dumps
+    assert b"pipeline" not in data
+    back = loads_unischema(dumps_unischema(tiny_schema()))
+    assert list(back.fields) == list(tiny_schema().fields) and back.grey.codec == CompressedImageCodec("jpeg", 95)
+
+
+def test_petastorm_loads_what_we_write():
+    pytest.importorskip("petastorm")
+    from petastorm.codecs import CompressedImageCodec as TheirImageCodec
+    from petastorm.etl.legacy import depickle_legacy_package_name_compatible
+    from petastorm.unischema import Unischema as TheirUnischema
+
+    theirs = depickle_legacy_package_name_compatible(dumps_unischema(tiny_schema()))
+    assert isinstance(theirs, TheirUnischema) and isinstance(theirs.img.codec, TheirImageCodec)
+    assert theirs.grey.codec.image_codec == "jpeg" and list(theirs.fields) == list(tiny_schema().fields)
+
+
+def test_legacy_package_names_are_mapped():
+    data = _protocol0(tiny_schema()).replace(b"(cpetastorm.", b"(cav.experimental.deepdrive.dataset_toolkit.")
+    assert b"av.experimental" in data
+    schema = loads_unischema(data)
+    assert list(schema.fields) == list(tiny_schema().fields) and isinstance(schema.z.codec, CompressedNdarrayCodec)
+
+
+def _protocol0(schema) -> bytes:
+    import io
+
+    from pipeline.format.pickling import _PetastormNamesPickler
+
+    out = io.BytesIO()
+    _PetastormNamesPickler(out, protocol=0).dump(schema)
+    return out.getvalue()
+
+
+class _RunsCommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _evil_schema(marker) -> Unischema:
+    """A valid-looking Unischema whose image codec, when unpickled, would create ``marker``."""
+    schema = tiny_schema()
+    schema._fields["img"] = schema._fields["img"]._replace(codec=_RunsCommand(f"touch {marker}"))
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (lambda marker: dumps_unischema(_evil_schema(marker)), "posix.system"),
+        (lambda marker: pickle.dumps(_RunsCommand(f"touch {marker}")), "posix.system"),
+        (lambda marker: pickle.dumps(eval), "builtins.eval"),
+        (lambda marker: pickle.dumps(subprocess.Popen), "subprocess.Popen"),
+        (lambda marker: pickle.dumps(np.load), "numpy.load"),
+    ],
+)
+def test_forbidden_globals_are_refused_before_they_run(tmp_path, payload, named):
+    marker = tmp_path / "ran"
+    if os.name != "posix":
+        named = named.replace("posix", "nt")
+    with pytest.raises(UnsafeMetadataError, match=named) as info:
+        loads_unischema(payload(marker), where="DS")
+    assert not marker.exists()
+    assert str(info.value).startswith("DS: ") and "HINT" in str(info.value)
+
+
+def test_damaged_pickles_are_dataset_errors():
+    with pytest.raises(DatasetError, match="cannot read the schema"):
+        loads_unischema(b"\x80\x04garbage")
+    with pytest.raises(DatasetError, match="not a Unischema"):
+        loads_unischema(pickle.dumps({"a": 1}))
+    schema = Unischema("S", [UnischemaField("x", np.int8, ())])
+    schema._fields["x"] = schema._fields["x"]._replace(numpy_dtype=OrderedDict())  # not a dtype
+    with pytest.raises(DatasetError, match="'x' is malformed"):
+        loads_unischema(dumps_unischema(schema))
+
+
+def _write_dataset(root, unischema_bytes: bytes) -> None:
+    root.mkdir()
+    table = pa.table({"id": pa.array([1, 2], pa.int64())})
+    pq.write_table(table, root / "part-00000.parquet")
+    write_common_metadata(root, table.schema, {UNISCHEMA_KEY: unischema_bytes, ROW_GROUPS_PER_FILE_KEY: b"{}"})
+
+
+def test_opening_a_dataset_with_a_command_in_its_metadata_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    _write_dataset(tmp_path / "ds", dumps_unischema(_evil_schema(marker)))
+    for open_it in (read_unischema, DatasetSource):
+        with pytest.raises(UnsafeMetadataError, match="system"):
+            open_it(tmp_path / "ds")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "ds")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "system" in proc.stderr and "HINT" in proc.stderr and str(tmp_path / "ds") in proc.stderr
+    assert not marker.exists()
+
+
+def test_format_metadata_keys(tmp_path):
+    meta = format_metadata(tiny_schema(), {"part-00001.parquet": 2, "part-00000.parquet": 1})
+    assert json.loads(meta[ROW_GROUPS_PER_FILE_KEY]) == {"part-00000.parquet": 1, "part-00001.parquet": 2}
+    _write_dataset(tmp_path / "ds", meta[UNISCHEMA_KEY])
+    assert list(read_unischema(tmp_path / "ds").fields) == list(tiny_schema().fields)
+    stored = pq.read_schema(tmp_path / "ds" / "_common_metadata")
+    assert stored.names == ["id"] and stored.metadata[UNISCHEMA_KEY] == meta[UNISCHEMA_KEY]
