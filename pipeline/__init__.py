@@ -25,6 +25,12 @@ _LAZY: dict[str, str] = {
     "convert_dataframe": "pipeline.convert.table",
     "spark_dataset": "pipeline.convert.handle",
     "open_dataset": "pipeline.access",
+    "Unischema": "pipeline.format",
+    "UnischemaField": "pipeline.format",
+    "ScalarCodec": "pipeline.format",
+    "NdarrayCodec": "pipeline.format",
+    "CompressedImageCodec": "pipeline.format",
+    "TransformSpec": "pipeline.format",
 }
 
 __all__ = ["__version__", *_LAZY]
