@@ -155,6 +155,13 @@ def test_distributed_sampler_covers_every_row(url, world):
     assert len(seen) - len(ds) < world  # DistributedSampler pads by at most world - 1 rows
 
 
+def test_memory_estimate_skips_empty_row_groups(tmp_path):
+    url = write_uneven(tmp_path / "e", [[0, 4], [4]])
+    with pytest.raises(ConfigError, match="memory"):  # tokens and names count: about 100 bytes a row
+        open_dataset(url, cache="memory", fields=["name", "tokens"], cache_limit=400)
+    assert open_dataset(url, cache="memory", fields=["name", "tokens"], cache_limit=4000)[7]["name"] == "row-7"
+
+
 def test_memory_limit_refusal(url):
     with pytest.raises(ConfigError, match=r'cache="memory" needs about .* HINT: use cache="stream"'):
         open_dataset(url, cache="memory", cache_limit=100)

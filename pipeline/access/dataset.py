@@ -91,7 +91,7 @@ class RandomAccessDataset:
             self._store = MemoryStore(len(opened.source.row_groups))
             sample = None
             if any(s.kind != "fixed" for s in self.specs.values()) and len(self.index):
-                sample = self._group(0)
+                sample = self._group(int(np.flatnonzero(self.index.sizes)[0]))  # first non-empty
             self.memory_limit = check_memory(
                 opened.source.url, estimate_decoded_bytes(self.specs, self.index.sizes, sample), cache_limit
             )
