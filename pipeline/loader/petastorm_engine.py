@@ -1,0 +1,389 @@
+"""``open_loader(url, engine="petastorm", ...)``: petastorm's own readers behind our torch batches.
+
+Signature (``pipeline.loader.loader.open_loader`` passes its arguments through)::
+
+    open_petastorm_loader(url, *, batch_size=DEFAULT, fields=None, transform=None,
+                          shuffle=DEFAULT, seed=DEFAULT, num_epochs=DEFAULT, rank=None,
+                          world_size=None, workers=DEFAULT, device=DEFAULT, drop_last=DEFAULT,
+                          shuffle_buffer=DEFAULT, prefetch=DEFAULT, pad_value=DEFAULT,
+                          read_ahead=DEFAULT, predicate=None, filesystem=None,
+                          config="reader.yaml", pool="thread", **petastorm_options)
+        -> PetastormLoader
+
+``DEFAULT`` (``pipeline.loader.loader.DEFAULT``): from ``conf/reader.yaml`` like ``open_loader``
+(batch 64, shuffle, seed 0, one epoch, CPU-count workers, buffer 4096, prefetch 2).
+
+A Petastorm dataset (Unischema metadata) is read with ``petastorm.make_reader`` (codecs
+decoded by petastorm, row by row), any other Parquet store with ``petastorm.make_batch_reader``.
+The seed, shuffle, shard and epochs go to petastorm (``seed``,
+``shuffle_row_groups``/``shuffle_rows``, ``cur_shard``/``shard_count``, ``num_epochs``); a
+TransformSpec (ours or petastorm's) becomes petastorm's ``transform_spec``. Rows then go through
+the same seeded shuffle buffer semantics, collation (:mod:`pipeline.loader.collate`), pinned
+buffers and device copies (:mod:`pipeline.loader.device`) as the default engine's Loader.
+``petastorm_options`` (``cache_type``, ``cache_location``, ``hdfs_driver``, ``rowgroup_selector``,
+``filters``, ``storage_options``...) go to the petastorm reader unchanged. petastorm is imported
+here only, when a loader is opened: the default install has no petastorm (``pip install
+".[petastorm]"`` adds it). See docs/petastorm.md for what this engine keeps and gives up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import from_mapping, load_config
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.loader.collate import collate_batch, cpu_allocator
+from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
+from pipeline.loader.loader import CONFIG_FILE, DEFAULT, resolve_shard
+from pipeline.loader.prefetch import Prefetcher
+from pipeline.loader.rows import RowBuffer, stackable
+from pipeline.reader.config import LoaderConfig, ReaderConfig
+
+__all__ = ["PetastormLoader", "import_petastorm", "open_petastorm_loader"]
+
+log = logging.getLogger(__name__)
+
+_POOLS = ("thread", "process", "dummy")
+
+
+def import_petastorm() -> Any:
+    """The ``petastorm`` module, or a :class:`ConfigError` saying how to install it."""
+    try:
+        import petastorm
+    except ImportError as exc:
+        raise ConfigError(
+            f'engine="petastorm" needs the petastorm package, which is not importable here ({exc})',
+            hint='install the extra with its lock file: pip install -c constraints-petastorm.txt ".[petastorm]" '
+            '(petastorm 0.12.1 needs pyarrow<15 and numpy<2), or use the default engine="pipeline"',
+        ) from None
+    # petastorm 0.12.1 on pyarrow 14 warns about its own use of pyarrow's legacy dataset API.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"petastorm(\.|$)")
+    return petastorm
+
+
+def _petastorm_transform(transform: Any) -> tuple[Any, Any]:
+    """``(transform_spec for petastorm, batch callable for us)``: at most one is not ``None``."""
+    if transform is None:
+        return None, None
+    if not hasattr(transform, "edit_fields"):
+        if not callable(transform):
+            raise ConfigError(f"transform {transform!r} is neither a TransformSpec nor a callable")
+        return None, transform
+    from petastorm.transform import TransformSpec
+
+    if isinstance(transform, TransformSpec):
+        return transform, None
+    edits = [
+        (f.name, f.numpy_dtype, f.shape, f.nullable) if hasattr(f, "numpy_dtype") else tuple(f)[:4]
+        for f in transform.edit_fields or []
+    ]
+    spec = TransformSpec(
+        transform.func,
+        edit_fields=edits or None,
+        removed_fields=list(transform.removed_fields or []) or None,
+        selected_fields=transform.selected_fields,
+    )
+    return spec, None
+
+
+def _is_petastorm_dataset(url: str, petastorm_options: dict[str, Any]) -> bool:
+    from petastorm.etl.dataset_metadata import PetastormMetadataError, get_schema_from_dataset_url
+
+    try:
+        get_schema_from_dataset_url(
+            url,
+            hdfs_driver=petastorm_options.get("hdfs_driver", "libhdfs3"),
+            storage_options=petastorm_options.get("storage_options"),
+        )
+    except PetastormMetadataError:
+        return False
+    return True
+
+
+class PetastormLoader:
+    """Torch batches from a petastorm reader; a context manager and an iterator.
+
+    Build it with :func:`open_petastorm_loader`. Batches are ``dict[str, torch.Tensor]`` (strings
+    and other objects stay lists), collated like the default engine's. petastorm streams all
+    epochs as one sequence, so :attr:`epoch` is ``None`` and ``drop_last`` drops only the stream's
+    last incomplete batch.
+    """
+
+    def __init__(self, reader: Any, batch_size: int, shuffle_buffer: int, seed: int | None,
+                 device: Any, drop_last: bool, prefetch: int, pad_value: int, batch_fn: Any,
+                 ngram: bool) -> None:  # fmt: skip
+        self._reader = reader
+        self._reader_stopped = False
+        self._stop_lock = threading.Lock()
+        self.batch_size = batch_size
+        self._rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
+        self._shuffle_buffer = shuffle_buffer
+        self.device = resolve_device(device)
+        self.drop_last = drop_last
+        self._prefetch_depth = prefetch
+        self.pad_value = pad_value
+        self._batch_fn = batch_fn
+        self._ngram = ngram
+        self.epoch: int | None = None
+        self.batches_returned = 0
+        self.rows_returned = 0
+        self._prefetcher: Prefetcher[Any] | None = None
+        self._slots: PinnedSlots | None = None
+        self._copier: DeviceCopier | None = None
+        self._closed = False
+        self._opened = time.monotonic()
+        self._waited = 0.0
+
+    def __enter__(self) -> PetastormLoader:
+        self._start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def _start(self) -> None:
+        if self._closed:
+            raise RuntimeError("this loader is closed; open a new one with pipeline.open_loader(...)")
+        if self._prefetcher is not None:
+            return
+        self._prefetcher = Prefetcher(self._host_batches, self._prefetch_depth, name="pipeline-petastorm")
+        if self.device is not None:
+            self._slots = PinnedSlots(self._prefetch_depth + 3, self._prefetcher.stopping)
+            self._copier = DeviceCopier(
+                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots
+            )
+        self._prefetcher.start()
+
+    def _rows(self, reader: Any) -> Iterator[tuple[dict[str, Any], int]]:
+        for item in reader:
+            if self._ngram:  # {offset: row} -> one row with fields "<name>@<offset>"
+                yield {f"{k}@{off}": v for off, row in item.items() for k, v in row._asdict().items()}, 1
+            elif reader.is_batched_reader:
+                columns = item._asdict()
+                yield {k: list(v) for k, v in columns.items()}, len(next(iter(columns.values()), []))
+            else:
+                yield item._asdict(), 1
+
+    def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, None]]:
+        """Runs in the prefetch thread: petastorm rows -> (host batch, pinned slot or None, None)."""
+        if self.device is not None:
+            torch.cuda.set_device(self.device)
+        buffer = RowBuffer(self._shuffle_buffer, self._rng)
+        try:
+            for columns, count in self._rows(self._reader):
+                buffer.add(columns, count)
+                while buffer.full(self.batch_size):
+                    yield self._collate(buffer.take(self.batch_size))
+            while buffer.size >= self.batch_size or (buffer.size and not self.drop_last):
+                yield self._collate(buffer.take(self.batch_size))
+        finally:
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        with self._stop_lock:  # from the prefetch thread's end or from close(), whichever is first
+            if self._reader_stopped:
+                return
+            self._reader_stopped = True
+        self._reader.stop()
+        self._reader.join()
+
+    def _collate(self, rows: dict[str, list[Any]]) -> tuple[dict[str, Any], Any, None]:
+        slot = self._slots.acquire() if self._slots is not None else None
+        alloc = slot.allocate if slot is not None else cpu_allocator
+        values: dict[str, Any] = {name: stackable(items) for name, items in rows.items()}
+        if self._batch_fn is not None:
+            try:
+                values = self._batch_fn(values)
+            except Exception as exc:
+                exc.add_note(f"in the batch transform {self._batch_fn!r} (petastorm engine)")
+                raise
+        return collate_batch(values, self.pad_value, alloc), slot, None
+
+    def __next__(self) -> dict[str, Any]:
+        self._start()
+        assert self._prefetcher is not None
+        started = time.monotonic()
+        if self._copier is not None:
+            batch, _ = self._copier.next()
+        else:
+            batch, _, _ = self._prefetcher.get()
+        self._waited += time.monotonic() - started
+        self.batches_returned += 1
+        first = next((v for v in batch.values() if isinstance(v, (torch.Tensor, list))), [])
+        self.rows_returned += len(first)
+        return batch
+
+    def stats(self) -> dict[str, Any]:
+        """``samples_per_s``, ``batches``, ``wait_fraction`` and ``rss_bytes`` since the loader opened."""
+        elapsed = max(time.monotonic() - self._opened, 1e-9)
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            rss = 0
+        return {
+            "engine": "petastorm",
+            "samples_per_s": self.rows_returned / elapsed,
+            "batches": self.batches_returned,
+            "wait_fraction": min(1.0, self._waited / elapsed),
+            "rss_bytes": rss,
+        }
+
+    def close(self) -> None:
+        """Stop the prefetch thread and petastorm's reader pool; safe to call twice."""
+        self._closed = True
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        if self._copier is not None:
+            self._copier.close()
+        self._stop_reader()
+
+
+def open_petastorm_loader(
+    url: str | os.PathLike[str],
+    *,
+    batch_size: int = DEFAULT,
+    fields: Sequence[str] | Any | None = None,
+    transform: Any = None,
+    shuffle: bool = DEFAULT,
+    seed: int = DEFAULT,
+    num_epochs: int | None = DEFAULT,
+    rank: int | None = None,
+    world_size: int | None = None,
+    workers: int | None = DEFAULT,
+    device: str | torch.device | None = DEFAULT,
+    drop_last: bool = DEFAULT,
+    shuffle_buffer: int = DEFAULT,
+    prefetch: int = DEFAULT,
+    pad_value: int = DEFAULT,
+    read_ahead: int = DEFAULT,
+    predicate: Any = None,
+    filesystem: Any = None,
+    config: str | os.PathLike[str] | None = CONFIG_FILE,
+    pool: str = "thread",
+    **petastorm_options: Any,
+) -> PetastormLoader:
+    """Open ``url`` through petastorm's ``make_reader`` / ``make_batch_reader``.
+
+    Arguments left out take their value from ``conf/reader.yaml``, as for ``open_loader``.
+
+    Args:
+        url: Dataset folder or URL; a Petastorm dataset goes to ``make_reader``, plain Parquet to
+            ``make_batch_reader``.
+        batch_size: Rows per batch. Defaults to ``64``.
+        fields: Field names or regex patterns (``schema_fields``), or a petastorm ``NGram``
+            (fields named ``<name>@<offset>`` in the batch). Defaults to ``None`` (all).
+        transform: A TransformSpec (ours or petastorm's: petastorm's ``transform_spec``) or a
+            callable on each batch (dict of numpy arrays and lists). Defaults to ``None``.
+        shuffle: Shuffle row groups and rows (petastorm) and mix rows in a seeded buffer of
+            ``shuffle_buffer`` rows. Defaults to ``True``.
+        seed: petastorm's ``seed`` (row groups, rows, shards) and the shuffle buffer's. Defaults to ``0``.
+        num_epochs: Epochs (petastorm's ``num_epochs``), ``None`` for endless. Defaults to ``1``.
+        rank: ``cur_shard``. Defaults to ``None`` (``torch.distributed``'s, else no sharding).
+        world_size: ``shard_count``. Defaults to ``None`` (``torch.distributed``'s, else 1).
+        workers: petastorm's ``workers_count``; ``0`` uses its dummy pool. Defaults to ``None``
+            (the number of CPU cores).
+        device: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``. Defaults to ``None``.
+        drop_last: Drop the stream's last incomplete batch. Defaults to ``False``.
+        shuffle_buffer: Rows in the shuffle buffer (``0``: none). Defaults to ``4096``.
+        prefetch: Batches prepared ahead. Defaults to ``2``.
+        pad_value: Padding of variable-length 1-D fields. Defaults to ``0``.
+        read_ahead: Accepted for ``open_loader``'s sake; petastorm bounds memory with its own
+            ``results_queue_size`` (pass it in ``petastorm_options``). Defaults to ``2``.
+        predicate: A predicate (ours or petastorm's). Defaults to ``None``.
+        filesystem: A filesystem petastorm accepts (fsspec / pyarrow legacy). Defaults to ``None``.
+        config: YAML file for the defaults. Defaults to ``"reader.yaml"`` (in ``conf/``).
+        pool: petastorm's ``reader_pool_type``: ``"thread"``, ``"process"`` or ``"dummy"``.
+            Defaults to ``"thread"``.
+        **petastorm_options: Passed to the petastorm reader unchanged (``cache_type``,
+            ``cache_location``, ``hdfs_driver``, ``rowgroup_selector``, ``filters``...).
+
+    Returns:
+        A :class:`PetastormLoader`; use it as a context manager so that petastorm's pool stops.
+
+    Raises:
+        ConfigError: petastorm is not installed, or an option is invalid.
+        DatasetError: ``url`` is not a dataset petastorm can open.
+    """
+    given = {k: v for k, v in locals().items() if v is not DEFAULT}
+    if isinstance(given.get("device"), torch.device):
+        given["device"] = str(given["device"])
+    rc = _config(ReaderConfig, config, "reader", given)
+    lc = _config(LoaderConfig, config, "loader", given)
+    batch_size, shuffle, seed, num_epochs = lc.batch_size, rc.shuffle, rc.seed, rc.num_epochs
+    workers, device, drop_last, prefetch = rc.workers, lc.device, lc.drop_last, lc.prefetch
+    shuffle_buffer, pad_value = rc.shuffle_buffer, lc.pad_value
+    petastorm = import_petastorm()
+
+    if pool not in _POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(_POOLS)}, got {pool!r}")
+    url = os.fspath(url)
+    if "://" not in url:
+        url = "file://" + os.path.abspath(url)
+    rank, world_size = resolve_shard(rank, world_size)
+    spec, batch_fn = _petastorm_transform(transform)
+    if isinstance(fields, str):
+        fields = [fields]
+    ngram = fields is not None and type(fields).__name__ == "NGram"
+    try:
+        batched = not _is_petastorm_dataset(url, petastorm_options)
+    except Exception as exc:
+        raise DatasetError(
+            f"petastorm cannot open {url}: {exc}",
+            hint="check the path; `pipeline inspect URL` describes a dataset",
+        ) from exc
+    if ngram and batched:
+        raise ConfigError(f"an NGram needs a Petastorm dataset; {url} is plain Parquet")
+    count = workers if workers is not None else max(1, os.cpu_count() or 1)
+    kwargs: dict[str, Any] = {
+        "schema_fields": list(fields) if fields is not None and not ngram else fields,
+        "reader_pool_type": "dummy" if count == 0 else pool,
+        "workers_count": max(1, count),
+        "seed": seed,
+        "shuffle_rows": shuffle,
+        "shuffle_row_groups": shuffle,
+        "predicate": predicate,
+        "num_epochs": num_epochs,
+        "cur_shard": rank if world_size > 1 else None,
+        "shard_count": world_size if world_size > 1 else None,
+        "transform_spec": spec,
+        **({"filesystem": filesystem} if filesystem is not None else {}),
+        **petastorm_options,
+    }
+    make = petastorm.make_batch_reader if batched else petastorm.make_reader
+    log.debug("petastorm engine on %s: %s(%s)", url, make.__name__, kwargs)
+    reader = make(url, **kwargs)
+    return PetastormLoader(
+        reader,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer if shuffle else 0,
+        seed=seed,
+        device=device,
+        drop_last=drop_last,
+        prefetch=prefetch,
+        pad_value=pad_value,
+        batch_fn=batch_fn,
+        ngram=ngram,
+    )
+
+
+def _config(cls: Any, path: Any, section: str, given: dict[str, Any]) -> Any:
+    """``cls`` from the YAML section with the keys of ``given`` it has on top."""
+    keys = {f.name for f in dataclasses.fields(cls)}
+    base = load_config(cls, path, section=section) if path is not None else cls()
+    values = {**dataclasses.asdict(base), **{k: v for k, v in given.items() if k in keys}}
+    return from_mapping(cls, values, source="open_loader(engine='petastorm')")

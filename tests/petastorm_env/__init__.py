@@ -1,0 +1,1 @@
+"""Scripts the compatibility suite runs in the petastorm environment (.venv-petastorm)."""
