@@ -42,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_MAX_FIELDS = "spark.sql.debug.maxToStringFields"
+
 
 @dataclass(frozen=True)
 class TableOptions:
@@ -149,7 +151,16 @@ def plan_fingerprint(df: Any) -> str:
         digest.update(f"connect:{df.semanticHash()}".encode())
         return digest.hexdigest()
     plan = jdf.queryExecution().analyzed().canonicalized()
-    digest.update(plan.treeString(True, False, 2**31 - 1, False).encode("utf-8"))
+    conf = df.sparkSession.conf
+    saved = conf.get(_MAX_FIELDS, None)
+    conf.set(_MAX_FIELDS, str(2**31 - 1))  # no "... 5 more fields" in the plan string
+    try:
+        digest.update(plan.treeString().encode("utf-8"))
+    finally:
+        if saved is None:
+            conf.unset(_MAX_FIELDS)
+        else:
+            conf.set(_MAX_FIELDS, saved)
     leaves = plan.collectLeaves()
     for i in range(leaves.size()):
         leaf = leaves.apply(i)
