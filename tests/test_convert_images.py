@@ -103,6 +103,7 @@ def expected_rgb(path: Path) -> np.ndarray:
 def read_back(spark, url: str) -> dict[str, tuple[np.ndarray, int]]:
     """Rows by path via make_reader; asserts Spark and pyarrow hold the same values."""
     import cv2
+
     from tests.datasets import make_reader
 
     with make_reader(url, workers_count=1, shuffle_row_groups=False, num_epochs=1) as reader:
@@ -166,7 +167,11 @@ def test_size_gives_a_fixed_shape_equal_to_the_same_resize_done_independently(sp
         source = Image.fromarray(expected_rgb(src / rel))
         sw, sh = source.size
         if fit == "center-crop":  # the largest centered 24:16 region, its short side rounded (half up)
-            cw, ch = (sw, half_up(Fraction(sw * 16, 24))) if 24 * sh >= 16 * sw else (half_up(Fraction(sh * 24, 16)), sh)
+            cw, ch = (
+                (sw, half_up(Fraction(sw * 16, 24)))
+                if 24 * sh >= 16 * sw
+                else (half_up(Fraction(sh * 24, 16)), sh)
+            )
             left, top = (sw - cw) // 2, (sh - ch) // 2
             want = source.resize((24, 16), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
         elif fit == "resize":
@@ -460,7 +465,9 @@ def test_mixed_jpeg_and_png_folder_keeps_each_images_bytes(spark, tmp_path):
     rows = read_back(spark, result.output)  # petastorm's make_reader decodes by content
     for rel in rels:
         np.testing.assert_array_equal(rows[rel][0], expected[rel], err_msg=rel)
-    want = {p: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for p, b in stored.items()}
+    want = {
+        p: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for p, b in stored.items()
+    }
     seen = []
     with pipeline.open_loader(result.output, batch_size=4, shuffle=False, num_epochs=1) as loader:
         for batch in loader:  # fixed-shape field: the reader's JPEG fast path and its OpenCV path

@@ -85,7 +85,11 @@ def _paths(url: str) -> list[str]:
 
     from pipeline.dataset import list_dataset_files
 
-    return [p for f in list_dataset_files(url).files for p in pq.read_table(f, columns=["path"])["path"].to_pylist()]
+    return [
+        p
+        for f in list_dataset_files(url).files
+        for p in pq.read_table(f, columns=["path"])["path"].to_pylist()
+    ]
 
 
 @pytest.mark.spark

@@ -13,10 +13,12 @@ from tests.datasets import write_parquet_dataset
 
 def test_epoch_coverage_counts() -> None:
     dropped = epoch_coverage(240, 2, 32, drop_last=True)
-    assert (dropped.rows_per_rank, dropped.batches_per_rank, dropped.used, dropped.skipped) == (120, 3, 192, 48)
+    per_rank = (dropped.rows_per_rank, dropped.batches_per_rank)
+    assert per_rank == (120, 3) and (dropped.used, dropped.skipped) == (192, 48)
     assert "skips 48" in dropped.describe()
     kept = epoch_coverage(240, 2, 32, drop_last=False)
-    assert (kept.rows_per_rank, kept.batches_per_rank, kept.used, kept.skipped, kept.repeated) == (120, 4, 240, 0, 0)
+    per_rank = (kept.rows_per_rank, kept.batches_per_rank)
+    assert per_rank == (120, 4) and (kept.used, kept.skipped, kept.repeated) == (240, 0, 0)
     assert "every sample is used" in kept.describe()
     odd = epoch_coverage(241, 2, 32, drop_last=False)
     assert (odd.rows_per_rank, odd.batches_per_rank, odd.repeated) == (121, 4, 1)

@@ -86,9 +86,7 @@ def write_splits(
     short = {_class_name(source, label): counts for label, counts in plan.short.items()}
     for name, counts in short.items():
         missing = ", ".join(n for n, c in counts.items() if c == 0)
-        log.warning(
-            "class %r has %d image(s): none in split(s) %s", name, sum(counts.values()), missing
-        )
+        log.warning("class %r has %d image(s): none in split(s) %s", name, sum(counts.values()), missing)
     inner = replace(settings, overwrite=False)  # each split is new inside the staging folder
     results: dict[str, ConversionResult] = {}
     with StagedOutput(dest, overwrite=settings.overwrite, source=src) as stage:

@@ -198,8 +198,9 @@ def _count(stats: Mapping[str, Any] | None, passed: int, re_encoded: int) -> Non
 def image_schema(size: tuple[int, int] | None, encoding: str, jpeg_quality: int) -> Any:
     """The Unischema: ``image`` (uint8 HxWx3, compressed), ``label`` (int64), ``path`` (str)."""
     import numpy as np
-    from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import LongType, StringType
+
+    from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
 
     shape = (size[0], size[1], 3) if size else (None, None, 3)
     return Unischema(
@@ -290,7 +291,12 @@ def write_images(
     from pipeline.convert.writer import plan_partitions, write_petastorm
 
     counters = {name: spark.sparkContext.accumulator(0) for name in ("passed_through", "re_encoded")}
-    fixed = {"class_names": source.class_names, "layout": source.layout, "encoding": encoding, **(extra or {})}
+    fixed = {
+        "class_names": source.class_names,
+        "layout": source.layout,
+        "encoding": encoding,
+        **(extra or {}),
+    }
 
     def facts() -> dict[str, Any]:  # read after the Spark job, when the task counters are final
         return {**fixed, **{name: int(acc.value) for name, acc in counters.items()}}

@@ -17,6 +17,7 @@ which split every item goes to:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ def parse_split(spec: str) -> tuple[tuple[str, Fraction], ...]:
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"--split {spec!r}: {value!r} is not a number", hint=_HINT) from None
         if not 0 < fraction <= 1:
-            raise ConfigError(f"--split {spec!r}: fraction of {name!r} must be in (0, 1], got {value}", hint=_HINT)
+            raise ConfigError(
+                f"--split {spec!r}: fraction of {name!r} must be in (0, 1], got {value}", hint=_HINT
+            )
         splits.append((name, fraction))
     names = [n for n, _ in splits]
     if len(set(names)) != len(names):
@@ -121,7 +124,7 @@ def assign_splits(
         order = np.random.default_rng([seed, position]).permutation(len(members))
         counts = _apportion(len(members), fractions)
         bounds = np.cumsum([0, *counts])
-        for split, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        for split, (a, b) in enumerate(itertools.pairwise(bounds)):
             assignment[members[order[a:b]]] = split
         if min(counts) == 0:
             short[int(label)] = dict(zip(names, counts, strict=True))

@@ -196,7 +196,10 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
         if ctx.is_main:  # say up front whether each epoch uses every sample
             # loop.fit reads with drop_last=True unless its Task has a drop_last field
             log_epoch_coverage(
-                config.train_url, ctx.world_size, config.batch_size, drop_last=getattr(task, "drop_last", True)
+                config.train_url,
+                ctx.world_size,
+                config.batch_size,
+                drop_last=getattr(task, "drop_last", True),
             )
         return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
 
