@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -204,7 +205,7 @@ def _preempted_exit(config: Any) -> int:
         saved = {}
     if saved.get("status") in ("preempted", "finished"):
         line = saved.get("resume") or f"finished before the signal took effect; see {metrics}"
-        print(f"{line}\nresume with: {' '.join(sys.argv)}")
+        print(f"{line}\nresume with: {shlex.join([sys.executable, *sys.argv])}")
         return 0
     print(f"error: SIGTERM before any checkpoint was saved in {config.run_dir}", file=sys.stderr)
     return 1
@@ -216,7 +217,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"trained {result['epochs_trained']} epoch(s) on {result['world_size']} rank(s) "
         f"({result['backend']}, {result['device']}) in {result['train_seconds']:.1f} s"
-        + (f", resumed after epoch {result['resumed_from_epoch']}" if result["resumed_from_epoch"] else ""),
+        + (f", resumed after epoch {result['resumed_from_epoch']}" if result["resumed_from_epoch"] else "")
+        + (f" at step {result['resumed_from_step']}" if result.get("resumed_from_step") else ""),
     ]
     for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "eval_perplexity"):
         if key in final:
