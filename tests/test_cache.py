@@ -138,6 +138,10 @@ def test_disk_cache_unit(tmp_path):
         DiskCache(tmp_path / "c", limit=-1)
 
 
+def _disk_dir(mode, tmp_path):
+    return tmp_path / "c" if mode == "disk" else None  # a cache_dir turns "stream" into "disk"
+
+
 def _stream(source, epochs=2):
     reader = Reader(
         source,
@@ -153,11 +157,15 @@ def _stream(source, epochs=2):
 def test_loading_modes_of_the_stream_reader_give_the_same_batches(big_url, tmp_path):
     options = ReadOptions(fields=("id", "image"))
     ids = {
-        mode: _stream(open_source(big_url, options, cache=mode, cache_dir=tmp_path / "c"))
+        mode: _stream(open_source(big_url, options, cache=mode, cache_dir=_disk_dir(mode, tmp_path)))
         for mode in ("stream", "memory", "disk")
     }
     assert len(ids["stream"]) == 2 * 275
     assert all(np.array_equal(ids["stream"], v) for v in ids.values())
+    assert not entries_on_disk(tmp_path / "implied")
+    _stream(open_source(big_url, options, cache_dir=tmp_path / "implied"), epochs=1)  # cache_dir alone: disk
+    assert entries_on_disk(tmp_path / "implied")
+    assert open_dataset(big_url, cache_dir=tmp_path / "c").cache == "disk"
     memory = open_source(big_url, options, cache="memory")
     assert isinstance(memory, CachedSource)
     _stream(memory, epochs=1)
@@ -169,7 +177,7 @@ def test_loading_modes_of_the_stream_reader_give_the_same_batches(big_url, tmp_p
 @pytest.mark.parametrize("mode", ["stream", "memory", "disk"])
 def test_mode_results_equal(big_url, tmp_path, mode):
     reference = open_dataset(big_url)[:]
-    ds = open_dataset(big_url, cache=mode, cache_dir=tmp_path / "c")
+    ds = open_dataset(big_url, cache=mode, cache_dir=_disk_dir(mode, tmp_path))
     order = np.random.default_rng(2).permutation(len(ds))[:60]
     got = ds[order]
     for name in reference:

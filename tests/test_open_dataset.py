@@ -24,7 +24,8 @@ def url(tmp_path):
 
 
 def open_mode(url, mode, tmp_path, **kwargs):
-    return open_dataset(url, cache=mode, cache_dir=tmp_path / "cache", **kwargs)
+    cache_dir = tmp_path / "cache" if mode == "disk" else None  # a cache_dir turns "stream" into "disk"
+    return open_dataset(url, cache=mode, cache_dir=cache_dir, **kwargs)
 
 
 def stored_rows(url):
@@ -159,7 +160,9 @@ def test_memory_estimate_skips_empty_row_groups(tmp_path):
     url = write_uneven(tmp_path / "e", [[0, 4], [4]])
     with pytest.raises(ConfigError, match="memory"):  # tokens and names count: about 100 bytes a row
         open_dataset(url, cache="memory", fields=["name", "tokens"], cache_limit=400)
-    assert open_dataset(url, cache="memory", fields=["name", "tokens"], cache_limit=4000)[7]["name"] == "row-7"
+    assert (
+        open_dataset(url, cache="memory", fields=["name", "tokens"], cache_limit=4000)[7]["name"] == "row-7"
+    )
 
 
 def test_memory_limit_refusal(url):

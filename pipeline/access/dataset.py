@@ -256,8 +256,8 @@ def open_dataset(
             bytes per process, default 256 MiB); ``"memory"``: decoded row groups kept in RAM
             once read, refused up front when the estimated size exceeds ``cache_limit`` (default
             half the available memory); ``"disk"``: raw Parquet byte ranges cached under
-            ``cache_dir`` (``cache_limit`` bytes, default 10 GiB), plus the stream LRU.
-            Defaults to ``"stream"``.
+            ``cache_dir`` (``cache_limit`` bytes, default 10 GiB), plus the stream LRU; giving
+            ``cache_dir`` with the default ``"stream"`` means ``"disk"``. Defaults to ``"stream"``.
         cache_limit: The bound of the chosen mode, in bytes. Defaults to ``None`` (see ``cache``).
         cache_dir: Folder of the disk cache. Defaults to ``None`` (``$PIPELINE_CACHE_DIR/ranges``
             or ``~/.cache/pipeline/ranges``).
@@ -272,6 +272,8 @@ def open_dataset(
         ConfigError: An option is invalid, or the dataset does not fit the memory limit.
         DatasetError: The dataset is missing or a field does not exist.
     """
+    if cache == "stream" and cache_dir is not None:
+        cache = "disk"
     if cache not in MODES:
         raise ConfigError(f"cache must be one of {', '.join(MODES)}, got {cache!r}")
     if cache_limit is not None and (not isinstance(cache_limit, int) or cache_limit < 0):

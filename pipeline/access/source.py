@@ -49,7 +49,8 @@ def open_source(
     Args:
         url: Dataset folder or URL, or a path on ``options.filesystem``.
         options: Fields, transform, predicate, filesystem. Defaults to ``ReadOptions()``.
-        cache: ``"stream"``, ``"memory"`` or ``"disk"``. Defaults to ``"stream"``.
+        cache: ``"stream"``, ``"memory"`` or ``"disk"``; ``"stream"`` with a ``cache_dir``
+            means ``"disk"``. Defaults to ``"stream"``.
         cache_limit: ``memory``: refuse above this many decoded bytes (default half the
             available RAM); ``disk``: bytes of entries kept (default 10 GiB). Defaults to ``None``.
         cache_dir: ``disk``: the cache folder. Defaults to ``None`` (``~/.cache/pipeline/ranges``).
@@ -58,6 +59,8 @@ def open_source(
         ConfigError: Unknown mode, or the dataset does not fit the memory limit.
     """
     options = options or ReadOptions()
+    if cache == "stream" and cache_dir is not None:
+        cache = "disk"  # open_loader(url, cache_dir=..., cache_limit=...): the object-storage contract
     if cache == "stream":
         return DatasetSource(url, options)
     if cache == "disk":
