@@ -87,6 +87,9 @@ def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: 
         values = _exact(values, spec.dtype, where, start)
     elif spec.rule == "opaque":
         values = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8).reshape(values.shape + spec.shape[-1:])
+    elif spec.rule == "time" and values.dtype.itemsize == 8:  # PyTables Time64: sec << 32 | usec
+        ticks = values.astype(np.int64)
+        values = (ticks >> 32) + (ticks & 0xFFFFFFFF) / 1e6
     elif spec.rule == "datetime":
         values = values.view(np.int64) if values.dtype.itemsize == 8 else values.astype(np.int64)
     if spec.dtype.kind == "U":

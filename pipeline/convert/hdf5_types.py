@@ -20,8 +20,9 @@ rule           values
 ``opaque``     opaque data (``V<n>``) -> uint8 array of its ``n`` bytes (shape adds ``(n,)``)
 ``datetime``   NumPy ``datetime64``/``timedelta64`` stored by h5py -> int64 counts of the unit
 ``time``       HDF5 UNIX time (no NumPy equivalent), read as stored bytes: ``H5T_UNIX_D32`` ->
-               int64 seconds, ``H5T_UNIX_D64`` -> float64 seconds since 1970-01-01 UTC (the
-               layouts of PyTables' ``Time32``/``Time64``, the main writer of these types)
+               int64 seconds, ``H5T_UNIX_D64`` -> float64 seconds since 1970-01-01 UTC, in the
+               layouts of PyTables' ``Time32``/``Time64`` (the main writer of these types; the
+               same values PyTables reads)
 ``ref``        object references -> ``str``, the HDF5 path of the object ("" for a null one)
 =============  ==========================================================================
 
@@ -39,9 +40,10 @@ import numpy as np
 
 __all__ = ["LeafRule", "dataset_type", "leaf_rules"]
 
-_TIME_TYPES = (("UNIX_D32BE", ">i4"), ("UNIX_D32LE", "<i4"), ("UNIX_D64BE", ">f8"), ("UNIX_D64LE", "<f8"))
-"""HDF5 UNIX time types and how their bytes are read: PyTables, their main writer, stores
-``Time32`` as int32 seconds and ``Time64`` as float64 seconds since 1970-01-01 UTC."""
+_TIME_TYPES = (("UNIX_D32BE", ">i4"), ("UNIX_D32LE", "<i4"), ("UNIX_D64BE", ">i8"), ("UNIX_D64LE", "<i8"))
+"""HDF5 UNIX time types and the integer their bytes hold. HDF5 defines no meaning; PyTables, their
+main writer, stores ``Time32`` as int32 seconds and ``Time64`` as a 64-bit integer
+``seconds << 32 | microseconds`` (its C ``timeval32``), both since 1970-01-01 UTC."""
 
 
 def dataset_type(obj: Any) -> tuple[np.dtype, str]:
@@ -147,7 +149,7 @@ def _walk(dtype: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rule
         _walk(base, member, (*shape, *sub_shape), rules, dropped)
         return
     if dtype.metadata and dtype.metadata.get("hdf5_time"):
-        out = np.dtype(np.int64 if dtype.kind == "i" else np.float64)
+        out = np.dtype(np.int64 if dtype.itemsize == 4 else np.float64)
         note = f"HDF5 UNIX time ({dtype.itemsize * 8}-bit) -> {out} seconds since 1970-01-01 UTC"
         rules.append(LeafRule(member, "time", out, shape, note))
         return
