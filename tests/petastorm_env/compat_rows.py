@@ -12,7 +12,7 @@ import numpy as np
 
 PARTITIONS = (7, 3, 1)
 """Rows per Parquet file (one Spark partition each): files of uneven length."""
-ROW_GROUP_BYTES = 3500
+ROW_GROUP_BYTES = 20000
 """``parquet.block.size`` of the writer: row groups of a few rows, so files hold several."""
 ROWS = sum(PARTITIONS)
 LOSSY = ("jpeg",)
