@@ -270,7 +270,8 @@ def test_disk_cache_over_s3_survives_ranks_and_corruption(s3_env: str, tmp_path:
         "rank = int(sys.argv[3])\n"
         "xs = [int(v) for p, n in enumerate(src.sizes) if p % 2 == rank"
         " for v in src.read(WorkItem(0, p, 0, n)).columns['x']]\n"
-        "print(json.dumps({'x': sorted(xs), 'corrupt': fs.handler.cache.stats.corrupt}))\n"
+        "print(json.dumps({'x': sorted(xs), 'corrupt': fs.handler.cache.stats.corrupt}), flush=True)\n"
+        "del src, fs  # S3 clients alive at exit can abort pyarrow 14's S3 finalization\n"
     )
     procs = [
         subprocess.Popen(

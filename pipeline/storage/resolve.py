@@ -16,9 +16,11 @@ never with a filesystem object.
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -143,6 +145,15 @@ def storage_options(config: StorageConfig | dict[str, Any] | None = None) -> dic
         if cfg.session_token:
             opts["session_token"] = cfg.session_token
     return opts
+
+
+@atexit.register
+def _drop_filesystems() -> None:
+    """Let go of cached S3 filesystems before pyarrow finalizes S3 (atexit runs last-in first):
+    an S3 client alive after ``finalize_s3`` can abort the interpreter at exit (pyarrow 14)."""
+    with _LOCK:
+        _CACHE.clear()
+    gc.collect()
 
 
 def _set_io_threads(config: StorageConfig) -> None:
