@@ -126,6 +126,9 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
     """
     from pyspark.sql import SparkSession
 
+    from pipeline.quiet import quiet_third_party_warnings
+
+    quiet_third_party_warnings()  # pyspark's pandas-3 notice, in every job that starts Spark
     config = config or load_spark_config()
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:

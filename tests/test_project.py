@@ -110,3 +110,19 @@ def test_ci_runs_exactly_make_test():
     script = (REPO / ".ci" / "run").read_text()
     commands = [line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert commands[-1].strip() == "exec make test"
+
+
+def test_cli_silences_only_the_named_third_party_warnings():
+    import warnings
+
+    from pipeline.cli import main
+
+    message = "PySpark does not yet fully support pandas >= 3.0.0. Some features may not work correctly."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main(["--version"])  # installs the filters first
+        warnings.warn_explicit(message, FutureWarning, "utils.py", 1, module="pyspark.sql.pandas.utils")
+        warnings.warn_explicit("something else", FutureWarning, "utils.py", 2, module="pyspark.sql.pandas.utils")
+        warnings.warn_explicit(message, FutureWarning, "ours.py", 3, module="pipeline.convert.text")
+    assert [str(w.message) for w in caught] == ["something else", message]

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+from pipeline.quiet import quiet_third_party_warnings
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +59,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (also the console script's entry point)."""
+    quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
