@@ -123,6 +123,8 @@ def test_cli_silences_only_the_named_third_party_warnings():
         with pytest.raises(SystemExit):
             main(["--version"])  # installs the filters first
         warnings.warn_explicit(message, FutureWarning, "utils.py", 1, module="pyspark.sql.pandas.utils")
-        warnings.warn_explicit("something else", FutureWarning, "utils.py", 2, module="pyspark.sql.pandas.utils")
+        warnings.warn_explicit(
+            "something else", FutureWarning, "utils.py", 2, module="pyspark.sql.pandas.utils"
+        )
         warnings.warn_explicit(message, FutureWarning, "ours.py", 3, module="pipeline.convert.text")
     assert [str(w.message) for w in caught] == ["something else", message]
