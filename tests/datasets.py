@@ -143,3 +143,26 @@ def make_batch_reader(url: str, **kwargs: Any) -> Any:
     except ImportError:
         return _OwnReader(url, batches=True, schema_fields=kwargs.get("schema_fields"))
     return petastorm_make_batch_reader(url, **kwargs)
+
+
+def write_format_dataset(path: Path, rows: int = 50, files: int = 2, row_group_rows: int = 10) -> str:
+    """A Petastorm-format dataset written with pyarrow and :mod:`pipeline.format` only (no Spark
+    job), with several row groups per file: the rows of :func:`expected_row`."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipeline.format import encode_row
+    from pipeline.format.metadata import format_metadata, write_common_metadata
+
+    schema = petastorm_schema()
+    arrow_schema = to_arrow_schema(schema.as_spark_schema())
+    path.mkdir(parents=True)
+    counts = {}
+    per_file = -(-rows // files)
+    for f in range(files):
+        encoded = [encode_row(schema, expected_row(i)) for i in range(f * per_file, min(rows, (f + 1) * per_file))]
+        columns = {name: [row[name] for row in encoded] for name in schema.fields}
+        name = f"part-{f:05d}.parquet"
+        pq.write_table(pa.table(columns, schema=arrow_schema), path / name, row_group_size=row_group_rows)
+        counts[name] = pq.read_metadata(path / name).num_row_groups
+    write_common_metadata(path, arrow_schema, format_metadata(schema, counts))
+    return "file://" + str(path)

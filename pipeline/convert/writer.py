@@ -81,6 +81,13 @@ def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
     return sorted(records, key=lambda r: (r.source, str(r.record)))
 
 
+def _skipped_report(stage: StagedOutput) -> str:
+    """Where ``_skipped.jsonl`` ended up: a local path, or the object-store URL."""
+    if getattr(stage, "remote", None) is None:
+        return str(Path(stage.dest) / "_skipped.jsonl")
+    return f"{stage.url}/_skipped.jsonl"
+
+
 def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
     """Turn bad input (or a failed Spark job) into one clean error naming the input if it was the cause."""
     failed = _read_records(errors_dir, "failed")
@@ -252,7 +259,7 @@ def write_petastorm(
         files=len(files),
         row_groups=row_groups,
         seconds=time.perf_counter() - started,
-        skipped_report=f"{stage.url}/_skipped.jsonl" if skipped else None,
+        skipped_report=_skipped_report(stage) if skipped else None,
         extra=facts,
     )
     log.info("%s", result.summary())
