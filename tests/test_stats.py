@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -60,3 +61,50 @@ def test_bound_by_divides_the_reader_stages_by_its_threads():
     assert bound_by(stages, 0.5, workers=2) == "decode"
     assert bound_by(stages, 0.5, workers=4) == "collate"
     assert bound_by(stages, 0.05, workers=1) == "consumer"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_on_a_terminal_and_silence_elsewhere(monkeypatch):
+    from pipeline.train.monitor import PROGRESS_ENV, Progress
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    figures = {"epoch": {"samples_per_s": 312.4, "wait_fraction": 0.12}}
+    terminal = _Terminal()
+    progress = Progress(stream=terminal)
+    progress.update(epoch=1, epochs=5, step=40, steps=40, stats=lambda: figures)
+    progress.close()
+    assert terminal.getvalue().strip() == "epoch 2/5  step 40/40  312 samples/s  data wait 12%"
+    piped = io.StringIO()
+    Progress(stream=piped).update(epoch=1, epochs=5, step=40, steps=40, stats=lambda: figures)
+    assert piped.getvalue() == ""  # a log file: nothing
+    monkeypatch.setenv(PROGRESS_ENV, "1")  # the job's driver is on a terminal: plain lines
+    Progress(stream=piped).update(epoch=1, epochs=5, step=40, steps=40, stats=lambda: figures)
+    assert piped.getvalue().endswith("data wait 12%\n")
+
+
+def test_loss_curve_draws_the_data_wait_beside_the_loss(tmp_path):
+    from pipeline.train.metrics import plot_loss_curve
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "data_wait_fraction": 0.1 * e, "data_samples_per_s": 100.0 * e}
+        for e in (1, 2, 3)
+    ]
+    with_data = plot_loss_curve(tmp_path / "with.png", history)
+    without = plot_loss_curve(tmp_path / "without.png", [{"epoch": 1, "train_loss": 1.0}])
+    width = int.from_bytes(with_data.read_bytes()[16:20], "big")  # PNG IHDR width
+    assert width == 1100 and int.from_bytes(without.read_bytes()[16:20], "big") == 600
+
+
+def test_trackers_without_mlflow_or_tensorboard_do_nothing(monkeypatch):
+    from pipeline.train.monitor import TENSORBOARD_ENV, Trackers
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(TENSORBOARD_ENV, raising=False)
+    trackers = Trackers()
+    trackers.log_params({"lr": 0.1})
+    trackers.log_epoch({"train_loss": 0.5, "data_bound_by": "read"}, 1)
+    trackers.close()
