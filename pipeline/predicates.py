@@ -54,7 +54,7 @@ def _string_to_bucket(text: str, buckets: int) -> int:
     return int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % buckets
 
 
-class in_set(PredicateBase):  # noqa: N801 (petastorm's name)
+class in_set(PredicateBase):
     """Keep rows whose ``predicate_field`` value is in ``inclusion_values``."""
 
     def __init__(self, inclusion_values: Iterable[Any], predicate_field: str) -> None:
@@ -68,7 +68,7 @@ class in_set(PredicateBase):  # noqa: N801 (petastorm's name)
         return values[self._predicate_field] in self._inclusion_values
 
 
-class in_intersection(PredicateBase):  # noqa: N801
+class in_intersection(PredicateBase):
     """Keep rows whose ``predicate_field`` (a list/array) holds at least one of ``inclusion_values``."""
 
     def __init__(self, inclusion_values: Iterable[Any], _predicate_field: str) -> None:
@@ -85,7 +85,7 @@ class in_intersection(PredicateBase):  # noqa: N801
         return bool(np.any(np.isin(np.asarray(value).ravel(), self._inclusion_values)))
 
 
-class in_lambda(PredicateBase):  # noqa: N801
+class in_lambda(PredicateBase):
     """Keep rows for which ``predicate_func(*field values[, state_arg])`` is true.
 
     Args:
@@ -94,7 +94,9 @@ class in_lambda(PredicateBase):  # noqa: N801
         state_arg: Passed after the field values when not ``None``. Defaults to ``None``.
     """
 
-    def __init__(self, predicate_fields: list[str], predicate_func: Callable[..., Any], state_arg: Any = None) -> None:
+    def __init__(
+        self, predicate_fields: list[str], predicate_func: Callable[..., Any], state_arg: Any = None
+    ) -> None:
         if not isinstance(predicate_fields, list):
             raise ValueError("Predicate fields should be a list")
         self._predicate_fields = predicate_fields
@@ -111,7 +113,7 @@ class in_lambda(PredicateBase):  # noqa: N801
         return self._predicate_func(*args)
 
 
-class in_negate(PredicateBase):  # noqa: N801
+class in_negate(PredicateBase):
     """Keep the rows that ``predicate`` drops."""
 
     def __init__(self, predicate: Any) -> None:
@@ -126,7 +128,7 @@ class in_negate(PredicateBase):  # noqa: N801
         return not self._predicate.do_include(values)
 
 
-class in_reduce(PredicateBase):  # noqa: N801
+class in_reduce(PredicateBase):
     """Combine predicates: ``reduce_func([p.do_include(values) for p in predicate_list])``.
 
     ``all`` is a logical AND, ``any`` a logical OR.
@@ -148,7 +150,7 @@ class in_reduce(PredicateBase):  # noqa: N801
         return self._reduce_func([p.do_include(values) for p in self._predicate_list])
 
 
-class in_pseudorandom_split(PredicateBase):  # noqa: N801
+class in_pseudorandom_split(PredicateBase):
     """Keep subset ``subset_index`` of a split of the rows in ``fraction_list`` proportions.
 
     A row goes to a subset by the MD5 hash of ``str(value of predicate_field)``, as petastorm
@@ -177,7 +179,7 @@ class in_pseudorandom_split(PredicateBase):  # noqa: N801
         return {self._predicate_field}
 
     def do_include(self, values: dict[str, Any]) -> bool:
-        if self._predicate_field not in values.keys():
+        if self._predicate_field not in values:
             raise ValueError(f"Tested values does not have split key: {self._predicate_field}")
         bucket = _string_to_bucket(str(values[self._predicate_field]), sys.maxsize)
         return self._bucket_low <= bucket < self._bucket_high

@@ -45,7 +45,9 @@ def expected_row(i: int) -> dict:
     }
 
 
-def encode_rows(ids: Sequence[int], errors: Any, *, schema: Any, batch: int = 16) -> Iterator[dict[str, list]]:
+def encode_rows(
+    ids: Sequence[int], errors: Any, *, schema: Any, batch: int = 16
+) -> Iterator[dict[str, list]]:
     """Partition function for the writer: rows ``expected_row(i)``, encoded by the schema's codecs."""
     from pipeline.format import encode_row
 
@@ -115,7 +117,7 @@ class _OwnReader:
 
         from pipeline.reader.plan import WorkItem
 
-        Row = namedtuple("Row", list(self._source.specs))  # noqa: PYI024
+        Row = namedtuple("Row", list(self._source.specs))
         for piece, size in enumerate(self._source.sizes):
             chunk = self._source.read(WorkItem(epoch=0, piece=piece, start=0, stop=size))
             if self._batches:
@@ -159,7 +161,9 @@ def write_format_dataset(path: Path, rows: int = 50, files: int = 2, row_group_r
     counts = {}
     per_file = -(-rows // files)
     for f in range(files):
-        encoded = [encode_row(schema, expected_row(i)) for i in range(f * per_file, min(rows, (f + 1) * per_file))]
+        encoded = [
+            encode_row(schema, expected_row(i)) for i in range(f * per_file, min(rows, (f + 1) * per_file))
+        ]
         columns = {name: [row[name] for row in encoded] for name in schema.fields}
         name = f"part-{f:05d}.parquet"
         pq.write_table(pa.table(columns, schema=arrow_schema), path / name, row_group_size=row_group_rows)

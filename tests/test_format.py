@@ -26,7 +26,14 @@ from pipeline.format import (
     encode_row,
     transform_schema,
 )
-from pipeline.predicates import in_intersection, in_lambda, in_negate, in_pseudorandom_split, in_reduce, in_set
+from pipeline.predicates import (
+    in_intersection,
+    in_lambda,
+    in_negate,
+    in_pseudorandom_split,
+    in_reduce,
+    in_set,
+)
 
 
 def tiny_schema() -> Unischema:
@@ -54,14 +61,24 @@ def test_unischema_like_petastorms():
     assert list(schema.fields) == ["id", "name", "vec", "img", "grey", "z"]
     assert schema.img is schema.fields["img"]
     assert UnischemaField("a", np.int32, ()) == UnischemaField("a", np.int32, (), NdarrayCodec(), False)
-    assert UnischemaField("a", np.int32, ()).nullable is False and UnischemaField("a", np.int32, ()).codec is None
+    assert (
+        UnischemaField("a", np.int32, ()).nullable is False
+        and UnischemaField("a", np.int32, ()).codec is None
+    )
     assert hash(schema.id) == hash(UnischemaField("id", np.int64, (), None, False))
     view = schema.create_schema_view([schema.id, "i.*", "v.c"])
     assert list(view.fields) == ["id", "vec", "img"] and view._name == "Tiny_view"  # regexes: schema order
     with pytest.raises(ValueError, match="does not belong"):
         schema.create_schema_view([UnischemaField("nope", np.int8, ())])
     spark = schema.as_spark_schema()
-    assert [f.dataType.typeName() for f in spark.fields] == ["long", "string", "binary", "binary", "binary", "binary"]
+    assert [f.dataType.typeName() for f in spark.fields] == [
+        "long",
+        "string",
+        "binary",
+        "binary",
+        "binary",
+        "binary",
+    ]
     assert [f.nullable for f in spark.fields] == [False, True, False, False, False, True]
     assert schema.make_namedtuple(id=1, name="a", vec=None, img=None, grey=None, z=None).id == 1
     assert "CompressedImageCodec('jpeg', 95)" in str(schema)
@@ -126,7 +143,9 @@ def test_pseudorandom_split_hashing():
     assert 0.55 < share < 0.65
     bucket = int(hashlib.md5(b"1234").hexdigest(), 16) % sys.maxsize
     borders = [0, *(sum([0.6, 0.3, 0.1][: i + 1]) for i in range(3))]
-    expected = [borders[k] * (sys.maxsize - 1) <= bucket < borders[k + 1] * (sys.maxsize - 1) for k in range(3)]
+    expected = [
+        borders[k] * (sys.maxsize - 1) <= bucket < borders[k + 1] * (sys.maxsize - 1) for k in range(3)
+    ]
     assert [s.do_include({"id": 1234}) for s in splits] == expected
 
 
@@ -162,7 +181,10 @@ def _same_schema_in_petastorm(schema):
             return pc.ScalarCodec(c.spark_dtype())
         return getattr(pc, type(c).__name__)()
 
-    return PUnischema(schema._name, [PField(f.name, f.numpy_dtype, f.shape, codec(f.codec), f.nullable) for f in schema.fields.values()])
+    return PUnischema(
+        schema._name,
+        [PField(f.name, f.numpy_dtype, f.shape, codec(f.codec), f.nullable) for f in schema.fields.values()],
+    )
 
 
 def test_codecs_encode_petastorms_bytes(petastorm):
@@ -193,7 +215,9 @@ def test_objects_from_petastorm_are_accepted(petastorm):
     assert ours.img.codec.quality == 80 and list(ours.fields) == list(theirs.fields)
     assert Unischema("X", list(theirs.fields.values())).grey.codec == CompressedImageCodec("jpeg", 95)
     spec = TheirSpec(edit_fields=[("vec", np.float64, (4,), False)], removed_fields=["name"])
-    assert list(transform_schema(ours, spec).fields) == list(petastorm.transform.transform_schema(theirs, spec).fields)
+    assert list(transform_schema(ours, spec).fields) == list(
+        petastorm.transform.transform_schema(theirs, spec).fields
+    )
     assert ours.as_spark_schema() == theirs.as_spark_schema()
     ids = [*range(500), "a", "b", 3.5]
     for k in range(2):

@@ -56,9 +56,15 @@ def test_reads_a_petastorm_pickle_as_our_classes():
     assert isinstance(schema, Unischema) and schema._name == "Legacy"
     assert list(schema.fields) == ["id", "name", "vec", "img", "z"]
     assert schema.img == UnischemaField("img", np.uint8, (4, 4, 3), None, False)
-    assert isinstance(schema.img.codec, CompressedImageCodec) and str(schema.img.codec) == "CompressedImageCodec('jpeg', 90)"
+    assert (
+        isinstance(schema.img.codec, CompressedImageCodec)
+        and str(schema.img.codec) == "CompressedImageCodec('jpeg', 90)"
+    )
     assert isinstance(schema.vec.codec, NdarrayCodec) and isinstance(schema.z.codec, CompressedNdarrayCodec)
-    assert isinstance(schema.id.codec, ScalarCodec) and schema.name.codec.spark_dtype().simpleString() == "string"
+    assert (
+        isinstance(schema.id.codec, ScalarCodec)
+        and schema.name.codec.spark_dtype().simpleString() == "string"
+    )
     assert schema.name.nullable and schema.vec.shape == (None, 2)
 
 
@@ -67,7 +73,9 @@ def test_written_pickle_equals_petastorms_and_reads_back():
     assert data == PETASTORM_PICKLE  # same bytes as petastorm's own pickle.dumps
     assert b"pipeline" not in data
     back = loads_unischema(dumps_unischema(tiny_schema()))
-    assert list(back.fields) == list(tiny_schema().fields) and back.grey.codec == CompressedImageCodec("jpeg", 95)
+    assert list(back.fields) == list(tiny_schema().fields) and back.grey.codec == CompressedImageCodec(
+        "jpeg", 95
+    )
 
 
 def test_petastorm_loads_what_we_write():
@@ -85,7 +93,9 @@ def test_legacy_package_names_are_mapped():
     data = _protocol0(tiny_schema()).replace(b"(cpetastorm.", b"(cav.experimental.deepdrive.dataset_toolkit.")
     assert b"av.experimental" in data
     schema = loads_unischema(data)
-    assert list(schema.fields) == list(tiny_schema().fields) and isinstance(schema.z.codec, CompressedNdarrayCodec)
+    assert list(schema.fields) == list(tiny_schema().fields) and isinstance(
+        schema.z.codec, CompressedNdarrayCodec
+    )
 
 
 def _protocol0(schema) -> bytes:
@@ -148,7 +158,9 @@ def _write_dataset(root, unischema_bytes: bytes) -> None:
     root.mkdir()
     table = pa.table({"id": pa.array([1, 2], pa.int64())})
     pq.write_table(table, root / "part-00000.parquet")
-    write_common_metadata(root, table.schema, {UNISCHEMA_KEY: unischema_bytes, ROW_GROUPS_PER_FILE_KEY: b"{}"})
+    write_common_metadata(
+        root, table.schema, {UNISCHEMA_KEY: unischema_bytes, ROW_GROUPS_PER_FILE_KEY: b"{}"}
+    )
 
 
 def test_opening_a_dataset_with_a_command_in_its_metadata_runs_nothing(tmp_path):

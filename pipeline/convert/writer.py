@@ -205,7 +205,11 @@ def write_petastorm(
                 skipped = _read_records(errors_dir, "skipped")
                 raise InputError(
                     f"no rows were converted from {source}"
-                    + (f": all {len(skipped)} inputs were bad, e.g. {skipped[0].describe()}" if skipped else ""),
+                    + (
+                        f": all {len(skipped)} inputs were bad, e.g. {skipped[0].describe()}"
+                        if skipped
+                        else ""
+                    ),
                     hint="check SRC and the options",
                 )
         except PipelineError:

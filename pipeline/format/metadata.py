@@ -87,7 +87,9 @@ def write_common_metadata(
         pq.write_metadata(schema, out)
 
 
-def unischema_from_metadata(metadata: Mapping[bytes, bytes], *, where: str = "the dataset") -> Unischema | None:
+def unischema_from_metadata(
+    metadata: Mapping[bytes, bytes], *, where: str = "the dataset"
+) -> Unischema | None:
     """The ``Unischema`` stored in ``_common_metadata``'s key-value ``metadata``, or ``None``.
 
     Read with the restricted unpickler of :func:`pipeline.format.pickling.loads_unischema`.
@@ -100,7 +102,9 @@ def unischema_from_metadata(metadata: Mapping[bytes, bytes], *, where: str = "th
     return None if raw is None else loads_unischema(raw, where=where)
 
 
-def row_groups_per_file(metadata: Mapping[bytes, bytes], *, where: str = "the dataset") -> dict[str, int] | None:
+def row_groups_per_file(
+    metadata: Mapping[bytes, bytes], *, where: str = "the dataset"
+) -> dict[str, int] | None:
     """The ``{relative path: row groups}`` index in ``_common_metadata``, or ``None``."""
     raw = metadata.get(ROW_GROUPS_PER_FILE_KEY)
     if raw is None:

@@ -59,8 +59,10 @@ _OUR_MODULES = ("pipeline.format.unischema", "pipeline.format.codecs", "pipeline
 
 _BUILTINS = {
     name: getattr(__import__("builtins"), name)
-    for name in ("object", "str", "bytes", "bytearray", "int", "float", "complex", "bool")
-    + ("tuple", "list", "dict", "set", "frozenset", "slice", "range")
+    for name in (
+        *("object", "str", "bytes", "bytearray", "int", "float", "complex", "bool"),
+        *("tuple", "list", "dict", "set", "frozenset", "slice", "range"),
+    )
 }
 _NUMPY_RENAMED = {"unicode_": "str_", "string_": "bytes_", "bool8": "bool_", "object0": "object_"}
 _NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
@@ -191,7 +193,9 @@ def _allowed_global(module: str, name: str) -> Any:
             module = "petastorm" + module[len(legacy) :]
     if module in ("petastorm.unischema", "petastorm.codecs", *_OUR_MODULES):
         cls = _OURS.get(name)
-        return cls if cls is not None and (module in _OUR_MODULES or _PETASTORM_MODULE[name] == module) else None
+        return (
+            cls if cls is not None and (module in _OUR_MODULES or _PETASTORM_MODULE[name] == module) else None
+        )
     if module == "collections" and name == "OrderedDict":
         return OrderedDict
     if module == "decimal" and name == "Decimal":
@@ -214,7 +218,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _check_field(field: Any) -> None:
     dtype = field.numpy_dtype
     ok_dtype = isinstance(dtype, np.dtype) or (
-        isinstance(dtype, type) and (issubclass(dtype, np.generic) or dtype in (*_BUILTINS.values(), decimal.Decimal))
+        isinstance(dtype, type)
+        and (issubclass(dtype, np.generic) or dtype in (*_BUILTINS.values(), decimal.Decimal))
     )
     ok_shape = isinstance(field.shape, tuple) and all(d is None or isinstance(d, int) for d in field.shape)
     ok_codec = field.codec is None or type(field.codec) in _OURS.values()

@@ -48,7 +48,9 @@ class TransformSpec:
         self.func = func
         self.edit_fields = edit_fields or []
         if removed_fields is not None and selected_fields is not None:
-            raise ValueError("User can only specify one of removed_fields and selected_fields in TransformSpec.")
+            raise ValueError(
+                "User can only specify one of removed_fields and selected_fields in TransformSpec."
+            )
         self.removed_fields = removed_fields or []
         self.selected_fields = selected_fields
 
@@ -73,12 +75,16 @@ def transform_schema(schema: Any, transform_spec: Any) -> Unischema:
     excluded = {f[0] for f in transform_spec.edit_fields} | removed
     fields = [f for name, f in schema.fields.items() if name not in excluded]
     for edit in transform_spec.edit_fields:
-        fields.append(UnischemaField(name=edit[0], numpy_dtype=edit[1], shape=edit[2], codec=None, nullable=edit[3]))
+        fields.append(
+            UnischemaField(name=edit[0], numpy_dtype=edit[1], shape=edit[2], codec=None, nullable=edit[3])
+        )
     selected = transform_spec.selected_fields
     if selected is not None:
         selected = list(selected)
         unknown = set(selected) - {f.name for f in fields}
         if unknown:
-            log.warning("selected_fields names fields that are not in the schema, ignored: %s", sorted(unknown))
+            log.warning(
+                "selected_fields names fields that are not in the schema, ignored: %s", sorted(unknown)
+            )
         fields = sorted((f for f in fields if f.name in selected), key=lambda f: selected.index(f.name))
     return Unischema(f"{schema._name}_transformed", fields)

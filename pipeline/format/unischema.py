@@ -174,7 +174,9 @@ class Unischema:
         """The ``pyspark.sql.types.StructType`` of the stored columns."""
         import pyspark.sql.types as T
 
-        return T.StructType([T.StructField(f.name, _spark_type(f), f.nullable) for f in self._fields.values()])
+        return T.StructType(
+            [T.StructField(f.name, _spark_type(f), f.nullable) for f in self._fields.values()]
+        )
 
     def make_namedtuple(self, **values: Any) -> Any:
         """A namedtuple of this schema's fields, e.g. ``schema.make_namedtuple(id=1, image=img)``."""
