@@ -1,13 +1,18 @@
 """Loader throughput against petastorm's own loaders, torch over files and the decode ceiling.
 
-One process run, one dataset (default: 20,000 64x64 JPEGs written as a Petastorm dataset with
-``CompressedImageCodec('jpeg')`` by ``materialize_dataset``, plus the same images as files)::
+One run, one dataset (default: 20,000 64x64 JPEG files, converted by ``pipeline convert images``
+into a Petastorm dataset with ``CompressedImageCodec('jpeg')``)::
 
     .venv/bin/python benchmarks/bench_loader.py                # generates data under $TMPDIR once
     .venv/bin/python benchmarks/bench_loader.py --url file:///data/my_petastorm_images
 
+Our paths run here, on the default stack; petastorm's run in the petastorm env
+(``.venv-petastorm/bin/python benchmarks/petastorm_paths.py``, petastorm 0.12.1 on pyarrow 14),
+in the same run, on the same dataset, and the table puts them side by side.
+
 Prints samples/s and ratios for: this loader; petastorm ``make_reader`` + ``DataLoader``;
-``make_batch_reader`` + a decoding ``TransformSpec`` + ``BatchedDataLoader``; a torch
+``make_batch_reader`` + a decoding ``TransformSpec`` + ``BatchedDataLoader``;
+``open_loader(engine="petastorm")``; a torch
 ``DataLoader`` over the image files (2 worker processes); the decode ceiling (single-thread
 ``cv2.imdecode`` of every image, times the cores). Then a dataset of raw uint8 arrays (no
 codec) against a plain pyarrow scan of the same files. Each path is run ``--repeat`` times and
@@ -20,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,22 +56,9 @@ def make_image(i: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
 
 
-def _schema():
-    from petastorm.codecs import CompressedImageCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
-    from pyspark.sql.types import LongType
-
-    return Unischema(
-        "BenchImages",
-        [
-            UnischemaField("image", np.uint8, (SIZE, SIZE, 3), CompressedImageCodec("jpeg"), False),
-            UnischemaField("label", np.int64, (), ScalarCodec(LongType()), False),
-        ],
-    )
-
-
 def generate(root: Path, n: int) -> tuple[str, Path, str]:
-    """Write (once) the Petastorm dataset, the image files and the raw-array Parquet dataset."""
+    """Write (once) the image files, their Petastorm dataset (``pipeline convert images``) and the
+    raw-array Parquet dataset."""
     import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -81,18 +74,11 @@ def generate(root: Path, n: int) -> tuple[str, Path, str]:
             )
         (files / "done").touch()
     if not (ds / "_common_metadata").exists():
-        from petastorm.etl.dataset_metadata import materialize_dataset
-        from petastorm.unischema import dict_to_spark_row
+        from pipeline.cli import main as cli
 
-        from pipeline.spark import SparkConfig, spark_session
-
-        schema = _schema()
-        config = SparkConfig(master=f"local[{CORES}]", driver_memory="2g")
-        with spark_session(config) as spark, materialize_dataset(spark, ds.as_uri(), schema, 4):
-            rdd = spark.sparkContext.parallelize(range(n), 16).map(
-                lambda i: dict_to_spark_row(schema, {"image": make_image(i), "label": i % 10})
-            )
-            spark.createDataFrame(rdd, schema.as_spark_schema()).write.mode("overwrite").parquet(ds.as_uri())
+        command = ["convert", "images", str(files), str(ds), "--size", f"{SIZE}x{SIZE}", "--overwrite"]
+        if cli(["--quiet", *command, "--master", f"local[{CORES}]"]) != 0:
+            raise SystemExit(f"pipeline {' '.join(command)} failed")
     if not (raw / "done").exists():
         raw.mkdir(parents=True, exist_ok=True)
         per_file = 2500
@@ -129,39 +115,23 @@ def order_digest(url: str, workers: int, batches: int = 40) -> str:
     return digest.hexdigest()[:16]
 
 
-def petastorm_make_reader(url: str, args: argparse.Namespace):
-    from petastorm import make_reader
-    from petastorm.pytorch import DataLoader
-
-    return measure(
-        lambda: DataLoader(
-            make_reader(url, num_epochs=args.epochs, workers_count=CORES, reader_pool_type="thread"),
-            batch_size=args.batch_size,
-        )
+def petastorm_paths(url: str, args: argparse.Namespace) -> dict[str, BenchResult]:
+    """petastorm's loaders, measured in the petastorm env (benchmarks/petastorm_paths.py)."""
+    python = Path(args.petastorm_python)
+    if not python.exists():
+        print(f"petastorm paths skipped: {python} does not exist (make petastorm-venv builds it)")
+        return {}
+    command = [
+        str(python), str(Path(__file__).with_name("petastorm_paths.py")), url,
+        "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+        "--repeat", str(args.repeat), "--workers", str(CORES), "--image-shape", str(SIZE), str(SIZE), "3",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
     )
-
-
-def petastorm_batch_reader(url: str, args: argparse.Namespace):
-    import cv2
-    from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
-    from petastorm.transform import TransformSpec
-
-    def decode(frame):
-        frame["image"] = frame["image"].map(
-            lambda b: cv2.cvtColor(
-                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB
-            )
-        )
-        return frame
-
-    spec = TransformSpec(decode, edit_fields=[("image", np.uint8, (SIZE, SIZE, 3), False)])
-    return measure(
-        lambda: BatchedDataLoader(
-            make_batch_reader(url, num_epochs=args.epochs, workers_count=CORES, transform_spec=spec),
-            batch_size=args.batch_size,
-        )
-    )
+    if done.returncode != 0:
+        raise SystemExit(f"petastorm paths failed in {python}:\n{done.stderr[-3000:]}")
+    return {name: BenchResult(**r) for name, r in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 def torch_files(files: Path, args: argparse.Namespace):
@@ -237,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="runs per path; the best is kept (default 3)")
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON line at the end")
+    parser.add_argument(
+        "--petastorm-python",
+        default=str(Path(__file__).resolve().parent.parent / ".venv-petastorm" / "bin" / "python"),
+        help="the petastorm env's Python, for petastorm's paths (default .venv-petastorm/bin/python)",
+    )
     args = parser.parse_args(argv)
 
     raw_url = None
@@ -252,13 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling_core, decode_cpu_us = max(decode_ceiling(url) for _ in range(args.repeat))
     figures["decode ceiling (1 core)"] = ceiling_core
     figures[f"decode ceiling x {CORES} cores"] = ceiling_core * CORES
-    paths = {
-        "this loader": lambda: ours(url, args, CORES),
-        "petastorm make_reader + DataLoader": lambda: petastorm_make_reader(url, args),
-        "petastorm make_batch_reader + TransformSpec + BatchedDataLoader": lambda: petastorm_batch_reader(
-            url, args
-        ),
-    }
+    paths = {"this loader": lambda: ours(url, args, CORES)}
     if files is not None:
         paths["torch DataLoader over files (2 workers)"] = lambda: torch_files(files, args)
     results: dict[str, BenchResult] = {}
@@ -267,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run()
             if name not in results or result.samples_per_s > results[name].samples_per_s:
                 results[name] = result
+    results.update(petastorm_paths(url, args))
     figures.update({name: r.samples_per_s for name, r in results.items()})
 
-    best_petastorm = max(v for k, v in figures.items() if k.startswith("petastorm"))
+    best_petastorm = max((v for k, v in figures.items() if k.startswith("petastorm")), default=float("nan"))
     ours_rate = figures["this loader"]
     print(f"\n{'path':<66} {'samples/s':>10} {'vs ours':>8} {'CPU %':>6}")
     for name, rate in figures.items():
