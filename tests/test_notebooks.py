@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 def test_there_are_notebooks_for_conversion_and_training():
     names = [p.name for p in NOTEBOOKS]
-    assert names == ["01_convert_sources.ipynb", "02_train_with_torchdistributor.ipynb"]
+    assert names == ["01_convert_sources.ipynb", "02_train_with_torchdistributor.ipynb", "03_train_from_table.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -41,6 +41,7 @@ def test_notebook_runs_end_to_end(path, notebook_data, monkeypatch):
     monkeypatch.setenv("PIPELINE_NB_DATA", str(notebook_data))
     monkeypatch.setenv("PIPELINE_NB_LIMIT", "400")
     monkeypatch.setenv("PIPELINE_NB_EPOCHS", "4")
+    monkeypatch.setenv("PIPELINE_NB_ROWS", "4000")
     nb = nbformat.read(path, as_version=4)
     # The kernel is this interpreter (the venv's ipykernel); it starts its own local Spark.
     client = NotebookClient(
@@ -53,7 +54,11 @@ def test_notebook_runs_end_to_end(path, notebook_data, monkeypatch):
         if cell.cell_type == "code"
         for out in cell.outputs
     )
-    if path.stem.startswith("01"):
+    if path.stem.startswith("03"):
+        assert "second call converted: False same url: True" in text
+        accuracy = float(text.split("training accuracy ")[1].split()[0])
+        assert accuracy > 0.8, text[-3000:]
+    elif path.stem.startswith("01"):
         assert "classes: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']" in text
         assert "torch.Size([4, 64])" in text
         assert "sensors_features" in text
