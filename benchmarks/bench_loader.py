@@ -99,7 +99,13 @@ def generate(root: Path, n: int) -> tuple[str, Path, str]:
 def ours(url: str, args: argparse.Namespace, workers: int):
     return measure(
         lambda: pipeline.open_loader(
-            url, batch_size=args.batch_size, workers=workers, num_epochs=args.epochs, seed=0, config=None
+            url,
+            fields=["image", "label"],
+            batch_size=args.batch_size,
+            workers=workers,
+            num_epochs=args.epochs,
+            seed=0,
+            config=None,
         )
     )
 

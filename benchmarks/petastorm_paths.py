@@ -25,6 +25,9 @@ from pipeline.bench import BenchResult, measure
 
 warnings.filterwarnings("ignore", module=r"petastorm(\.|$)")
 
+FIELDS = ["image", "label"]
+"""Fields every path reads (petastorm's DataLoaders cannot batch the dataset's string fields)."""
+
 
 def make_reader_path(url: str, args: argparse.Namespace) -> BenchResult:
     from petastorm import make_reader
@@ -32,7 +35,13 @@ def make_reader_path(url: str, args: argparse.Namespace) -> BenchResult:
 
     return measure(
         lambda: DataLoader(
-            make_reader(url, num_epochs=args.epochs, workers_count=args.workers, reader_pool_type="thread"),
+            make_reader(
+                url,
+                schema_fields=FIELDS,
+                num_epochs=args.epochs,
+                workers_count=args.workers,
+                reader_pool_type="thread",
+            ),
             batch_size=args.batch_size,
         )
     )
@@ -57,7 +66,13 @@ def batch_reader_path(url: str, args: argparse.Namespace) -> BenchResult:
     spec = TransformSpec(decode, edit_fields=[("image", np.uint8, shape, False)])
     return measure(
         lambda: BatchedDataLoader(
-            make_batch_reader(url, num_epochs=args.epochs, workers_count=args.workers, transform_spec=spec),
+            make_batch_reader(
+                url,
+                schema_fields=FIELDS,
+                num_epochs=args.epochs,
+                workers_count=args.workers,
+                transform_spec=spec,
+            ),
             batch_size=args.batch_size,
         )
     )
@@ -66,7 +81,7 @@ def batch_reader_path(url: str, args: argparse.Namespace) -> BenchResult:
 def engine_path(url: str, args: argparse.Namespace) -> BenchResult:
     return measure(
         lambda: pipeline.open_loader(
-            url, engine="petastorm", batch_size=args.batch_size, workers=args.workers,
+            url, engine="petastorm", fields=FIELDS, batch_size=args.batch_size, workers=args.workers,
             num_epochs=args.epochs, seed=0, config=None,
         )
     )  # fmt: skip

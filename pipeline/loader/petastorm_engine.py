@@ -7,8 +7,9 @@ Signature (``pipeline.loader.loader.open_loader`` passes its arguments through):
                           world_size=None, workers=DEFAULT, device=DEFAULT, drop_last=DEFAULT,
                           shuffle_buffer=DEFAULT, prefetch=DEFAULT, pad_value=DEFAULT,
                           read_ahead=DEFAULT, predicate=None, filesystem=None,
-                          config="reader.yaml", pool="thread", **petastorm_options)
-        -> PetastormLoader
+                          config="reader.yaml", pool=None, workers_type="auto",
+                          cache="stream", cache_dir=None, cache_limit=None,
+                          **petastorm_options) -> PetastormLoader
 
 ``DEFAULT`` (``pipeline.loader.loader.DEFAULT``): from ``conf/reader.yaml`` like ``open_loader``
 (batch 64, shuffle, seed 0, one epoch, CPU-count workers, buffer 4096, prefetch 2).
@@ -274,7 +275,11 @@ def open_petastorm_loader(
     predicate: Any = None,
     filesystem: Any = None,
     config: str | os.PathLike[str] | None = CONFIG_FILE,
-    pool: str = "thread",
+    pool: str | None = None,
+    workers_type: str = "auto",
+    cache: str = "stream",
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | None = None,
     **petastorm_options: Any,
 ) -> PetastormLoader:
     """Open ``url`` through petastorm's ``make_reader`` / ``make_batch_reader``.
@@ -308,7 +313,13 @@ def open_petastorm_loader(
         filesystem: A filesystem petastorm accepts (fsspec / pyarrow legacy). Defaults to ``None``.
         config: YAML file for the defaults. Defaults to ``"reader.yaml"`` (in ``conf/``).
         pool: petastorm's ``reader_pool_type``: ``"thread"``, ``"process"`` or ``"dummy"``.
-            Defaults to ``"thread"``.
+            Defaults to ``None`` (from ``workers_type``).
+        workers_type: ``open_loader``'s: ``"process"`` is petastorm's process pool, ``"thread"``
+            and ``"auto"`` its thread pool. Defaults to ``"auto"``.
+        cache: Only ``"stream"`` (petastorm's own cache: ``cache_type="local-disk"`` and
+            ``cache_location`` in ``petastorm_options``). Defaults to ``"stream"``.
+        cache_dir: Not supported by this engine (``None``). Defaults to ``None``.
+        cache_limit: Not supported by this engine (``None``). Defaults to ``None``.
         **petastorm_options: Passed to the petastorm reader unchanged (``cache_type``,
             ``cache_location``, ``hdfs_driver``, ``rowgroup_selector``, ``filters``...).
 
@@ -329,8 +340,16 @@ def open_petastorm_loader(
     shuffle_buffer, pad_value = rc.shuffle_buffer, lc.pad_value
     petastorm = import_petastorm()
 
+    if pool is None:
+        pool = "process" if workers_type == "process" else "thread"
     if pool not in _POOLS:
         raise ConfigError(f"pool must be one of {', '.join(_POOLS)}, got {pool!r}")
+    if cache != "stream" or cache_dir is not None or cache_limit is not None:
+        raise ConfigError(
+            f'engine="petastorm" has no cache={cache!r}, cache_dir or cache_limit',
+            hint='pass petastorm\'s own cache_type="local-disk", cache_location=DIR, cache_size_limit=BYTES '
+            'to open_petastorm_loader, or use the default engine="pipeline"',
+        )
     url = os.fspath(url)
     if "://" not in url:
         url = "file://" + os.path.abspath(url)
