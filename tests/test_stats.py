@@ -108,3 +108,48 @@ def test_trackers_without_mlflow_or_tensorboard_do_nothing(monkeypatch):
     trackers.log_params({"lr": 0.1})
     trackers.log_epoch({"train_loss": 0.5, "data_bound_by": "read"}, 1)
     trackers.close()
+
+
+class _FakeMlflow:
+    """Stands in for the optional ``mlflow`` package: records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.run = None
+
+    def active_run(self):
+        return self.run
+
+    def start_run(self, run_name=None):
+        self.run = run_name
+        self.calls.append(("start_run", run_name))
+
+    def end_run(self):
+        self.calls.append(("end_run",))
+        self.run = None
+
+    def log_params(self, params):
+        self.calls.append(("log_params", params))
+
+    def log_metrics(self, metrics, step):
+        self.calls.append(("log_metrics", metrics, step))
+
+
+def test_trackers_send_epochs_to_mlflow_when_a_tracking_uri_is_set(monkeypatch):
+    import sys
+
+    from pipeline.train.monitor import Trackers
+
+    fake = _FakeMlflow()
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    trackers = Trackers(run_name="images")
+    trackers.log_params({"lr": 0.1, "distributed": {"num_processes": 2}})
+    trackers.log_epoch({"train_loss": 0.5, "data_wait_fraction": 0.25, "data_bound_by": "read"}, 3)
+    trackers.close()
+    assert fake.calls == [
+        ("start_run", "images"),
+        ("log_params", {"lr": 0.1}),
+        ("log_metrics", {"train_loss": 0.5, "data_wait_fraction": 0.25}, 3),
+        ("end_run",),
+    ]
