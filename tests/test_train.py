@@ -77,8 +77,9 @@ def test_image_job_trains_on_two_cpu_ranks_in_local_mode(spark, digits, tmp_path
     assert (result["world_size"], result["backend"], result["device"]) == (2, "gloo", "cpu")
     history = result["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    # 400 rows, 2 ranks, batches of 32 with drop_last: 6 steps x 32 rows x 2 ranks per epoch
-    assert all(row["train_samples"] == 384 for row in history)
+    # 400 rows, 2 ranks, batches of 32: 200 rows per rank in 7 steps (the last of 8 rows): every sample
+    assert all(row["train_samples"] == 400 for row in history)
+    assert all(0 <= row["data_wait_fraction"] <= 1 and row["data_samples_per_s"] > 0 for row in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["eval_samples"] == 100
     assert history[-1]["eval_accuracy"] > 0.25  # 10 classes: chance is 0.1; 18 steps in all
@@ -91,7 +92,12 @@ def test_image_job_trains_on_two_cpu_ranks_in_local_mode(spark, digits, tmp_path
 
 def history_without_timing(history):
     return [
-        {k: v for k, v in row.items() if k not in ("seconds", "eval_seconds", "epochs")} for row in history
+        {
+            k: v
+            for k, v in row.items()
+            if k not in ("seconds", "eval_seconds", "epochs") and not k.startswith("data")
+        }
+        for row in history
     ]
 
 
@@ -233,7 +239,7 @@ def test_the_same_job_runs_unchanged_on_a_standalone_cluster(digits, tmp_path):
     ), message
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["world_size"], summary["backend"], summary["epochs_trained"]) == (2, "gloo", 1)
-    assert summary["final"]["train_samples"] == 384
+    assert summary["final"]["train_samples"] == 400
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
 
 
