@@ -67,14 +67,18 @@ def write_dataset(folder: Path, rows: int, dim: int, row_group_rows: int, files:
     for f in range(files):
         ids = range(f * per_file, min(rows, (f + 1) * per_file))
         xs = [bytes(x_field.codec.encode(x_field, rng.standard_normal(dim).astype(np.float32))) for _ in ids]
-        table = pa.table({"x": pa.array(xs, pa.binary()), "label": pa.array(list(ids), pa.int64())}, schema=arrow)
+        table = pa.table(
+            {"x": pa.array(xs, pa.binary()), "label": pa.array(list(ids), pa.int64())}, schema=arrow
+        )
         name = f"part-{f:05d}.parquet"
         pq.write_table(table, folder / name, row_group_size=row_group_rows)
         counts[name] = pq.read_metadata(folder / name).num_row_groups
     write_common_metadata(folder, arrow, format_metadata(schema, counts))
 
 
-def run_loader(url: str, *, filesystem: Any = None, epochs: int = 1, workers: int | None, batch: int) -> list[float]:
+def run_loader(
+    url: str, *, filesystem: Any = None, epochs: int = 1, workers: int | None, batch: int
+) -> list[float]:
     """Seconds of each epoch, from ``open_loader`` on (open time is in the first)."""
     import pipeline
 
@@ -149,12 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         proxy = None
         try:
             create_bucket(endpoint, "bench")
-            direct = s3_filesystem(StorageConfig(endpoint_url=endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1"))
+            direct = s3_filesystem(
+                StorageConfig(
+                    endpoint_url=endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1"
+                )
+            )
             for f in sorted(local.iterdir()):
                 upload_file(str(f), direct, f"bench/ds/{f.name}", url="s3://bench/ds")
             proxy, slow_endpoint = start_latency_proxy(endpoint, args.latency_ms)
             slow = s3_filesystem(
-                StorageConfig(endpoint_url=slow_endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1")
+                StorageConfig(
+                    endpoint_url=slow_endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1"
+                )
             )
             rows = args.rows
 
@@ -171,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
             t_warm = run_loader(path, filesystem=cache_fs, workers=args.workers, batch=args.batch_size)
             results["s3_cache_fill"] = {"seconds": t_fill[0], "samples_per_s": rate(t_fill[0])}
             results["s3_warm"] = {"seconds": t_warm[0], "samples_per_s": rate(t_warm[0])}
-            results["petastorm_make_reader"] = run_petastorm(slow_endpoint, "s3://bench/ds", args.workers or os.cpu_count() or 1)
+            results["petastorm_make_reader"] = run_petastorm(
+                slow_endpoint, "s3://bench/ds", args.workers or os.cpu_count() or 1
+            )
             if "seconds" in results["petastorm_make_reader"]:
-                results["petastorm_make_reader"]["samples_per_s"] = rate(results["petastorm_make_reader"]["seconds"])
+                results["petastorm_make_reader"]["samples_per_s"] = rate(
+                    results["petastorm_make_reader"]["seconds"]
+                )
         finally:
             if proxy is not None:
                 stop(proxy)

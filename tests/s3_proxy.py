@@ -7,6 +7,7 @@ pass through at once. Runs until terminated.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -26,10 +27,8 @@ def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def main() -> None:

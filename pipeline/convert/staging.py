@@ -90,9 +90,7 @@ def check_destination(
     return path
 
 
-def _check_remote(
-    dest: str, *, overwrite: bool, source: str | os.PathLike[str] | None
-) -> ObjectStoreDest:
+def _check_remote(dest: str, *, overwrite: bool, source: str | os.PathLike[str] | None) -> ObjectStoreDest:
     if any(c in dest.split("://", 1)[1] for c in "#?"):
         raise DatasetError(f"{dest}: DEST may not contain '#' or '?'", hint="choose another DEST")
     src = None if source is None else os.fspath(source).rstrip("/")

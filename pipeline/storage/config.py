@@ -86,9 +86,7 @@ class StorageConfig:
         return dataclasses.asdict(self)
 
 
-def load_storage_config(
-    path: str | os.PathLike[str] | None = CONFIG_FILE, **overrides: Any
-) -> StorageConfig:
+def load_storage_config(path: str | os.PathLike[str] | None = CONFIG_FILE, **overrides: Any) -> StorageConfig:
     """``StorageConfig`` from ``conf/storage.yaml`` (or ``path``) with ``overrides`` on top.
 
     ``$PIPELINE_STORAGE_CONFIG`` names another file when set (Spark executors inherit it).

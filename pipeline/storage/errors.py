@@ -68,7 +68,9 @@ def storage_error(exc: BaseException, url: str, action: str, endpoint: str | Non
         return DatasetError(
             f"cannot {action} {url}: access denied{where} ({text[:200]})",
             hint="check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
-            "conf/storage.yaml) and that they may " + ("write to" if action == "write" else "read") + " this prefix",
+            "conf/storage.yaml) and that they may "
+            + ("write to" if action == "write" else "read")
+            + " this prefix",
         )
     if _UNREACHABLE.search(text):
         return DatasetError(

@@ -60,21 +60,27 @@ def list_files(
     files = [e for e in top if e.type == pafs.FileType.File]
     subdirs = [e.path for e in top if e.type == pafs.FileType.Directory]
     if subdirs:
-        with ThreadPoolExecutor(min(cfg.list_threads, len(subdirs)), thread_name_prefix="pipeline-list") as pool:
+        with ThreadPoolExecutor(
+            min(cfg.list_threads, len(subdirs)), thread_name_prefix="pipeline-list"
+        ) as pool:
             for entries in pool.map(lambda p: listing(p, True), subdirs):
                 files.extend(e for e in entries if e.type == pafs.FileType.File)
     files.sort(key=lambda e: e.path)
     return files
 
 
-def file_info(fs: pafs.FileSystem, path: str, *, url: str, config: StorageConfig | None = None) -> pafs.FileInfo:
+def file_info(
+    fs: pafs.FileSystem, path: str, *, url: str, config: StorageConfig | None = None
+) -> pafs.FileInfo:
     """``FileInfo`` of one path, with retries and clean errors (a missing bucket is an error)."""
     cfg = _cfg(config)
     endpoint = endpoint_of(cfg) if isinstance(fs, pafs.S3FileSystem) else None
     info = with_retries(lambda: fs.get_file_info(path), url=url, action="read", config=cfg, endpoint=endpoint)
     if info.type == pafs.FileType.NotFound and isinstance(fs, pafs.S3FileSystem):
         bucket = path.split("/", 1)[0]
-        found = with_retries(lambda: fs.get_file_info(bucket), url=url, action="read", config=cfg, endpoint=endpoint)
+        found = with_retries(
+            lambda: fs.get_file_info(bucket), url=url, action="read", config=cfg, endpoint=endpoint
+        )
         if found.type == pafs.FileType.NotFound:
             raise storage_error(OSError("NoSuchBucket"), url, "read", endpoint)
     return info
@@ -88,7 +94,7 @@ def open_input(url: str, config: StorageConfig | dict[str, Any] | None = None) -
             callers treat it as bad input like a local ``open``.
     """
     if not is_remote(url):
-        return open(url, "rb")  # noqa: SIM115 - the caller closes it
+        return open(url, "rb")
     fs, path = resolve(url, config=config)
     return fs.open_input_file(path)  # type: ignore[return-value]
 
@@ -157,10 +163,8 @@ def delete_paths(
 
     def delete(path: str) -> None:
         def step() -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(path)
-            except FileNotFoundError:
-                pass
 
         with_retries(step, url=url, action="delete", config=cfg)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
@@ -99,7 +99,9 @@ class ObjectStoreDest:
             renamed[path.name] = target.name
         common = folder / _COMMON
         if not common.is_file():
-            raise DatasetError(f"{folder}: no _common_metadata to commit", hint="this is a bug; please report it")
+            raise DatasetError(
+                f"{folder}: no _common_metadata to commit", hint="this is a bug; please report it"
+            )
         schema = pq.read_schema(common)
         meta = dict(schema.metadata or {})
         index = json.loads(meta.get(INDEX_KEY, b"{}").decode("utf-8")) if INDEX_KEY in meta else None
@@ -114,10 +116,14 @@ class ObjectStoreDest:
         parts = self._rename_parts(folder)
         extra = [p for p in folder.iterdir() if p.is_file() and p.name in _LEFTOVER_NAMES]
         uploads = parts + extra
-        with ThreadPoolExecutor(min(self.config.list_threads, max(1, len(uploads))), "pipeline-upload") as pool:
+        with ThreadPoolExecutor(
+            min(self.config.list_threads, max(1, len(uploads))), "pipeline-upload"
+        ) as pool:
             list(
                 pool.map(
-                    lambda p: upload_file(str(p), self.fs, f"{self.prefix}/{p.name}", url=self.url, config=self.config),
+                    lambda p: upload_file(
+                        str(p), self.fs, f"{self.prefix}/{p.name}", url=self.url, config=self.config
+                    ),
                     uploads,
                 )
             )
@@ -126,7 +132,9 @@ class ObjectStoreDest:
     def publish(self, folder: Path) -> None:
         """Step 2, the commit point: write ``_common_metadata``; then delete everything else."""
         keep = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
-        upload_file(str(folder / _COMMON), self.fs, f"{self.prefix}/{_COMMON}", url=self.url, config=self.config)
+        upload_file(
+            str(folder / _COMMON), self.fs, f"{self.prefix}/{_COMMON}", url=self.url, config=self.config
+        )
         stale = [p for p in self._existing() if self._rel(p) not in keep]
         if stale:
             log.info("removing %d replaced or stray object(s) under %s", len(stale), self.url)

@@ -53,7 +53,9 @@ def is_remote_filesystem(fs: pafs.FileSystem) -> bool:
     return fs.type_name not in ("local", "mock")
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, fs: pafs.FileSystem, threads: int = 16) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], *, fs: pafs.FileSystem, threads: int = 16
+) -> list[R]:
     """``[fn(x) for x in items]``, on ``threads`` threads when ``fs`` is remote."""
     if len(items) < 2 or not is_remote_filesystem(fs):
         return [fn(x) for x in items]

@@ -24,8 +24,8 @@ import gc
 import logging
 import os
 import threading
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -109,11 +109,11 @@ def effective_config(config: StorageConfig | dict[str, Any] | None = None) -> St
         or os.environ.get("AWS_REGION")
         or profile.get("region"),
     }
-    if cfg.access_key_id is None and not cfg.anonymous and os.environ.get("AWS_ACCESS_KEY_ID"):
-        if os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            filled["access_key_id"] = os.environ["AWS_ACCESS_KEY_ID"]
-            filled["secret_access_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-            filled["session_token"] = os.environ.get("AWS_SESSION_TOKEN") or None
+    env_keys = os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if cfg.access_key_id is None and not cfg.anonymous and env_keys:
+        filled["access_key_id"] = os.environ["AWS_ACCESS_KEY_ID"]
+        filled["secret_access_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        filled["session_token"] = os.environ.get("AWS_SESSION_TOKEN") or None
     return dataclasses.replace(cfg, **filled)
 
 
@@ -231,7 +231,11 @@ def resolve(
                 f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}",
                 hint="wrap an fsspec filesystem with pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))",
             )
-        path = (parsed.netloc + parsed.path) if scheme and scheme != "file" else (parsed.path if scheme else text)
+        path = (
+            (parsed.netloc + parsed.path)
+            if scheme and scheme != "file"
+            else (parsed.path if scheme else text)
+        )
         return filesystem, path.rstrip("/") or "/"
     if not scheme or scheme == "file":
         if scheme and parsed.netloc not in ("", "localhost"):

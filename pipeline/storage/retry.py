@@ -58,6 +58,13 @@ def with_retries(
         except Exception as exc:
             if not is_transient(exc) or attempt == len(delays):
                 raise storage_error(exc, url, action, endpoint) from None
-            log.info("%s %s: transient error (%s); retry %d in %.1f s", action, url, exc, attempt + 1, delays[attempt])
+            log.info(
+                "%s %s: transient error (%s); retry %d in %.1f s",
+                action,
+                url,
+                exc,
+                attempt + 1,
+                delays[attempt],
+            )
             sleep(delays[attempt])
     raise AssertionError("unreachable")
