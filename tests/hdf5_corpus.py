@@ -44,7 +44,13 @@ def write_basic(d: Path) -> list[Path]:
 def write_images(d: Path) -> list[Path]:
     p = d / "images.h5"
     with _f(p) as f:
-        f.create_dataset("x", data=RNG.integers(0, 256, (N, 16, 16, 3), dtype=np.uint8), chunks=(4, 16, 16, 3), compression="gzip", compression_opts=9)
+        f.create_dataset(
+            "x",
+            data=RNG.integers(0, 256, (N, 16, 16, 3), dtype=np.uint8),
+            chunks=(4, 16, 16, 3),
+            compression="gzip",
+            compression_opts=9,
+        )
         f.create_dataset("y", data=RNG.integers(0, 10, N), dtype="i8")
         f.create_dataset("mask", data=RNG.integers(0, 2, (N, 16, 16)).astype(bool), compression="lzf")
     q = d / "mnist_like.hdf5"
@@ -130,7 +136,9 @@ def write_filters(d: Path) -> list[Path]:
         p = d / f"filter_{name}.h5"
         with _f(p) as f:
             f.create_dataset("x", data=data, chunks=(4, 64), **kw)
-            f.create_dataset("i", data=np.arange(N), chunks=(N,), **({} if name in ("scaleoffset", "szip") else kw))
+            f.create_dataset(
+                "i", data=np.arange(N), chunks=(N,), **({} if name in ("scaleoffset", "szip") else kw)
+            )
         out.append(p)
     p = d / "filter_unknown_snappy.h5"  # a filter id no installed plugin decodes
     with _f(p) as f:
@@ -150,7 +158,11 @@ def write_endian_and_numbers(d: Path) -> list[Path]:
         f["c128"] = (RNG.normal(size=(N, 2)) + 1j).astype(np.complex128)
     r = d / "enum_bool.h5"
     with _f(r) as f:
-        f.create_dataset("color", data=np.arange(N) % 3, dtype=h5py.enum_dtype({"RED": 0, "GREEN": 1, "BLUE": 2}, basetype="u1"))
+        f.create_dataset(
+            "color",
+            data=np.arange(N) % 3,
+            dtype=h5py.enum_dtype({"RED": 0, "GREEN": 1, "BLUE": 2}, basetype="u1"),
+        )
         f["flag"] = np.arange(N) % 2 == 0
     s = d / "bitfield.h5"
     with _f(s) as f:
@@ -162,8 +174,16 @@ def write_endian_and_numbers(d: Path) -> list[Path]:
 def write_vlen_and_strings(d: Path) -> list[Path]:
     p = d / "vlen.h5"
     with _f(p) as f:
-        f.create_dataset("ints", data=np.array([np.arange(i % 4) for i in range(N)], dtype=object), dtype=h5py.vlen_dtype("i4"))
-        f.create_dataset("floats_be", data=np.array([np.arange(i % 3, dtype=">f8") / 2 for i in range(N)], dtype=object), dtype=h5py.vlen_dtype(">f8"))
+        f.create_dataset(
+            "ints",
+            data=np.array([np.arange(i % 4) for i in range(N)], dtype=object),
+            dtype=h5py.vlen_dtype("i4"),
+        )
+        f.create_dataset(
+            "floats_be",
+            data=np.array([np.arange(i % 3, dtype=">f8") / 2 for i in range(N)], dtype=object),
+            dtype=h5py.vlen_dtype(">f8"),
+        )
         f.create_dataset("words", data=[f"wörd{i}" * (i % 3) for i in range(N)], dtype=h5py.string_dtype())
         f.create_dataset("ascii", data=[f"a{i}".encode() for i in range(N)], dtype=h5py.string_dtype("ascii"))
         f.create_dataset("grid", (N, 2), dtype=h5py.vlen_dtype("i2"))  # 2-D vlen: left out
@@ -177,7 +197,9 @@ def write_vlen_and_strings(d: Path) -> list[Path]:
     with _f(q) as f:
         f["fixed"] = np.array([f"s{i}".encode() for i in range(N)], dtype="S6")
         utf8 = f.create_dataset("utf8_fixed", (N,), dtype=h5py.string_dtype("utf-8", 8))
-        utf8[...] = np.array([("é" * (i % 3)).encode() for i in range(N)], dtype=h5py.string_dtype("utf-8", 8))
+        utf8[...] = np.array(
+            [("é" * (i % 3)).encode() for i in range(N)], dtype=h5py.string_dtype("utf-8", 8)
+        )
         f["pairs"] = np.array([[b"a", b"bb"]] * N, dtype="S2")
     r = d / "vlen_2d_only.h5"
     with _f(r) as f:
@@ -278,7 +300,12 @@ def write_exotic_types(d: Path) -> list[Path]:
     p = d / "time_only.h5"
     with _f(p) as f:
         ds = h5py.h5d.create(f.id, b"t", h5py.h5t.UNIX_D64BE, h5py.h5s.create_simple((N,)))
-        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, ((np.arange(N) << 32) | 500_000).astype(">i8"), mtype=h5py.h5t.UNIX_D64BE)
+        ds.write(
+            h5py.h5s.ALL,
+            h5py.h5s.ALL,
+            ((np.arange(N) << 32) | 500_000).astype(">i8"),
+            mtype=h5py.h5t.UNIX_D64BE,
+        )
     out.append(p)
     p = d / "longdouble_exact.h5"
     with _f(p) as f:
@@ -312,6 +339,47 @@ def write_exotic_types(d: Path) -> list[Path]:
         f["span"] = np.arange(N).astype("timedelta64[ms]").astype(h5py.opaque_dtype("m8[ms]"))
     out.append(p)
     return out
+
+
+def write_domain_layouts(d: Path) -> list[Path]:
+    """Layouts of common writers: NeXus, Keras weights, audio clips, HDF-EOS-like grids."""
+    p = d / "nexus_like.nxs.h5"
+    with _f(p) as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data = entry.create_group("data")
+        data.attrs.update({"NX_class": "NXdata", "signal": "counts", "axes": ["frame", "."]})
+        data["counts"] = RNG.integers(0, 1000, (N, 32), dtype=np.uint32)
+        data["frame"] = np.arange(N, dtype=np.float64)
+        data["frame"].attrs["units"] = "s"
+        entry["title"] = "scan 1"
+    q = d / "keras_like_weights.h5"
+    with _f(q) as f:
+        f.attrs["keras_version"] = "3.0.0"
+        f.attrs["backend"] = "torch"
+        for layer, shape in (("dense", (16, 8)), ("dense_1", (16, 4)), ("out", (4, 2))):
+            g = f.create_group(f"model_weights/{layer}/{layer}")
+            g["kernel:0"] = RNG.normal(size=shape).astype(np.float32)
+            g["bias:0"] = np.zeros(shape[1], np.float32)
+    r = d / "audio_clips.h5"
+    with _f(r) as f:
+        f.attrs["sample_rate"] = 16000
+        f.create_dataset(
+            "audio",
+            data=RNG.integers(-(2**15), 2**15, (N, 1600), dtype=np.int16),
+            chunks=(4, 1600),
+            compression="gzip",
+        )
+        f.create_dataset("speaker", data=[f"spk{i % 3}" for i in range(N)], dtype=h5py.string_dtype())
+        f.create_dataset("duration", data=np.full(N, 0.1, dtype=np.float32))
+    s = d / "hdfeos_like.he5"
+    with _f(s) as f:
+        grid = f.create_group("HDFEOS/GRIDS/Temperature/Data Fields")
+        grid["Temperature"] = RNG.normal(280, 5, (N, 20)).astype(">f4")
+        grid["Quality Flag"] = RNG.integers(0, 4, (N, 20), dtype=np.uint8)
+        grid["Temperature"].attrs["_FillValue"] = np.float32(-9999)
+        f.create_group("HDFEOS INFORMATION").attrs["HDFEOSVersion"] = "HDFEOS_5.1.15"
+    return [p, q, r, s]
 
 
 def write_bad(d: Path) -> list[Path]:
@@ -364,7 +432,9 @@ def write_pytables(d: Path) -> list[Path]:
     p = d / "pytables_arrays.h5"
     with tables.open_file(str(p), "w") as h:
         h.create_array("/", "array", np.arange(N, dtype=">i4"))
-        c = h.create_carray("/", "carray", tables.Float32Atom(), (N, 4), filters=tables.Filters(5, "blosc:zstd"))
+        c = h.create_carray(
+            "/", "carray", tables.Float32Atom(), (N, 4), filters=tables.Filters(5, "blosc:zstd")
+        )
         c[:] = np.ones((N, 4))
         e = h.create_earray("/", "earray", tables.Int16Atom(), (0, 3))
         e.append(np.arange(N * 3, dtype=np.int16).reshape(N, 3))
@@ -414,6 +484,7 @@ WRITERS: list[Callable[[Path], list[Path]]] = [
     write_scalars_attrs,
     write_shapes_layouts,
     write_exotic_types,
+    write_domain_layouts,
     write_bad,
     write_pytables,
 ]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+from urllib.parse import urlparse
 
 import h5py
 import numpy as np
@@ -173,22 +174,47 @@ def test_dtype_mapping_rules_and_unique_names():
     # a 2-D vlen dataset is left out, with the reason
     _, dropped = map_fields(
         "f.h5",
-        [DatasetInfo("/x", (4,), np.dtype("i4"), None, None), DatasetInfo("/g", (4, 2), h5py.vlen_dtype("i4"), None, None)],
+        [
+            DatasetInfo("/x", (4,), np.dtype("i4"), None, None),
+            DatasetInfo("/g", (4, 2), h5py.vlen_dtype("i4"), None, None),
+        ],
     )
-    assert dropped == [("/g", "variable-length sequences in a dataset of row shape (2,) (only 1-D datasets become ragged fields)")]
+    assert dropped == [
+        (
+            "/g",
+            "variable-length sequences in a dataset of row shape (2,) (only 1-D datasets become ragged fields)",
+        )
+    ]
 
 
 def test_colliding_names_get_numbered_suffixes():
-    infos = [DatasetInfo(p, (4,), np.dtype("i4"), None, None) for p in ("/<c16", "/>c16", "/a/b", "/a_b", "/X", "/x")]
+    infos = [
+        DatasetInfo(p, (4,), np.dtype("i4"), None, None)
+        for p in ("/<c16", "/>c16", "/a/b", "/a_b", "/X", "/x")
+    ]
     compound = np.dtype([("a b", "i4"), ("a_b", "i4"), ("A-B", "i4")])
     infos.append(DatasetInfo("/t", (4,), compound, None, None))
     infos.append(DatasetInfo("/t_a_b", (4,), np.dtype("i4"), None, None))
     specs, _ = map_fields("f.h5", infos)
-    assert [s.name for s in specs] == ["c16", "c16_2", "a_b", "a_b_2", "X", "x_2", "t_a_b", "t_a_b_2", "t_A_B_3", "t_a_b_4"]
+    assert [s.name for s in specs] == [
+        "c16",
+        "c16_2",
+        "a_b",
+        "a_b_2",
+        "X",
+        "x_2",
+        "t_a_b",
+        "t_a_b_2",
+        "t_A_B_3",
+        "t_a_b_4",
+    ]
     # the loader adds <ragged>_lengths: a field of that name moves out of the way
     specs, _ = map_fields(
         "f.h5",
-        [DatasetInfo("/v", (4,), h5py.vlen_dtype("i4"), None, None), DatasetInfo("/v_lengths", (4,), np.dtype("i8"), None, None)],
+        [
+            DatasetInfo("/v", (4,), h5py.vlen_dtype("i4"), None, None),
+            DatasetInfo("/v_lengths", (4,), np.dtype("i8"), None, None),
+        ],
     )
     assert [s.name for s in specs] == ["v", "v_lengths_2"]
 
@@ -312,7 +338,8 @@ def test_skip_mode_reports_bad_files_and_keeps_the_good_ones(spark, tmp_path):
     assert (result.rows, result.skipped) == (20, 3)
     rows = read_pyarrow_rows(result.output)
     assert rows["index"] == list(range(20)) and set(rows) == {"index", "names"}
-    report = [json.loads(line) for line in Path(result.skipped_report).read_text().splitlines()]
+    report_path = urlparse(result.skipped_report).path  # a path or a file: URL
+    report = [json.loads(line) for line in Path(report_path).read_text().splitlines()]
     reasons = {Path(r["source"]).name: r["reason"] for r in report}
     assert sorted(reasons) == ["b_not_hdf5.h5", "c_truncated.h5", "d_other_layout.h5"]
     assert "not an HDF5 file" in reasons["b_not_hdf5.h5"]
@@ -331,7 +358,9 @@ def test_fail_mode_and_bad_dtypes_stop_before_spark(tmp_path):
         convert_hdf5(None, tmp_path / "refs.h5", tmp_path / "out", Hdf5Options(datasets=("x", "refs")))
     with h5py.File(tmp_path / "snappy.h5", "w") as f:  # a filter id no installed plugin decodes
         f.create_dataset("x", data=np.arange(8), chunks=(4,), compression=32003, allow_unknown_filter=True)
-    with pytest.raises(InputError, match=r"snappy\.h5: dataset /x is compressed with HDF5 filter 32003 \(Snappy\)"):
+    with pytest.raises(
+        InputError, match=r"snappy\.h5: dataset /x is compressed with HDF5 filter 32003 \(Snappy\)"
+    ):
         convert_hdf5(None, tmp_path / "snappy.h5", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -375,9 +404,8 @@ def test_shipped_conf_matches_the_defaults():
 
 
 def test_fast_npy_rows_are_the_bytes_ndarray_codec_writes():
-    from pipeline.format import NdarrayCodec, UnischemaField
-
     from pipeline.convert.hdf5_read import _npy_rows
+    from pipeline.format import NdarrayCodec, UnischemaField
 
     arrays = [
         np.arange(24, dtype=np.float32).reshape(4, 2, 3),
@@ -389,3 +417,19 @@ def test_fast_npy_rows_are_the_bytes_ndarray_codec_writes():
     for arr in arrays:
         field = UnischemaField("x", arr.dtype.type, arr.shape[1:], NdarrayCodec(), False)
         assert _npy_rows(arr) == [bytes(NdarrayCodec().encode(field, np.asarray(r))) for r in arr], arr.dtype
+
+
+def test_filter_errors_name_the_filter_and_the_package():
+    import h5py
+
+    from pipeline.convert.hdf5_filters import missing_filter_error, register_plugins
+
+    assert register_plugins()  # hdf5plugin is a dependency: its filters decode once imported
+    assert all(h5py.h5z.filter_avail(code) for code in (307, 32001, 32004, 32008, 32015, 32026))
+    blosc = str(missing_filter_error("a.h5", "/x", 32001, "blosc"))
+    assert "a.h5: dataset /x is compressed with HDF5 filter 32001 (Blosc)" in blosc
+    assert "`pip install hdf5plugin` (>= 4.0) provides it" in blosc
+    lzo = str(missing_filter_error("a.h5", "/x", 305, "lzo"))
+    assert "filter 305 (LZO)" in lzo and "ptrepack" in lzo
+    unknown = str(missing_filter_error("a.h5", "/x", 40123, "my_filter"))
+    assert "filter 40123 (my_filter)" in unknown and "HDF5_PLUGIN_PATH" in unknown

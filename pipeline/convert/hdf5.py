@@ -23,21 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
-from pipeline.convert.hdf5_attrs import collect_metadata
-from pipeline.convert.hdf5_filters import missing_filter_error, register_plugins
+from pipeline.convert.hdf5_filters import register_plugins
+from pipeline.convert.hdf5_meta import FileMeta, read_metadata
 from pipeline.convert.hdf5_read import ValueCheckError, read_slice, unischema_for
-from pipeline.convert.hdf5_schema import (
-    DatasetInfo,
-    FieldSpec,
-    Slice,
-    dataset_fields,
-    discover_datasets,
-    map_fields,
-    missing_filters,
-    plan_slices,
-    select_datasets,
-    wanted_names,
-)
+from pipeline.convert.hdf5_schema import DatasetInfo, FieldSpec, Slice, plan_slices
 from pipeline.convert.listing import SourceFile, list_source_files, local_path
 from pipeline.errors import ConfigError, InputError
 from pipeline.storage import is_remote, open_input
@@ -45,9 +34,6 @@ from pipeline.storage import is_remote, open_input
 __all__ = ["Hdf5Options", "add_arguments", "convert_hdf5", "options_from_args"]
 
 log = logging.getLogger(__name__)
-
-_PYTABLES_INDEX = "PyTables index (internal)"
-_SKIP_HINT = "fix or remove the file, or pass --on-error skip to skip it and list it in DEST/_skipped.jsonl"
 
 
 @dataclass(frozen=True)
@@ -110,68 +96,6 @@ class _BadFile:
     reason: str
 
 
-@dataclass
-class _FileMeta:
-    rows: int
-    chosen: list[DatasetInfo]
-    left_out: list[tuple[str, str]]
-    specs: list[FieldSpec]
-    attrs: dict[str, Any]
-
-
-def _read_metadata(path: str, wanted: tuple[str, ...] | None, *, first: bool = False) -> _FileMeta:
-    """Metadata of one file (never its data); raises :class:`InputError` for a bad file.
-
-    ``first``: the file that decides the layout: its attributes and scalars are collected and
-    what is left out is logged.
-    """
-    import h5py
-
-    register_plugins()
-    try:
-        if not is_remote(path) and not h5py.is_hdf5(path):
-            raise InputError(f"{path} is not an HDF5 file (no HDF5 signature)", hint=_SKIP_HINT)
-        with h5py.File(open_input(path) if is_remote(path) else path, "r") as h5:
-            infos = discover_datasets(h5)
-            attrs = collect_metadata(h5, [d.path for d in infos if not d.shape]) if first else {}
-    except InputError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"{path}: cannot read HDF5 metadata: {exc}", hint=_SKIP_HINT) from None
-    usable, unusable = [], []
-    for info in infos:
-        if not wanted and any(part.startswith("_i_") for part in info.path.split("/")):
-            unusable.append((info.path, _PYTABLES_INDEX))
-        elif info.shape and not dataset_fields(info)[0]:
-            unusable.append((info.path, "; ".join(why for _, why in dataset_fields(info)[1])))
-        else:
-            usable.append(info)
-    if wanted:
-        for p, why in unusable:
-            if wanted_names(p) & set(wanted):
-                raise InputError(
-                    f"{path}: dataset {p} cannot be converted: {why}",
-                    hint="leave it out of --datasets; docs/convert_text_hdf5.md lists the HDF5 types that convert",
-                )
-    if unusable and not any(d.shape for d in usable):
-        listed = "; ".join(f"{p}: {why}" for p, why in unusable)
-        raise InputError(
-            f"{path}: no dataset can be converted ({listed})",
-            hint="docs/convert_text_hdf5.md lists the HDF5 types that convert",
-        )
-    chosen, left_out = select_datasets(path, usable, wanted)
-    for info in chosen:
-        for code, name in missing_filters(info):
-            raise missing_filter_error(path, info.path, code, name)
-    specs, dropped = map_fields(path, chosen)
-    left_out = [*unusable, *dropped, *left_out]
-    if first:
-        for p, why in [*unusable, *dropped]:
-            if why != _PYTABLES_INDEX:
-                log.warning("%s: leaving out %s: %s", path, p, why)
-    return _FileMeta(chosen[0].rows, chosen, sorted(left_out), specs, attrs)
-
-
 def _row_bytes(chosen: list[DatasetInfo]) -> int:
     total = 0
     for d in chosen:
@@ -198,17 +122,19 @@ class _Plan:
 
 def _plan(src: str, options: Hdf5Options, on_error: str) -> _Plan:
     root = None if is_remote(src) else local_path(src)
-    files = list_source_files(src, extensions=None if root is not None and root.is_file() else options.suffixes, what="HDF5 files")
-    first: _FileMeta | None = None
+    files = list_source_files(
+        src, extensions=None if root is not None and root.is_file() else options.suffixes, what="HDF5 files"
+    )
+    first: FileMeta | None = None
     items: list[Slice | _BadFile] = []
     sizes: list[int] = []
     rows = 0
     for source in files:
         try:
             if first is None:
-                meta = _read_metadata(source.path, options.datasets, first=True)
+                meta = read_metadata(source.path, options.datasets, first=True)
             else:
-                meta = _read_metadata(source.path, _paths(first))
+                meta = read_metadata(source.path, _paths(first))
             if first is not None and _signature(meta.specs) != _signature(first.specs):
                 raise InputError(
                     f"{source.path}: its datasets do not match {files[0].path}: fields "
@@ -257,7 +183,7 @@ def _plan(src: str, options: Hdf5Options, on_error: str) -> _Plan:
     return _Plan(files, first.specs, items, sizes, rows, facts)
 
 
-def _paths(meta: _FileMeta) -> tuple[str, ...]:
+def _paths(meta: FileMeta) -> tuple[str, ...]:
     return tuple(d.path for d in meta.chosen)
 
 

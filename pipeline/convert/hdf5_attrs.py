@@ -77,7 +77,7 @@ def _attrs(obj: Any) -> dict[str, Any]:
     for name in obj.attrs:
         try:
             out[str(name)] = json_value(obj.attrs[name])
-        except Exception as exc:  # noqa: BLE001 -- an exotic attribute type must not stop a conversion
+        except Exception as exc:  # an exotic attribute type must not stop a conversion
             out[str(name)] = f"<unreadable: {type(exc).__name__}: {exc}>"
     return out
 
@@ -109,6 +109,6 @@ def collect_metadata(h5file: Any, scalars: list[str]) -> dict[str, Any]:
     for path in scalars[: max(0, MAX_ENTRIES - count)]:
         try:
             values[path] = json_value(h5file[path][()])
-        except Exception as exc:  # noqa: BLE001 -- same: recorded, never fatal
+        except Exception as exc:  # same: recorded, never fatal
             values[path] = f"<unreadable: {type(exc).__name__}: {exc}>"
     return {"attributes": attributes, "scalars": values}

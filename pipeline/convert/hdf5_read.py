@@ -77,7 +77,9 @@ def _leaf(values: np.ndarray, member: tuple[str, ...]) -> np.ndarray:
     return values
 
 
-def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int, h5file: Any) -> list[Any]:
+def _column(
+    spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int, h5file: Any
+) -> list[Any]:
     if spec.rule == "ragged":
         rows = [np.asarray(v).astype(spec.dtype, copy=False).reshape(-1) for v in values]
         return [field.codec.encode(field, row) for row in rows]
@@ -86,7 +88,9 @@ def _column(spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: 
     elif spec.rule == "longdouble":
         values = _exact(values, spec.dtype, where, start)
     elif spec.rule == "opaque":
-        values = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8).reshape(values.shape + spec.shape[-1:])
+        values = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8).reshape(
+            values.shape + spec.shape[-1:]
+        )
     elif spec.rule == "time" and values.dtype.itemsize == 8:  # PyTables Time64: sec << 32 | usec
         ticks = values.astype(np.int64)
         values = (ticks >> 32) + (ticks & 0xFFFFFFFF) / 1e6
@@ -123,7 +127,7 @@ def _exact(values: np.ndarray, dtype: np.dtype, where: str, start: int) -> np.nd
     if not same.all():
         bad = np.argwhere(~same)[0]
         raise ValueCheckError(
-            f"{where}: row {start + int(bad[0])}: value {values[tuple(bad)]!r} of dtype {values.dtype} is not "
+            f"{where}: row {start + int(bad[0])}: value {values[tuple(bad)]} of dtype {values.dtype} is not "
             f"exactly representable as {dtype}"
         )
     return out

@@ -63,7 +63,9 @@ def dataset_type(obj: Any) -> tuple[np.dtype, str]:
         raw = _raw_dtype(tid)
         if raw is not None:
             return raw, "time" if raw.metadata else "raw"
-        return np.dtype(f"V{tid.get_size()}"), f"HDF5 type {type(tid).__name__} has no NumPy equivalent ({exc})"
+        return np.dtype(
+            f"V{tid.get_size()}"
+        ), f"HDF5 type {type(tid).__name__} has no NumPy equivalent ({exc})"
 
 
 def _raw_dtype(tid: Any) -> np.dtype | None:
@@ -88,7 +90,7 @@ def _raw_dtype(tid: Any) -> np.dtype | None:
     if isinstance(tid, h5py.h5t.TypeArrayID):
         base = _raw_dtype(tid.get_super())
         return None if base is None else np.dtype((base, tuple(tid.get_array_dims())))
-    if isinstance(tid, h5py.h5t.TypeVlenID) or isinstance(tid, h5py.h5t.TypeReferenceID):
+    if isinstance(tid, (h5py.h5t.TypeVlenID, h5py.h5t.TypeReferenceID)):
         return None
     try:
         dtype = tid.dtype
@@ -137,7 +139,9 @@ def leaf_rules(
     return rules, dropped
 
 
-def _walk(dtype: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rules: list, dropped: list) -> None:
+def _walk(
+    dtype: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rules: list, dropped: list
+) -> None:
     import h5py
 
     if dtype.names:
@@ -174,12 +178,21 @@ def _walk(dtype: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rule
         rules.append(rule)
 
 
-def _vlen(base: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rules: list, dropped: list) -> None:
+def _vlen(
+    base: np.dtype, member: tuple[str, ...], shape: tuple[int, ...], rules: list, dropped: list
+) -> None:
     if shape:
-        dropped.append((member, f"variable-length sequences in a dataset of row shape {shape} (only 1-D datasets become ragged fields)"))
+        dropped.append(
+            (
+                member,
+                f"variable-length sequences in a dataset of row shape {shape} (only 1-D datasets become ragged fields)",
+            )
+        )
         return
     if base.names or base.subdtype is not None or _string(base) or base.kind not in "biufc":
-        dropped.append((member, f"variable-length sequences of {base} (only numbers and bools become ragged fields)"))
+        dropped.append(
+            (member, f"variable-length sequences of {base} (only numbers and bools become ragged fields)")
+        )
         return
     if base.itemsize > (16 if base.kind == "c" else 8):
         dropped.append((member, f"variable-length sequences of {base} (extended precision)"))
@@ -197,13 +210,19 @@ def _scalar_rule(dtype: np.dtype, member: tuple[str, ...], shape: tuple[int, ...
         labels = tuple(sorted(((str(k), int(v)) for k, v in enum.items()), key=lambda kv: kv[1]))
         return LeafRule(member, "plain", np.dtype(native.str), shape, f"enum -> {native}", labels)
     if dtype.kind == "f" and dtype.itemsize > 8:
-        return LeafRule(member, "longdouble", np.dtype(np.float64), shape, f"{dtype} -> float64 (exact values only)")
+        return LeafRule(
+            member, "longdouble", np.dtype(np.float64), shape, f"{dtype} -> float64 (exact values only)"
+        )
     if dtype.kind == "c" and dtype.itemsize > 16:
-        return LeafRule(member, "longdouble", np.dtype(np.complex128), shape, f"{dtype} -> complex128 (exact values only)")
+        return LeafRule(
+            member, "longdouble", np.dtype(np.complex128), shape, f"{dtype} -> complex128 (exact values only)"
+        )
     if dtype.kind in "biufc":
         return LeafRule(member, "plain", np.dtype(native.str), shape)
     if dtype.kind in "Mm":
         return LeafRule(member, "datetime", np.dtype(np.int64), shape, f"{dtype} -> int64 counts of its unit")
     if dtype.kind == "V" and dtype.itemsize > 0:
-        return LeafRule(member, "opaque", np.dtype(np.uint8), (*shape, dtype.itemsize), f"opaque {dtype} -> uint8 bytes")
+        return LeafRule(
+            member, "opaque", np.dtype(np.uint8), (*shape, dtype.itemsize), f"opaque {dtype} -> uint8 bytes"
+        )
     return f"dtype {dtype} has no field type"
