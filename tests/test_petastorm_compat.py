@@ -289,6 +289,7 @@ def test_engine_petastorm_wraps_make_reader_and_make_batch_reader(materialized, 
     assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == everything
     assert sorted(_ids(runs["epochs2"])) == sorted(everything * 2)
     assert _ids(runs["drop_last"]) == _ids(stored)[:8]
+    assert sorted(_ids(runs["predicate"])) == everything[::2]  # our in_lambda, as petastorm's predicate
     for batch in runs["transform"]:  # our TransformSpec became petastorm's transform_spec
         assert sorted(batch) == ["id", "ratio", "twice"]
         assert np.array_equal(batch["twice"], batch["id"] * 2)

@@ -56,6 +56,34 @@ log = logging.getLogger(__name__)
 
 _POOLS = ("thread", "process", "dummy")
 
+try:  # petastorm's reader takes only its own predicate class; this module is imported lazily
+    from petastorm.predicates import PredicateBase as _PetastormPredicateBase
+except Exception:  # not installed (the default stack), or unable to import on this pyarrow
+    _PetastormPredicateBase = object
+
+
+class PetastormPredicate(_PetastormPredicateBase):  # type: ignore[misc,valid-type]
+    """One of our predicates (:mod:`pipeline.predicates`) as petastorm's ``PredicateBase``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def get_fields(self) -> set[str]:
+        return set(self.inner.get_fields())
+
+    def do_include(self, values: dict[str, Any]) -> bool:
+        return bool(self.inner.do_include(values))
+
+
+def _petastorm_predicate(predicate: Any) -> Any:
+    if predicate is None or isinstance(predicate, _PetastormPredicateBase):
+        return predicate
+    if not (hasattr(predicate, "get_fields") and hasattr(predicate, "do_include")):
+        raise ConfigError(
+            f"predicate {predicate!r} has no get_fields()/do_include()", hint="use pipeline.predicates"
+        )
+    return PetastormPredicate(predicate)
+
 
 def import_petastorm() -> Any:
     """The ``petastorm`` module, or a :class:`ConfigError` saying how to install it."""
@@ -375,7 +403,7 @@ def open_petastorm_loader(
         "seed": seed,
         "shuffle_rows": shuffle,
         "shuffle_row_groups": shuffle,
-        "predicate": predicate,
+        "predicate": _petastorm_predicate(predicate),
         "num_epochs": num_epochs,
         "cur_shard": rank if world_size > 1 else None,
         "shard_count": world_size if world_size > 1 else None,

@@ -18,6 +18,7 @@ import torch
 import pipeline
 from pipeline.format import TransformSpec
 from pipeline.loader.petastorm_engine import PetastormLoader, open_petastorm_loader
+from pipeline.predicates import in_lambda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import portable
@@ -62,6 +63,7 @@ def main(out: str, url: str, parquet_url: str) -> None:
         "rank0": run(url, shuffle=False, rank=0, world_size=2, **base),
         "rank1": run(url, shuffle=False, rank=1, world_size=2, **base),
         "epochs2": run(url, shuffle=False, num_epochs=2, **base),
+        "predicate": run(url, shuffle=False, predicate=in_lambda(["id"], lambda i: i % 2 == 0), **base),
         "drop_last": run(url, shuffle=False, drop_last=True, **base),
         "transform": run(url, shuffle=False, batch_size=4, fields=["id", "ratio"], transform=spec, workers=1),
         "parquet": run(parquet_url, shuffle=False, batch_size=5, workers=1),
