@@ -22,8 +22,6 @@ with the same weights and metrics as one that was never interrupted.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from torch import nn
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.train.metrics import RunningSums, write_metrics
 from pipeline.train.monitor import Progress, Trackers
+from pipeline.train.preemption import Agreement, StopSignals, gather, rng_state, set_rng_state
 from pipeline.train.process_group import DistContext
 from pipeline.train.run import RunDir, cosine_lr, derive_seed, format_row, prepare_run_dir
 
@@ -70,81 +69,6 @@ class Task:
     """Clip the gradients' norm to this before each step; ``None`` = no clipping."""
     drop_last: bool = False
     """``False``: every sample every epoch (shards padded, last batch short); ``True``: full batches only."""
-
-
-class _StopSignals:
-    """Turns SIGTERM/SIGINT into a request to stop after the current step (main thread only)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            if signum == signal.SIGINT:  # Ctrl-C twice: stop now, without a checkpoint
-                self._restore()
-                signal.raise_signal(signum)
-            return  # SIGTERM again (the process group's and the driver's copy): already stopping
-        self.received = signum
-        log.warning("%s received: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
-
-
-class _Agreement:
-    """Whether any rank wants to stop, agreed by all ranks after each step (CPU collective)."""
-
-    def __init__(self, ctx: DistContext) -> None:
-        import torch.distributed as dist
-
-        self._group = None
-        self._active = ctx.world_size > 1 and dist.is_initialized()
-        if self._active and ctx.backend != "gloo":
-            self._group = dist.new_group(backend="gloo")  # no GPU sync for a one-int flag
-
-    def any(self, flag: bool) -> bool:
-        if not self._active:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(value.item())
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _gather(ctx: DistContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-
-    if ctx.world_size == 1 or not dist.is_initialized():
-        return [payload]
-    gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, payload)
-    return gathered
 
 
 def fit(
@@ -201,7 +125,7 @@ def fit(
     if every < 0:
         raise ConfigError(f"checkpoint_every must be >= 1 steps (or None), got {every}")
     ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    agreement = _Agreement(ctx)
+    agreement = Agreement(ctx)
     progress = Progress(enabled=ctx.is_main)
     trackers = Trackers(tensorboard_dir=getattr(config, "tensorboard_dir", None)) if ctx.is_main else None
     if trackers is not None:
@@ -223,7 +147,7 @@ def fit(
         fields=list(task.fields),
     )
     try:
-        with loader, _StopSignals() as signals:
+        with loader, StopSignals() as signals:
             _restore_loader(loader, restored, ctx.rank, start)
             steps = len(loader)
             rank_state = restored.ranks[ctx.rank] if restored is not None and first_step else None
@@ -233,7 +157,7 @@ def fit(
                 spent = 0.0
                 if step and rank_state is not None:
                     sums.load(rank_state["sums"])
-                    _set_rng_state(rank_state["rng"], ctx.device)
+                    set_rng_state(rank_state["rng"], ctx.device)
                     spent = float(rank_state.get("seconds", 0.0))
                 else:
                     torch.manual_seed(derive_seed(config.seed, epoch, ctx.rank))  # dropout; reproducible
@@ -255,11 +179,11 @@ def fit(
                     progress.update(epoch=epoch, epochs=epochs, step=step, steps=steps, stats=loader.stats)
                     stop = agreement.any(signals.received is not None)
                     if step < steps and (stop or (every and global_step % every == 0)):
-                        ranks = _gather(
+                        ranks = gather(
                             ctx,
                             {
                                 "loader": loader.state_dict(),
-                                "rng": _rng_state(ctx.device),
+                                "rng": rng_state(ctx.device),
                                 "sums": sums.local(),
                                 "seconds": time.perf_counter() - t0,
                             },
