@@ -270,7 +270,7 @@ def test_pytables_sample_files(spark, tmp_path, capsys):
         print(f"\nPyTables sample files: {converted} of {len(files)} convertible; failures: {dict(reasons)}")
         for name, reason in sorted(failures.items()):
             print(f"  {name}: {reason[:240]}")
-    # 9 of these files hold no array at all (only attributes, scalars, empty groups or a link to
+    # 8 of these files hold no array at all (only attributes, scalars, empty groups or a link to
     # one), 5 are LZO-compressed (no decoder for h5py exists), 1 table has 0 rows
     assert converted / len(files) >= 0.7
     assert set(reasons) <= {"LZO filter", "no row datasets", "nothing convertible", "zero rows"}, failures
