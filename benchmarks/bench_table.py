@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -113,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--master", default="local[2]")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     default_py = ROOT / ".venv-petastorm" / "bin" / "python"
-    p.add_argument("--petastorm-python", default=str(default_py if default_py.exists() else ROOT / ".venv/bin/python"))
+    p.add_argument(
+        "--petastorm-python", default=str(default_py if default_py.exists() else ROOT / ".venv/bin/python")
+    )
     p.add_argument("--no-petastorm", action="store_true")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object (last line)")
     args = p.parse_args(argv)
@@ -128,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"rows": args.rows, "features": args.features, "array_len": args.array_len,
                  "batch_size": args.batch_size, "master": args.master}  # fmt: skip
     try:
-        with spark_session(SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g")) as spark:
+        with spark_session(
+            SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g")
+        ) as spark:
             if not table.exists():
                 make_table(spark, table, args.rows, args.features, args.array_len)
-            pipeline.spark_dataset(spark.range(1000).selectExpr("id", "rand() AS x"), cache_dir=str(work / "warm"))
+            pipeline.spark_dataset(
+                spark.range(1000).selectExpr("id", "rand() AS x"), cache_dir=str(work / "warm")
+            )
             df = spark.read.parquet(str(table))
             start = time.perf_counter()
             ds = pipeline.spark_dataset(df, cache_dir=str(cache), float32=True)

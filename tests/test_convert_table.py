@@ -84,7 +84,9 @@ def all_types(spark):
             T.StructField("vec", VectorUDT()),
             T.StructField("old", OldVectorUDT()),
             T.StructField("tags", T.ArrayType(T.StringType())),
-            T.StructField("st", T.StructType([T.StructField("x", T.IntegerType()), T.StructField("y", T.StringType())])),
+            T.StructField(
+                "st", T.StructType([T.StructField("x", T.IntegerType()), T.StructField("y", T.StringType())])
+            ),
         ]
     )
     big = 2**63 - 1
@@ -140,7 +142,9 @@ def test_every_rule_reads_back_equal(all_types, tmp_path):
     assert got["st_x"].tolist() == [1, 2, 3, 4] and got["st_y"] == ["x", None, "z", "w"]
 
     fields = read_unischema(summary["output"]).fields
-    assert fields["fixed"].shape == (2,) and fields["ragged"].shape == (None,) and fields["grid"].shape == (2, 2)
+    assert (
+        fields["fixed"].shape == (2,) and fields["ragged"].shape == (None,) and fields["grid"].shape == (2, 2)
+    )
     assert fields["s"].nullable and not fields["i64"].nullable
     meta = read_provenance(summary["output"])
     assert meta["kind"] == "table" and len(meta["plan_fingerprint"]) == 64
@@ -153,7 +157,9 @@ def test_float32_and_session_time_zone(all_types, spark, tmp_path):
     df, rows = all_types
     spark.conf.set("spark.sql.session.timeZone", "America/New_York")
     try:
-        summary = pipeline.convert_dataframe(df.select("d", "dec", "fixed", "grid", "vec", "ts"), str(tmp_path / "f"), float32=True)
+        summary = pipeline.convert_dataframe(
+            df.select("d", "dec", "fixed", "grid", "vec", "ts"), str(tmp_path / "f"), float32=True
+        )
     finally:
         spark.conf.set("spark.sql.session.timeZone", "UTC")
     got = read_all(summary["output"])
@@ -166,7 +172,9 @@ def test_float32_and_session_time_zone(all_types, spark, tmp_path):
 
 
 def test_timestamp_ntz_is_read_as_utc(spark, tmp_path):
-    df = spark.sql("SELECT TIMESTAMP_NTZ'2020-01-02 03:04:05.000006' AS t, TIMESTAMP_NTZ'0001-01-01 00:00:00' AS lo")
+    df = spark.sql(
+        "SELECT TIMESTAMP_NTZ'2020-01-02 03:04:05.000006' AS t, TIMESTAMP_NTZ'0001-01-01 00:00:00' AS lo"
+    )
     got = read_all(pipeline.convert_dataframe(df, str(tmp_path / "ntz"))["output"])
     assert got["t"].tolist() == [_micros(dt.datetime(2020, 1, 2, 3, 4, 5, 6, tzinfo=UTC))]
     assert got["lo"].tolist() == [-62135596800000000]
@@ -213,18 +221,23 @@ def test_null_rows_are_skipped_and_listed(spark, tmp_path):
 )
 def test_types_without_a_rule_fail_before_any_work(spark, tmp_path, sql, message):
     df = spark.sql(sql)
-    with pytest.raises(InputError, match=message) as info:
-        no_jobs(spark, lambda: pipeline.convert_dataframe(df, str(tmp_path / "x")))
-    assert "HINT" in str(info.value)
-    _, jobs = no_jobs(spark, lambda: pytest.raises(InputError, pipeline.convert_dataframe, df, str(tmp_path / "x")))
-    assert jobs == [] and not (tmp_path / "x").exists()
+
+    def attempt() -> str:
+        with pytest.raises(InputError, match=message) as info:
+            pipeline.convert_dataframe(df, str(tmp_path / "x"))
+        return str(info.value)
+
+    text, jobs = no_jobs(spark, attempt)
+    assert "HINT" in text and jobs == [] and not (tmp_path / "x").exists()
 
 
 def test_decimal_error_option_and_jagged_nested_arrays(spark, tmp_path):
     with pytest.raises(InputError, match=r"column 'p' is decimal\(3,2\); decimals are refused"):
         pipeline.convert_dataframe(spark.sql("SELECT 1.25BD AS p"), str(tmp_path / "d"), decimal="error")
     jagged = spark.sql("SELECT array(array(1, 2), array(3)) AS g")
-    with pytest.raises(InputError, match=r"column 'g' .* not rectangular: lengths at depth 2 range from 1 to 2"):
+    with pytest.raises(
+        InputError, match=r"column 'g' .* not rectangular: lengths at depth 2 range from 1 to 2"
+    ):
         pipeline.convert_dataframe(jagged, str(tmp_path / "g"))
     with pytest.raises(Exception, match=r"unknown option\(s\) colour"):
         pipeline.convert_dataframe(jagged, str(tmp_path / "g"), colour="red")
@@ -284,7 +297,9 @@ def test_cli_table_sql_and_parquet(spark, tmp_path):
             code = main(["convert", "table", *source, str(tmp_path / name), "--float32", "--json"])
         assert code == 0, name
         result = json.loads(out.getvalue().strip().splitlines()[-1])
-        assert result["rows"] == (3 if name == "sql" else 5) and result["output"] == f"file://{tmp_path / name}"
+        assert (
+            result["rows"] == (3 if name == "sql" else 5) and result["output"] == f"file://{tmp_path / name}"
+        )
         assert read_all(result["output"])["x"].numpy().dtype == np.float32
         assert read_provenance(result["output"])["source_kind"] == name
     err = io.StringIO()

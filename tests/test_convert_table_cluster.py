@@ -24,7 +24,9 @@ def test_convert_table_on_a_standalone_cluster_matches_local_mode(spark, tmp_pat
         "SELECT id, CAST(id % 3 AS INT) AS label, id * 0.25D AS x, array(CAST(id AS FLOAT), 1.0F) AS pair, "
         "IF(id % 4 = 0, NULL, CAST(id AS STRING)) AS name, DATE'2020-01-01' + CAST(id AS INT) AS day FROM range(30)"
     ).coalesce(1).write.parquet(str(table))
-    local = pipeline.convert_dataframe(spark.read.parquet(str(table)), str(tmp_path / "local"), float32=True, partitions=3)
+    local = pipeline.convert_dataframe(
+        spark.read.parquet(str(table)), str(tmp_path / "local"), float32=True, partitions=3
+    )
 
     with standalone_cluster(tmp_path / "cluster") as master:
         cmd = [sys.executable, "-m", "pipeline.cli", "convert", "table", "--parquet", str(table),
@@ -41,4 +43,7 @@ def test_convert_table_on_a_standalone_cluster_matches_local_mode(spark, tmp_pat
         assert remote[name].tolist() == here[name].tolist(), name
     assert remote["name"] == here["name"] and remote["x"].numpy().dtype == np.float32
     meta = read_provenance(result["output"])
-    assert meta["spark_master"] == master and meta["plan_fingerprint"] == read_provenance(local["output"])["plan_fingerprint"]
+    assert (
+        meta["spark_master"] == master
+        and meta["plan_fingerprint"] == read_provenance(local["output"])["plan_fingerprint"]
+    )

@@ -58,8 +58,12 @@ def test_two_new_processes_convert_once_and_the_handle_reuses_it(spark, tmp_path
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(table), str(cache), start_at],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = []
@@ -79,7 +83,9 @@ def test_two_new_processes_convert_once_and_the_handle_reuses_it(spark, tmp_path
     assert (ds.converted, jobs, ds.url, ds.rows) == (False, [], outs[0]["url"], 20)
     with ds.open_loader(batch_size=100, shuffle=False, num_epochs=1) as loader:
         batch = next(iter(loader))
-    rows = sorted(zip(batch["id"].tolist(), batch["x"].tolist(), strict=True))  # Spark reads bigger files first
+    rows = sorted(
+        zip(batch["id"].tolist(), batch["x"].tolist(), strict=True)
+    )  # Spark reads bigger files first
     assert rows == [(i, float(i)) for i in range(0, 40, 2)]
 
 

@@ -23,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub = actions.add_parser(name, help=text, description=text)
         if name == "clear":
             sub.add_argument("keys", nargs="*", metavar="KEY", help="keys to remove (default: all)")
-        sub.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default conf/cache.yaml)")
-        sub.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+        sub.add_argument(
+            "--cache-dir", default=None, metavar="DIR", help="cache folder (default conf/cache.yaml)"
+        )
+        sub.add_argument(
+            "--json", action="store_true", help="print the result as one JSON object (last line)"
+        )
         sub.set_defaults(handler=_run)
 
 
@@ -42,7 +46,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"cache {root}: {len(entries)} dataset(s), {human_bytes(sum(e.bytes for e in entries))}")
         for e in entries:
             rows = "?" if e.rows is None else f"{e.rows:,}"
-            print(f"  {e.key}  {rows:>12} rows  {human_bytes(e.bytes):>10}  {e.created or '?'}  {e.source or '?'}")
+            print(
+                f"  {e.key}  {rows:>12} rows  {human_bytes(e.bytes):>10}  {e.created or '?'}  {e.source or '?'}"
+            )
     return {
         "cache_dir": str(root),
         "entries": [dataclasses.asdict(e) for e in entries],

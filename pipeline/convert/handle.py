@@ -35,7 +35,15 @@ from urllib.parse import unquote, urlparse
 from pipeline.config import load_config
 from pipeline.errors import DatasetError
 
-__all__ = ["CacheConfig", "CacheEntry", "SparkDataset", "cache_entries", "clear_cache", "resolve_cache_dir", "spark_dataset"]
+__all__ = [
+    "CacheConfig",
+    "CacheEntry",
+    "SparkDataset",
+    "cache_entries",
+    "clear_cache",
+    "resolve_cache_dir",
+    "spark_dataset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +95,14 @@ def _file_stats(spark: Any, files: list[str]) -> list[tuple[str, int, int]]:
 
 def cache_key(df: Any, options: dict[str, Any]) -> tuple[str, str]:
     """``(key, plan_fingerprint)`` of ``df`` converted with ``options`` (no Spark job)."""
-    from pipeline.convert.table import plan_fingerprint, split_options
+    from pipeline.convert.table import split_options
+    from pipeline.convert.table_fingerprint import plan_fingerprint
 
     table, settings = split_options(options)
     fingerprint = plan_fingerprint(df)
     try:
         inputs = list(df.inputFiles())
-    except Exception:  # noqa: BLE001 -- a source without files (range, local data)
+    except Exception:  # a source without files (range, local data)
         inputs = []
     spark = df.sparkSession
     payload = {
@@ -163,7 +172,9 @@ def _locked(lock_path: Path) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def spark_dataset(df: Any, *, cache_dir: str | os.PathLike[str] | None = None, **options: Any) -> SparkDataset:
+def spark_dataset(
+    df: Any, *, cache_dir: str | os.PathLike[str] | None = None, **options: Any
+) -> SparkDataset:
     """The dataset of ``df``, converted on the first call and reused from the cache afterwards.
 
     Args:
@@ -193,7 +204,9 @@ def spark_dataset(df: Any, *, cache_dir: str | os.PathLike[str] | None = None, *
                     shutil.rmtree(path, ignore_errors=True)
                 table, settings = split_options(options)
                 try:
-                    result = convert_dataframe_result(df, str(path), table, settings=settings, fingerprint=fingerprint)
+                    result = convert_dataframe_result(
+                        df, str(path), table, settings=settings, fingerprint=fingerprint
+                    )
                     log.info("spark_dataset: converted %d rows into %s", result.rows, path)
                     return SparkDataset("file://" + str(path), result.rows, key, True)
                 except DatasetError:
@@ -232,7 +245,9 @@ def cache_entries(cache_dir: str | os.PathLike[str] | None = None) -> list[Cache
             record = read_provenance(entry) or {}
         size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
         rows = record.get("counts", {}).get("rows")
-        out.append(CacheEntry(entry.name, str(entry), rows, size, record.get("source"), record.get("created")))
+        out.append(
+            CacheEntry(entry.name, str(entry), rows, size, record.get("source"), record.get("created"))
+        )
     return out
 
 

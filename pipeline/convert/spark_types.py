@@ -159,7 +159,9 @@ def plan_columns(
         common = {"name": name, "source": where, "spark_type": dt.simpleString()}
         if where == image_column:
             if isinstance(dt, T.BinaryType) or _is_image_struct(dt):
-                rules.append(ColumnRule(kind="image", image_struct=not isinstance(dt, T.BinaryType), **common))
+                rules.append(
+                    ColumnRule(kind="image", image_struct=not isinstance(dt, T.BinaryType), **common)
+                )
                 return
             raise InputError(
                 f"image column {where!r} is {dt.simpleString()}; expected binary (JPEG/PNG bytes) or "
@@ -198,7 +200,9 @@ def plan_columns(
                     f"{inner.simpleString()} have no rule (arrays of numbers, or of strings, do)",
                     hint=_HINT,
                 )
-            rules.append(ColumnRule(kind="array", dtype=element, depth=depth, shape=(None,) * depth, **common))
+            rules.append(
+                ColumnRule(kind="array", dtype=element, depth=depth, shape=(None,) * depth, **common)
+            )
         else:
             raise InputError(f"column {where!r} has type {dt.simpleString()}, which has no rule", hint=_HINT)
 
@@ -319,7 +323,9 @@ def unischema_for(
         elif rule.kind == "string":
             fields.append(UnischemaField(rule.name, np.str_, (), ScalarCodec(T.StringType()), rule.nullable))
         elif rule.kind == "binary":
-            fields.append(UnischemaField(rule.name, np.bytes_, (), ScalarCodec(T.BinaryType()), rule.nullable))
+            fields.append(
+                UnischemaField(rule.name, np.bytes_, (), ScalarCodec(T.BinaryType()), rule.nullable)
+            )
         elif rule.kind == "strings":
             codec = ScalarCodec(T.ArrayType(T.StringType()))
             fields.append(UnischemaField(rule.name, np.str_, (None,), codec, rule.nullable))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -36,13 +35,10 @@ __all__ = [
     "convert_dataframe",
     "convert_table",
     "options_from_args",
-    "plan_fingerprint",
     "split_options",
 ]
 
 log = logging.getLogger(__name__)
-
-_MAX_FIELDS = "spark.sql.debug.maxToStringFields"
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,9 @@ class TableOptions:
 
     def __post_init__(self) -> None:
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ConfigError(f"image_size must be [height, width] with positive integers, got {self.image_size!r}")
+            raise ConfigError(
+                f"image_size must be [height, width] with positive integers, got {self.image_size!r}"
+            )
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.image_fit not in FITS:
@@ -85,7 +83,9 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
     source.add_argument("--sql", action="store_true", help="SRC is a SQL query")
     source.add_argument("--parquet", action="store_true", help="SRC is a Parquet file or folder")
     parser.add_argument("--float32", action="store_true", default=None, help="store doubles as float32")
-    parser.add_argument("--image-column", default=None, metavar="COL", help="binary column of JPEG/PNG images")
+    parser.add_argument(
+        "--image-column", default=None, metavar="COL", help="binary column of JPEG/PNG images"
+    )
     parser.add_argument("--image-size", type=parse_size, default=None, metavar="HxW", help="fixed image size")
     parser.add_argument("--image-fit", choices=FITS, default=None, help="how to fit --image-size")
     parser.add_argument(
@@ -134,39 +134,6 @@ def split_options(options: dict[str, Any]) -> tuple[TableOptions, ConvertConfig]
     table = dataclasses.replace(defaults, **{k: v for k, v in options.items() if k in table_keys})
     settings = dataclasses.replace(settings, **{k: v for k, v in options.items() if k in settings_keys})
     return table, settings
-
-
-def plan_fingerprint(df: Any) -> str:
-    """SHA-256 of the DataFrame's canonicalized analyzed plan and schema (no Spark job).
-
-    Expression ids are normalised by Spark's canonicalization, so the same query gives the same
-    fingerprint in every process. Leaves whose plan string does not show their data (DataFrames
-    made from driver-side Python data or RDDs) add their ``semanticHash``, which changes from
-    one process to the next: such DataFrames are never confused, only converted again. Under
-    Spark Connect (no JVM handle) the fingerprint is ``df.semanticHash()``, also per process.
-    """
-    digest = hashlib.sha256(df.schema.json().encode("utf-8"))
-    jdf = getattr(df, "_jdf", None)
-    if jdf is None:  # Spark Connect
-        digest.update(f"connect:{df.semanticHash()}".encode())
-        return digest.hexdigest()
-    plan = jdf.queryExecution().analyzed().canonicalized()
-    conf = df.sparkSession.conf
-    saved = conf.get(_MAX_FIELDS, None)
-    conf.set(_MAX_FIELDS, str(2**31 - 1))  # no "... 5 more fields" in the plan string
-    try:
-        digest.update(plan.treeString().encode("utf-8"))
-    finally:
-        if saved is None:
-            conf.unset(_MAX_FIELDS)
-        else:
-            conf.set(_MAX_FIELDS, saved)
-    leaves = plan.collectLeaves()
-    for i in range(leaves.size()):
-        leaf = leaves.apply(i)
-        if leaf.nodeName() not in ("LogicalRelation", "HiveTableRelation", "DataSourceV2Relation", "Range", "OneRowRelation"):
-            digest.update(f"{leaf.nodeName()}:{leaf.semanticHash()}".encode())
-    return digest.hexdigest()
 
 
 def _load_source(spark: Any, src: str, kind: str) -> Any:
@@ -238,6 +205,7 @@ def convert_dataframe_result(
     from pipeline.convert.spark_types import measure_columns, plan_columns, projection, unischema_for
     from pipeline.convert.staging import check_destination
     from pipeline.convert.table_batches import DataFrameTask, ImageRule, convert_batches
+    from pipeline.convert.table_fingerprint import plan_fingerprint
     from pipeline.convert.writer import write_petastorm
 
     started = time.perf_counter() if started is None else started
@@ -245,7 +213,9 @@ def convert_dataframe_result(
     settings = settings or load_config(ConvertConfig, "convert.yaml")
     check_destination(dest, overwrite=settings.overwrite, source=source if source_kind == "parquet" else None)
     fingerprint = fingerprint or plan_fingerprint(df)
-    rules = plan_columns(df.schema, float32=options.float32, decimal=options.decimal, image_column=options.image_column)
+    rules = plan_columns(
+        df.schema, float32=options.float32, decimal=options.decimal, image_column=options.image_column
+    )
     projected = df.select(*projection(rules))
     if settings.partitions is not None:
         current = projected.rdd.getNumPartitions()
@@ -257,7 +227,9 @@ def convert_dataframe_result(
     encoding = options.image_encoding
     if encoding == "auto":
         encoding = "jpeg" if all_jpeg else "png"
-    schema = unischema_for(rules, image_size=options.image_size, image_encoding=encoding, jpeg_quality=options.jpeg_quality)
+    schema = unischema_for(
+        rules, image_size=options.image_size, image_encoding=encoding, jpeg_quality=options.jpeg_quality
+    )
     arrow_schema = to_arrow_schema(schema.as_spark_schema())
     image = ImageRule(options.image_size, options.image_fit, encoding, options.jpeg_quality)
     process = functools.partial(
@@ -271,7 +243,12 @@ def convert_dataframe_result(
     partitions = max(1, projected.rdd.getNumPartitions())
     plan = [[f"{source} (partition {i})"] for i in range(partitions)]
     policy = {
-        r.name: {"from": r.source, "spark_type": r.spark_type, "kind": r.kind, **({"unit": r.unit} if r.unit else {})}
+        r.name: {
+            "from": r.source,
+            "spark_type": r.spark_type,
+            "kind": r.kind,
+            **({"unit": r.unit} if r.unit else {}),
+        }
         for r in rules
     }
     log.info("converting %s (%d columns, %d partitions) -> %s", source, len(rules), partitions, dest)
@@ -323,6 +300,12 @@ def convert_dataframe(
         ``seconds``, ... and ``extra`` with the plan fingerprint and the per-column rules.
     """
     table, settings = split_options(
-        {**options, "float32": float32, "image_column": image_column, "on_error": on_error, "overwrite": overwrite}
+        {
+            **options,
+            "float32": float32,
+            "image_column": image_column,
+            "on_error": on_error,
+            "overwrite": overwrite,
+        }
     )
     return convert_dataframe_result(df, dest, table, settings=settings).to_dict()

@@ -148,7 +148,9 @@ def _column(
         if array.type.unit != "us":
             array = array.cast(pa.timestamp("us", array.type.tz))
         array = array.cast(pa.int64())
-    elif rule.kind == "scalar" and null_floats == "nan" and array.null_count and rule.dtype.startswith("float"):
+    elif (
+        rule.kind == "scalar" and null_floats == "nan" and array.null_count and rule.dtype.startswith("float")
+    ):
         array = pc.fill_null(array, math.nan)
     out = array.cast(target)
     if rule.nullable or not (out.null_count or rule.kind == "array"):
