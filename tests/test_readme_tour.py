@@ -82,7 +82,8 @@ def test_readme_tour_runs_as_written(tmp_path) -> None:
     assert (converted["rows"], converted["skipped"]) == (84, 0)
     assert {k: v["rows"] for k, v in converted["splits"].items()} == {"train": 66, "heldout": 18}
     assert (tmp_path / "runs" / "images" / "metrics.json").is_file()
-    assert "each epoch: 66 samples on 2 rank(s)" in logs[-1]  # said up front (66 = 2 x 33: 2 skipped)
+    assert "each epoch: 66 samples on 2 rank(s)" in logs[-1]  # said up front
+    assert "every sample is used" in logs[-1]
     done = subprocess.run(
         [sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
