@@ -171,6 +171,19 @@ def test_float32_and_session_time_zone(all_types, spark, tmp_path):
     assert got["ts"].tolist() == [_micros(t) for t in TIMES]  # instants: the session zone changes nothing
 
 
+def test_odd_column_names_and_ragged_outer_arrays(spark, tmp_path):
+    df = spark.sql(
+        "SELECT * FROM VALUES (1, named_struct('in.ner', 2.0D), array(array(1, 2))), "
+        "(2, named_struct('in.ner', 3.0D), array(array(3, 4), array(5, 6))) AS t(`a.b`, `s t`, g)"
+    )
+    summary = pipeline.convert_dataframe(df, str(tmp_path / "odd"), partitions=1)
+    fields = read_unischema(summary["output"]).fields
+    assert set(fields) == {"a.b", "s t_in.ner", "g"} and fields["g"].shape == (None, 2)
+    got = pipeline.open_dataset(summary["output"])
+    assert [got[i]["g"].tolist() for i in range(2)] == [[[1, 2]], [[3, 4], [5, 6]]]
+    assert got[1]["s t_in.ner"] == 3.0
+
+
 def test_timestamp_ntz_is_read_as_utc(spark, tmp_path):
     df = spark.sql(
         "SELECT TIMESTAMP_NTZ'2020-01-02 03:04:05.000006' AS t, TIMESTAMP_NTZ'0001-01-01 00:00:00' AS lo"

@@ -84,6 +84,8 @@ class ColumnRule:
     """An ml/mllib vector, turned into an array in the Spark projection."""
     image_struct: bool = False
     """An image column from Spark's ``image`` source (raw BGR pixels in a struct)."""
+    path: tuple[str, ...] = ()
+    """The input column's names from the top (``("a", "b")`` for ``a.b``); ``()`` = ``(source,)``."""
 
     @property
     def unit(self) -> str | None:
@@ -156,7 +158,7 @@ def plan_columns(
     def visit(dt: Any, path: list[str], nullable: bool) -> None:
         where = ".".join(path)
         name = "_".join(path)
-        common = {"name": name, "source": where, "spark_type": dt.simpleString()}
+        common = {"name": name, "source": where, "path": tuple(path), "spark_type": dt.simpleString()}
         if where == image_column:
             if isinstance(dt, T.BinaryType) or _is_image_struct(dt):
                 rules.append(
@@ -222,20 +224,21 @@ def plan_columns(
 
 
 def projection(rules: list[ColumnRule]) -> list[Any]:
-    """Spark columns that give each rule's input under its output name (structs flattened,
-    vectors as arrays, decimals as doubles)."""
+    """Spark columns ``_c0``, ``_c1``, ... that give each rule's input (structs flattened,
+    vectors as arrays, decimals as doubles), in the order of ``rules``."""
     from pyspark.sql import functions as F
 
     cols = []
     for rule in rules:
-        col = F.col(".".join(f"`{p}`" for p in rule.source.split(".")))
+        parts = rule.path or (rule.source,)
+        col = F.col(".".join("`" + p.replace("`", "``") + "`" for p in parts))
         if rule.vector:
             from pyspark.ml.functions import vector_to_array
 
             col = vector_to_array(col, rule.dtype)
         elif rule.spark_type.startswith("decimal"):
             col = col.cast("double")
-        cols.append(col.alias(rule.name))
+        cols.append(col.alias(f"_c{len(cols)}"))  # by position: mapInArrow resolves dotted names as nested
     return cols
 
 
@@ -252,7 +255,7 @@ def measure_columns(df: Any, rules: list[ColumnRule]) -> tuple[list[ColumnRule],
 
     aggs: list[Any] = []
     for i, rule in enumerate(rules):
-        col = F.col(f"`{rule.name}`")
+        col = F.col(f"_c{i}")
         if rule.kind == "array":
             for level in range(rule.depth):
                 if level == 0:

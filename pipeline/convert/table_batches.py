@@ -189,19 +189,19 @@ def convert_batches(
         n = batch.num_rows
         if n == 0:
             continue
-        columns = []
+        columns: dict[str, pa.Array] = {}
         keep = np.ones(n, dtype=bool)
-        for rule in rules:
+        for i, rule in enumerate(rules):
             target = schema.field(rule.name).type
-            column, reasons = _column(rule, batch.column(rule.name), target, null_floats, image)
-            columns.append(column)
+            column, reasons = _column(rule, batch.column(i), target, null_floats, image)
+            columns[rule.name] = column
             if reasons is not None:
                 for row, reason in enumerate(reasons):
                     if reason is not None and keep[row]:
                         errors.bad(source, reason, record=f"partition {pid} row {offset + row}")
                         keep[row] = False
         offset += n
-        out = pa.RecordBatch.from_arrays(columns, schema=schema)
+        out = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
         if not keep.all():
             out = out.filter(pa.array(keep))
         if out.num_rows:
