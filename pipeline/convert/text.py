@@ -131,7 +131,7 @@ def _documents(
     size = 0
     for item in items:
         try:
-            stream = open_input(item.path)  # noqa: SIM115 - closed below, the generator may pause
+            stream = open_input(item.path)  # closed below (the generator may pause)
         except OSError as exc:
             errors.bad(item.path, f"cannot read: {exc.strerror or exc}")
             continue

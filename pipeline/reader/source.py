@@ -29,6 +29,7 @@ from pipeline.reader.config import ReadOptions
 from pipeline.reader.decode import decode_column, spec_from_unischema, unischema_field_from_arrow
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.transform import apply_transform_spec, transformed_specs
+from pipeline.storage import RemoteReads, committed_files, parallel_map
 
 __all__ = ["Chunk", "DatasetSource", "RowGroup"]
 
@@ -69,7 +70,9 @@ class DatasetSource:
         files = _list_files(url, self.options.filesystem)
         self.url = files.url
         self._fs = files.filesystem
-        self._footers = {path: _footer(self._fs, path) for path in files.files}
+        self._reads = RemoteReads(self._fs)  # remote: shared handles, pre-buffered ranged reads
+        footers = parallel_map(lambda path: _footer(self._fs, path), files.files, fs=self._fs)
+        self._footers = dict(zip(files.files, footers, strict=True))
         stored = read_unischema(files)
         self.kind = "petastorm" if stored is not None else "parquet"
         if stored is None:
@@ -140,8 +143,8 @@ class DatasetSource:
         return table.slice(item.start, item.rows)
 
     def _read_table(self, rg: RowGroup, columns: list[str]) -> pa.Table:
-        with self._fs.open_input_file(rg.path) as fh:
-            parquet = pq.ParquetFile(fh, metadata=self._footers[rg.path])
+        with self._reads.open(rg.path) as fh:
+            parquet = pq.ParquetFile(fh, metadata=self._footers[rg.path], pre_buffer=self._reads.pre_buffer)
             return parquet.read_row_group(rg.index, columns=columns)
 
     def _predicate_mask(self, rg: RowGroup, stored: Any) -> np.ndarray:
@@ -192,7 +195,8 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
             files.append(entry.path)
     if not files:
         raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
-    return DatasetFiles(normalize_url(root), filesystem, root, tuple(sorted(files)), common)
+    files = committed_files(filesystem, root, sorted(files), common, url=root)  # what _common_metadata lists
+    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common)
 
 
 def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
