@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pipeline.access.source import open_source
 from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
@@ -36,7 +37,8 @@ from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprin
 from pipeline.loader.stats import LoaderStats, time_source_reads
 from pipeline.reader.config import LoaderConfig, ReaderConfig, ReadOptions
 from pipeline.reader.reader import Reader
-from pipeline.reader.source import DatasetSource
+from pipeline.reader.workers_process import SourceRecipe, choose_workers_type
+from pipeline.storage import read_threads, resolve
 
 __all__ = ["ENGINES", "Loader", "open_loader", "resolve_shard"]
 
@@ -116,7 +118,7 @@ class Loader:
         """Epoch of the batch most recently returned (the epoch to start in before the first one)."""
         self.batches_returned = 0
         self._epoch_batches = reader.start_batch  # batches of `epoch` delivered, restored ones included
-        self._stats = LoaderStats(reader.config.worker_threads)
+        self._stats = LoaderStats(reader.workers)
         if reader.stats is None:
             reader.stats = self._stats
             time_source_reads(reader.source, self._stats)
@@ -322,6 +324,11 @@ def open_loader(
     filesystem: Any = None,
     config: str | os.PathLike[str] | None = CONFIG_FILE,
     engine: str = "pipeline",
+    workers_type: str = DEFAULT,
+    start_method: str = DEFAULT,
+    cache: str = "stream",
+    cache_limit: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Loader:
     """Open a dataset for training: seeded, sharded, multi-epoch torch batches.
 
@@ -342,8 +349,9 @@ def open_loader(
         num_epochs: Epochs to read, or ``None`` for endless. Defaults to ``1``.
         rank: This process's shard. Defaults to ``None`` (``torch.distributed``'s, else 0).
         world_size: Number of shards. Defaults to ``None`` (``torch.distributed``'s, else 1).
-        workers: Threads reading and decoding row groups; the batches do not depend on it.
-            Defaults to ``None`` (the number of CPU cores).
+        workers: Threads or processes reading and decoding row groups; the batches do not
+            depend on it. Defaults to ``None`` (the cores this process may use: affinity, cgroup
+            quota, divided by ``LOCAL_WORLD_SIZE``; logged at open).
         device: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
             Defaults to ``None``.
         drop_last: Drop each epoch's incomplete last batch, and shard evenly by dropping (not
@@ -359,6 +367,18 @@ def open_loader(
             ``make_reader``/``make_batch_reader`` through
             :func:`pipeline.loader.petastorm_engine.open_petastorm_loader`, which needs
             ``pip install ".[petastorm]"``). Defaults to ``"pipeline"``.
+        workers_type: ``"thread"``, ``"process"`` (decode and transform in worker processes
+            writing into a shared-memory row buffer) or ``"auto"`` (processes when a
+            ``TransformSpec`` has a Python ``func``, threads otherwise); the batches do not
+            depend on it. Defaults to ``"auto"``.
+        start_method: How worker processes start: ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+            Defaults to ``"spawn"``.
+        cache: Loading mode: ``"stream"``, ``"memory"`` (decoded row groups kept in RAM after the
+            first epoch) or ``"disk"`` (Parquet bytes cached locally); see
+            :func:`pipeline.access.source.open_source`. Defaults to ``"stream"``.
+        cache_limit: Bytes the cache may hold. Defaults to ``None`` (the mode's default).
+        cache_dir: Folder of the ``"disk"`` cache (given with ``"stream"``, it means ``"disk"``).
+            Defaults to ``None``.
 
     Returns:
         A :class:`Loader`; use it as a context manager so that its threads are stopped.
@@ -390,7 +410,15 @@ def open_loader(
         predicate=predicate,
         filesystem=filesystem,
     )
-    source = DatasetSource(url, options)
+    source = open_source(url, options, cache=cache, cache_limit=cache_limit, cache_dir=cache_dir)
+    recipe = SourceRecipe(
+        os.fspath(url), options, cache, cache_limit, os.fspath(cache_dir) if cache_dir is not None else None
+    )
+    kind, _ = choose_workers_type(reader_cfg, source, recipe, reader_cfg.worker_threads)
+    if reader_cfg.workers is None and kind == "thread":  # a remote dataset: threads enough to hide the round trips
+        fs, path = resolve(url, filesystem=filesystem)
+        threads = read_threads(fs, path, cpu_threads=reader_cfg.worker_threads)
+        reader_cfg = dataclasses.replace(reader_cfg, workers=threads)
     reader = Reader(
         source,
         reader_cfg,
@@ -398,6 +426,7 @@ def open_loader(
         drop_last=loader_cfg.drop_last,
         rank=rank,
         world_size=world_size,
+        recipe=recipe,
     )
     log.debug("loader on %s: %s, %s, rank %d/%d", source.url, reader_cfg, loader_cfg, rank, world_size)
     return Loader(reader, loader_cfg, transform)

@@ -8,13 +8,18 @@ Objects that cannot live in YAML -- a transform, a predicate, a filesystem -- tr
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["LoaderConfig", "ReadOptions", "ReaderConfig"]
+__all__ = ["START_METHODS", "WORKERS_TYPES", "LoaderConfig", "ReadOptions", "ReaderConfig"]
+
+WORKERS_TYPES = ("auto", "thread", "process")
+"""Values of ``workers_type`` (see :mod:`pipeline.reader.workers`)."""
+
+START_METHODS = ("spawn", "fork", "forkserver")
+"""Values of ``start_method``: the ``multiprocessing`` context of worker processes."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -35,9 +40,14 @@ class ReaderConfig:
     num_epochs: int | None = 1
     """Epochs to read; ``None`` reads forever."""
     workers: int | None = None
-    """Threads that read and decode row groups; ``None`` = the number of CPU cores; 0 = inline."""
+    """Workers that read and decode row groups; ``None`` = the usable cores
+    (:func:`pipeline.reader.workers_cores.usable_cores`); 0 = inline."""
     read_ahead: int = 2
     """Row groups in flight per worker (bounds memory; results are reordered into plan order)."""
+    workers_type: str = "auto"
+    """``"thread"``, ``"process"`` or ``"auto"`` (processes for a Python ``TransformSpec`` func)."""
+    start_method: str = "spawn"
+    """How worker processes start: ``"spawn"``, ``"fork"`` or ``"forkserver"``."""
 
     def __post_init__(self) -> None:
         _check(self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0 rows, got {self.shuffle_buffer}")
@@ -48,11 +58,24 @@ class ReaderConfig:
         )
         _check(self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         _check(self.read_ahead >= 1, f"read_ahead must be >= 1, got {self.read_ahead}")
+        _check(
+            self.workers_type in WORKERS_TYPES,
+            f"workers_type must be one of {', '.join(WORKERS_TYPES)}, got {self.workers_type!r}",
+        )
+        _check(
+            self.start_method in START_METHODS,
+            f"start_method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}",
+        )
 
     @property
     def worker_threads(self) -> int:
-        """``workers`` with ``None`` resolved to the number of CPU cores."""
-        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+        """``workers`` with ``None`` resolved to the cores this process may use (affinity, cgroup
+        quota, ranks on the machine: :func:`pipeline.reader.workers_cores.usable_cores`)."""
+        if self.workers is not None:
+            return self.workers
+        from pipeline.reader.workers_cores import usable_cores
+
+        return usable_cores().cores
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +29,12 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.reader.config import ReaderConfig
-from pipeline.reader.decode import ReadCancelled
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
+from pipeline.reader.workers import ThreadWorkers
+from pipeline.reader.workers_cores import usable_cores
+from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe, choose_workers_type
 
 __all__ = ["Reader", "Selection"]
 
@@ -66,6 +66,7 @@ class Reader:
         rank: This process's rank.
         world_size: Number of ranks.
         stats: Where to add the time spent per stage (``add(stage, seconds)``). Defaults to ``None``.
+        recipe: How worker processes reopen ``source``. Defaults to ``None`` (its URL and options).
     """
 
     def __init__(
@@ -78,9 +79,12 @@ class Reader:
         rank: int,
         world_size: int,
         stats: Any = None,
+        recipe: SourceRecipe | None = None,
     ) -> None:
         self.source = source
         self.stats = stats
+        self.recipe = recipe or SourceRecipe(source.url, source.options)
+        """How worker processes open the dataset (``open_loader`` passes its ``cache`` options)."""
         self.start_epoch = 0
         """Epoch the next :meth:`batches` starts in (see :meth:`start_at`)."""
         self.start_batch = 0
@@ -103,6 +107,19 @@ class Reader:
                 "would wait for them forever",
                 hint="check the predicate, or use fewer ranks or drop_last=False",
             )
+        self.workers = config.worker_threads
+        """Workers (threads or processes) that read; ``0`` reads inline."""
+        self.workers_type, why = choose_workers_type(config, source, self.recipe, self.workers)
+        """``"thread"`` or ``"process"``: what ``workers_type="auto"`` resolved to."""
+        log.info(
+            "reader on %s: %d worker %s (%s, %s)%s",
+            source.url,
+            self.workers,
+            "processes" if self.workers_type == "process" else "threads",
+            f"workers_type={config.workers_type!r}",
+            why,
+            "" if config.workers is not None else f"; {usable_cores().describe()}",
+        )
 
     @property
     def batches_per_epoch(self) -> int:
@@ -146,27 +163,20 @@ class Reader:
             yield from self.plan(epoch)[first_item if epoch == start else 0 :]
             yield _EpochEnd(epoch)
 
-    def _read(
-        self, item: WorkItem, out: dict[str, np.ndarray], rows: np.ndarray, cancel: threading.Event
-    ) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.source.read_into(item, out, rows, cancel)
-            if self.stats is not None:
-                self.stats.add("read+decode", time.perf_counter() - t0)
-        except ReadCancelled:
-            raise
-        except Exception as exc:
-            exc.add_note(f"while reading {self.source.describe(item)}")
-            raise
+    def _workers(self) -> ThreadWorkers | ProcessWorkers:
+        if self.workers_type == "process":
+            return ProcessWorkers(
+                self.recipe, self.source, self.workers, self.config.seed, self.config.start_method, self.stats
+            )
+        return ThreadWorkers(self.source, self.workers, self.config.seed, self.stats)
 
-    def _buffer(self, limit: int) -> RowBuffer:
+    def _buffer(self, limit: int, workers: ThreadWorkers | ProcessWorkers) -> RowBuffer:
         largest = max(self._sizes, default=0)
         size = self.config.shuffle_buffer
         capacity = max(size, self.batch_size) + (limit + 1) * largest
-        return RowBuffer(self.source.specs, capacity, size, self._row_rng(self.start_epoch))
+        return workers.buffer(self.source.specs, capacity, size, self._row_rng(self.start_epoch))
 
-    def _restore(self, buffer: RowBuffer, cancel: threading.Event) -> int:
+    def _restore(self, buffer: RowBuffer, workers: ThreadWorkers | ProcessWorkers) -> int:
         """Fill ``buffer`` as it was after ``start_batch`` batches; returns the next item's index.
 
         The epoch's draws are replayed on row numbers; only the items that still have rows in the
@@ -189,7 +199,7 @@ class Reader:
         for index in np.unique(owner):
             item = items[int(index)]
             rows = buffer.reserve(item.rows)
-            self._read(item, buffer.columns, rows, cancel)
+            workers.run(item, buffer, rows)
             keep = np.zeros(item.rows, dtype=bool)
             mine = owner == index
             offsets = cut.live[mine] - starts[index]
@@ -215,17 +225,16 @@ class Reader:
         ``(epoch, buffer, True)`` when the epoch's items are all in. Workers read up to
         ``workers * read_ahead`` items ahead into reserved rows of the buffer.
         """
-        workers = self.config.worker_threads
-        limit = max(1, workers) * self.config.read_ahead
-        buffer = self._buffer(limit)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="pipeline-reader") if workers else None
-        cancel = threading.Event()
-        window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Future[None] | None]] = deque()
+        limit = max(1, self.workers) * self.config.read_ahead
+        workers = self._workers()
+        buffer = None
+        window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Any]] = deque()
         in_flight = 0
         try:
+            buffer = self._buffer(limit, workers)
             first_item = 0
             if self.start_batch:
-                first_item = self._restore(buffer, cancel)
+                first_item = self._restore(buffer, workers)
                 yield self.start_epoch, buffer, False
             entries = self._entries(first_item)
             while True:
@@ -233,32 +242,31 @@ class Reader:
                     entry = next(entries, None)
                     if entry is None:
                         break
-                    rows = future = None
+                    rows = handle = None
                     if isinstance(entry, WorkItem):
                         rows = buffer.reserve(entry.rows)
-                        if pool is not None:
-                            future = pool.submit(self._read, entry, buffer.columns, rows, cancel)
+                        handle = workers.submit(entry, buffer, rows)
                         in_flight += 1
-                    window.append((entry, rows, future))
+                    window.append((entry, rows, handle))
                 self.in_flight = in_flight
                 if not window:
                     return
-                entry, rows, future = window.popleft()
+                entry, rows, handle = window.popleft()
                 if isinstance(entry, _EpochEnd):
                     yield entry.epoch, buffer, True
                     continue
                 in_flight -= 1
-                if future is not None:
-                    future.result()
-                else:
-                    self._read(entry, buffer.columns, rows, cancel)
+                assert rows is not None
+                workers.finish(handle, entry, buffer, rows)
                 buffer.commit(rows)
                 self.buffered = len(buffer)
                 yield entry.epoch, buffer, False
         finally:
-            cancel.set()  # running decodes stop within a few rows
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            window.clear()
+            if buffer is not None:
+                buffer.columns.clear()  # shared-memory views go before their segments are unlinked
+            del buffer
+            workers.close()  # running decodes stop within a few rows; processes are joined
 
     def batches(self) -> Iterator[Selection]:
         """Batches of rows across all epochs; each is valid until the next one is requested."""

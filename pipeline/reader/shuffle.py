@@ -21,7 +21,7 @@ content and generator at that batch (how a loader resumes mid-epoch). Memory is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,16 +147,26 @@ class RowBuffer:
         capacity: Rows to allocate; must cover ``max(size, batch)`` plus every row in flight.
         size: Live rows to hold before drawing (the shuffle buffer size); ``0`` without ``rng``.
         rng: Generator that draws rows; ``None`` draws them in commit order.
+        allocate: ``(name, shape, dtype) -> ndarray`` for the fixed-shape columns (shared memory
+            for worker processes). Defaults to ``None`` (``np.empty``).
     """
 
     def __init__(
-        self, specs: dict[str, FieldSpec], capacity: int, size: int, rng: np.random.Generator | None
+        self,
+        specs: dict[str, FieldSpec],
+        capacity: int,
+        size: int,
+        rng: np.random.Generator | None,
+        allocate: Callable[[str, tuple[int, ...], np.dtype], np.ndarray] | None = None,
     ) -> None:
         self.columns: dict[str, np.ndarray] = {}
         """The buffer's columns; the positions of a selection index into them."""
         for name, spec in specs.items():
             if spec.kind == "fixed":
-                self.columns[name] = np.empty((capacity, *spec.shape), dtype=spec.dtype)
+                shape = (capacity, *spec.shape)
+                self.columns[name] = (
+                    allocate(name, shape, spec.dtype) if allocate else np.empty(shape, dtype=spec.dtype)
+                )
             else:
                 self.columns[name] = np.empty(capacity, dtype=object)
         self.capacity = capacity

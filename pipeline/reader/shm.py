@@ -1,0 +1,112 @@
+"""Row-buffer columns in POSIX shared memory, so that worker processes decode straight into them.
+
+The reader's parent process creates one segment per fixed-shape column of the row buffer
+(``/dev/shm/pipeline_<pid>_<token>_<n>``), maps it as a numpy array and hands the segment names
+to its worker processes, which map the same pages and write decoded rows into the rows reserved
+for their work item: no pickling and no copy of the decoded arrays. The parent alone creates
+and unlinks the segments (:meth:`SharedColumns.close`, called in the reader's ``finally``); the
+multiprocessing resource tracker unlinks them should the parent die without doing it.
+
+Free space is checked before anything is allocated: a segment larger than what is left on
+``/dev/shm`` would otherwise fail with SIGBUS at the first write of a row past the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+__all__ = ["PREFIX", "ColumnLayout", "SharedColumns", "attach_columns", "shm_free_bytes"]
+
+PREFIX = "pipeline_"
+"""Names of this package's segments start with it (``/dev/shm/pipeline_*`` on Linux)."""
+
+SHM_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Where one column lives: a segment name, a dtype and a shape (picklable)."""
+
+    name: str
+    segment: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def shm_free_bytes() -> int | None:
+    """Bytes free on ``/dev/shm``; ``None`` where there is no such mount."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class SharedColumns:
+    """Fixed-shape columns allocated in shared memory by the parent process; a context manager."""
+
+    def __init__(self) -> None:
+        self._segments: list[shared_memory.SharedMemory] = []
+        self.layouts: list[ColumnLayout] = []
+        self._token = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+
+    def check_space(self, needed: int) -> None:
+        """Raise ``ConfigError`` when ``/dev/shm`` has less than ``needed`` bytes free."""
+        free = shm_free_bytes()
+        if free is not None and needed > free:
+            raise ConfigError(
+                f"process workers need {needed / 2**20:,.0f} MiB of shared memory for the row buffer, "
+                f"{SHM_DIR} has {free / 2**20:,.0f} MiB free",
+                hint="lower shuffle_buffer or read_ahead, give the container more shared memory "
+                "(docker run --shm-size=2g), or use workers_type='thread'",
+            )
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A new zero-filled array of ``shape`` and ``dtype`` in a segment of its own."""
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        segment = shared_memory.SharedMemory(
+            name=f"{self._token}_{len(self._segments)}", create=True, size=nbytes
+        )
+        self._segments.append(segment)
+        self.layouts.append(ColumnLayout(name, segment.name, np.dtype(dtype).str, tuple(shape)))
+        return np.ndarray(shape, dtype=dtype, buffer=segment.buf)
+
+    def close(self) -> None:
+        """Unmap and unlink every segment (arrays made by :meth:`allocate` must be dropped first)."""
+        segments, self._segments = self._segments, []
+        for segment in segments:
+            with contextlib.suppress(BufferError):  # a view still exists: unlinking frees the name anyway
+                segment.close()
+            with contextlib.suppress(FileNotFoundError):
+                segment.unlink()
+
+    def __enter__(self) -> SharedColumns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def attach_columns(layouts: list[ColumnLayout]) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """In a worker process: map the parent's segments; returns the arrays and the segment handles.
+
+    The worker does not own the segments. Python < 3.13 registers them again with the resource
+    tracker, which is harmless: workers share the parent's tracker (fork and spawn both pass it
+    on), whose set of names already holds them, and the parent's unlink removes the name.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    handles = []
+    for layout in layouts:
+        segment = shared_memory.SharedMemory(name=layout.segment)
+        handles.append(segment)
+        arrays[layout.name] = np.ndarray(layout.shape, dtype=np.dtype(layout.dtype), buffer=segment.buf)
+    return arrays, handles

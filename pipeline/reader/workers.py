@@ -1,0 +1,212 @@
+"""Who reads and decodes work items: threads of this process, or worker processes.
+
+Both kinds have the same small interface for the reader (:class:`ThreadWorkers`, and
+:class:`~pipeline.reader.workers_process.ProcessWorkers`): ``buffer`` makes the row buffer,
+``submit`` starts a work item writing into its reserved rows, ``finish`` waits for it (and
+re-raises its error), ``run`` reads one inline, ``close`` stops everything. The reader keeps the
+order: items become live in plan order whatever order workers finish in, so the batches do not
+depend on the kind or the number of workers.
+
+``workers_type="auto"`` (:func:`resolve_workers_type`) picks processes when a ``TransformSpec``
+with a Python ``func`` runs in the workers (it holds the GIL, so threads cannot run it on more
+than one core) and threads otherwise: decoding (pyarrow, OpenCV, libjpeg-turbo) releases the
+GIL, and threads start instantly and need no shared memory. A batch callable runs in the
+loader's batching thread, not in the workers, so it does not call for processes.
+
+Randomness in transforms (:func:`seed_task`, :func:`task_rng`): every work item gets a seed
+derived from ``(seed, epoch, row group, first row)`` only. ``task_rng()`` returns a numpy
+``Generator`` seeded with it, per thread or process: an augmentation that draws from it gives
+the same rows for any number and kind of workers. In worker processes the global generators
+(``random``, ``numpy.random``, and ``torch`` where the worker imported it) are also seeded with
+it before each item, so a transform written with ``np.random.randint`` is reproducible there
+too. Threads leave the global generators alone: they belong to the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.reader.config import START_METHODS, WORKERS_TYPES
+from pipeline.reader.decode import FieldSpec, ReadCancelled
+from pipeline.reader.plan import WorkItem
+from pipeline.reader.shuffle import RowBuffer
+
+__all__ = [
+    "START_METHODS",
+    "WORKERS_TYPES",
+    "ThreadWorkers",
+    "has_python_transform",
+    "read_item",
+    "resolve_workers_type",
+    "seed_task",
+    "task_rng",
+]
+
+log = logging.getLogger(__name__)
+
+_local = threading.local()
+
+
+def has_python_transform(options: Any) -> bool:
+    """Whether ``options.transform`` is a ``TransformSpec`` whose ``func`` runs in the workers."""
+    spec = getattr(options, "transform", None)
+    return spec is not None and hasattr(spec, "edit_fields") and getattr(spec, "func", None) is not None
+
+
+def resolve_workers_type(
+    workers_type: str, source: Any, workers: int, unsendable: str | None = None
+) -> tuple[str, str]:
+    """``("thread" | "process", why)`` for ``workers_type`` on ``source`` with ``workers`` workers.
+
+    ``unsendable`` says why the options cannot reach worker processes (``"auto"`` then picks
+    threads; an explicit ``"process"`` is an error).
+
+    Raises:
+        ConfigError: An unknown type, or processes asked for a ``cache="memory"`` source.
+    """
+    if workers_type not in WORKERS_TYPES:
+        raise ConfigError(
+            f"workers_type must be one of {', '.join(WORKERS_TYPES)}, got {workers_type!r}",
+            hint='leave it out for "auto"',
+        )
+    memory = type(source).__name__ == "CachedSource"
+    if workers_type == "process" and memory:
+        raise ConfigError(
+            'workers_type="process" cannot serve cache="memory": the decoded rows are kept in this process',
+            hint='use workers_type="thread" (or "auto") with cache="memory", or cache="disk"',
+        )
+    if workers_type == "process" and unsendable:
+        raise ConfigError(
+            f"the loader's options cannot be sent to worker processes: {unsendable}",
+            hint="define the TransformSpec func (and predicate) at module level in an importable module, "
+            "or use start_method='fork' or workers_type='thread'",
+        )
+    if workers_type != "auto":
+        return workers_type, "asked for"
+    if workers == 0:
+        return "thread", "workers=0 reads inline"
+    if memory:
+        return "thread", 'cache="memory" serves decoded rows from this process'
+    if has_python_transform(source.options):
+        if unsendable:
+            return "thread", f"a Python TransformSpec func, but {unsendable}"
+        return "process", "a Python TransformSpec func holds the GIL"
+    return "thread", "decoding releases the GIL"
+
+
+def task_seed(seed: int, item: WorkItem) -> np.random.SeedSequence:
+    """The seed of one work item: ``(seed, epoch, row group, first row)``, nothing else."""
+    return np.random.SeedSequence([seed, item.epoch, item.piece, item.start])
+
+
+def seed_task(seed: int, item: WorkItem, *, global_rngs: bool) -> None:
+    """Seed :func:`task_rng` (and, with ``global_rngs``, ``random``/``numpy.random``/``torch``)."""
+    sequence = task_seed(seed, item)
+    _local.rng = np.random.default_rng(sequence)
+    if global_rngs:
+        words = sequence.generate_state(2, dtype=np.uint64)
+        random.seed(int(words[0]))
+        np.random.seed(int(words[0] % 2**32))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.manual_seed(int(words[1] % 2**63))
+
+
+def task_rng() -> np.random.Generator:
+    """The generator of the work item being transformed in this thread or process.
+
+    Seeded from ``(seed, epoch, row group, first row)`` before the item is read, so random
+    augmentations drawn from it do not depend on the number or kind of workers. Outside a
+    transform it returns a generator seeded with 0.
+    """
+    rng = getattr(_local, "rng", None)
+    if rng is None:
+        rng = _local.rng = np.random.default_rng(0)
+    return rng
+
+
+def read_item(
+    source: Any,
+    item: WorkItem,
+    out: dict[str, np.ndarray],
+    rows: np.ndarray,
+    cancel: Any,
+    *,
+    seed: int,
+    global_rngs: bool,
+) -> None:
+    """Seed, then read ``item`` into ``out[name][rows]``; an error gets a note naming the item."""
+    seed_task(seed, item, global_rngs=global_rngs)
+    try:
+        source.read_into(item, out, rows, cancel)
+    except ReadCancelled:
+        raise
+    except Exception as exc:
+        exc.add_note(f"while reading {source.describe(item)}")
+        raise
+    finally:
+        _local.rng = None
+
+
+class ThreadWorkers:
+    """Work items read by ``count`` threads of this process (``0``: inline, in the caller's thread).
+
+    Args:
+        source: The dataset source (shared by the threads; its reads are thread-safe).
+        count: Threads.
+        seed: The reader's seed (for :func:`seed_task`).
+        stats: Where to add ``read+decode`` seconds. Defaults to ``None``.
+    """
+
+    kind = "thread"
+
+    def __init__(self, source: Any, count: int, seed: int, stats: Any = None) -> None:
+        self.source = source
+        self.count = count
+        self.seed = seed
+        self.stats = stats
+        self._cancel = threading.Event()
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="pipeline-reader") if count else None
+
+    def buffer(
+        self, specs: dict[str, FieldSpec], capacity: int, size: int, rng: np.random.Generator | None
+    ) -> RowBuffer:
+        return RowBuffer(specs, capacity, size, rng)
+
+    def run(self, item: WorkItem, buffer: RowBuffer, rows: np.ndarray) -> None:
+        """Read ``item`` into ``rows`` of ``buffer`` now, in this thread."""
+        import time
+
+        t0 = time.perf_counter()
+        read_item(self.source, item, buffer.columns, rows, self._cancel, seed=self.seed, global_rngs=False)
+        if self.stats is not None:
+            self.stats.add("read+decode", time.perf_counter() - t0)
+
+    def submit(self, item: WorkItem, buffer: RowBuffer, rows: np.ndarray) -> Future[None] | None:
+        """Start reading ``item``; ``None`` when there are no threads (:meth:`finish` reads it)."""
+        if self._pool is None:
+            return None
+        return self._pool.submit(self.run, item, buffer, rows)
+
+    def finish(
+        self, handle: Future[None] | None, item: WorkItem, buffer: RowBuffer, rows: np.ndarray
+    ) -> None:
+        """Wait until ``item`` is in ``rows``; re-raises the worker's exception."""
+        if handle is None:
+            self.run(item, buffer, rows)
+        else:
+            handle.result()
+
+    def close(self) -> None:
+        """Stop running decodes within a few rows, drop queued items, join the threads."""
+        self._cancel.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
