@@ -48,16 +48,9 @@ _HINT = "drop or cast that column in a SELECT (e.g. to_json(col) for a map) and 
 
 
 def format_types() -> Any:
-    """``(Unischema, UnischemaField, ScalarCodec, CompressedImageCodec)`` of ``pipeline.format``.
+    """``(Unischema, UnischemaField, ScalarCodec, CompressedImageCodec)`` of :mod:`pipeline.format`."""
+    from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
 
-    Falls back to petastorm's classes (same names and signatures) on a checkout that predates
-    ``pipeline.format``.
-    """
-    try:
-        from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
-    except ImportError:  # pragma: no cover -- older checkout with petastorm installed
-        from petastorm.codecs import CompressedImageCodec, ScalarCodec
-        from petastorm.unischema import Unischema, UnischemaField
     return Unischema, UnischemaField, ScalarCodec, CompressedImageCodec
 
 

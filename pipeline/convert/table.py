@@ -200,8 +200,6 @@ def convert_dataframe_result(
         InputError: A column has no rule (before any Spark job), or bad rows under ``on_error="fail"``.
         DatasetError: DEST exists and ``overwrite`` is off.
     """
-    from pyspark.sql.pandas.types import to_arrow_schema
-
     from pipeline.convert.spark_types import measure_columns, plan_columns, projection, unischema_for
     from pipeline.convert.staging import check_destination
     from pipeline.convert.table_batches import DataFrameTask, ImageRule, convert_batches
@@ -230,12 +228,10 @@ def convert_dataframe_result(
     schema = unischema_for(
         rules, image_size=options.image_size, image_encoding=encoding, jpeg_quality=options.jpeg_quality
     )
-    arrow_schema = to_arrow_schema(schema.as_spark_schema())
     image = ImageRule(options.image_size, options.image_fit, encoding, options.jpeg_quality)
     process = functools.partial(
         convert_batches,
         rules=rules,
-        schema=arrow_schema,
         source=source,
         null_floats=options.null_floats,
         image=image,

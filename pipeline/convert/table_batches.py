@@ -42,7 +42,8 @@ class DataFrameTask(PartitionTask):
 
     Args:
         base: The task :func:`~pipeline.convert.writer.write_petastorm` built (paths, schema,
-            bad-input policy); its ``process`` is called as ``process(batches, errors, pid)``.
+            bad-input policy); its ``process`` is called as ``process(batches, errors, pid, schema)``
+            with the Arrow schema the task writes.
     """
 
     def __init__(self, base: PartitionTask) -> None:
@@ -59,7 +60,7 @@ class DataFrameTask(PartitionTask):
         yield pa.RecordBatch.from_pydict({"partition": [pid], "rows": [rows]})
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
-        for batch in self.process(self._input, errors, pid):  # type: ignore[call-arg]
+        for batch in self.process(self._input, errors, pid, self.schema):  # type: ignore[call-arg]
             yield batch
             if self.on_error == "fail" and has_failures(self.errors_dir):
                 return
@@ -170,9 +171,9 @@ def convert_batches(
     batches: Iterator[pa.RecordBatch],
     errors: RecordErrors,
     pid: int,
+    schema: pa.Schema,
     *,
     rules: Sequence[ColumnRule],
-    schema: pa.Schema,
     source: str,
     null_floats: str = "error",
     image: ImageRule | None = None,
