@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.convert.imaging import EXTENSIONS
 from pipeline.convert.listing import SourceFile, list_source_files, local_path
 from pipeline.errors import InputError
+from pipeline.storage import is_remote
 
 __all__ = ["ImageSource", "find_images"]
 
@@ -90,11 +91,14 @@ def _manifest_source(manifest: Path) -> ImageSource:
 
 def find_images(src: str) -> ImageSource:
     """List the images of SRC (tree, flat folder or manifest) with their labels."""
-    root = local_path(src)
-    if root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
+    root = None if is_remote(src) else local_path(src)
+    if root is not None and root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
         return _manifest_source(root)
     files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
-    base = str(root.resolve()) + os.sep if root.is_dir() else None
+    if root is None:  # object store: names relative to the prefix (one object alone: flat)
+        base = src.rstrip("/") + "/" if any(f.path.startswith(src.rstrip("/") + "/") for f in files) else None
+    else:
+        base = str(root.resolve()) + os.sep if root.is_dir() else None
     rels = [f.path[len(base) :].replace(os.sep, "/") if base else os.path.basename(f.path) for f in files]
     nested = [r for r in rels if "/" in r]
     if not nested:
