@@ -43,9 +43,15 @@ def _become_subreaper() -> None:
 _become_subreaper()
 
 
+_MP_SERVICES = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+"""multiprocessing's helper processes, started once per process (shared memory, forkserver)."""
+
+
 def _walk(proc: psutil.Process, found: set[int]) -> None:
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
+            return
+        if any(m in " ".join(proc.cmdline()) for m in _MP_SERVICES):  # lives as long as this process
             return
         found.add(proc.pid)
         if proc.name() == "java":  # Spark's JVMs run and reuse their own Python workers
@@ -77,12 +83,19 @@ def _leaked_process_group() -> bool:
     return True
 
 
+def _shm_segments() -> set[str]:
+    """This process's shared-memory segments (``pipeline.reader.shm`` names them ``pipeline_<pid>_*``)."""
+    return {p.name for p in Path("/dev/shm").glob(f"pipeline_{os.getpid()}_*")}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves a thread, a child or grandchild process, or a torch.distributed
-    process group behind (waits up to 10 s for threads and processes to end)."""
+    """Fail a test that leaves a thread, a child or grandchild process, a shared-memory segment
+    of the reader, or a torch.distributed process group behind (waits up to 10 s for threads
+    and processes to end)."""
     threads_before = set(threading.enumerate())
     children_before = _children()
+    shm_before = _shm_segments()
     yield
     deadline = time.monotonic() + 10
     while True:
@@ -92,7 +105,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             if t not in threads_before and t.is_alive() and not _is_long_lived(t)
         ]
         children = _children() - children_before
-        if (not threads and not children) or time.monotonic() > deadline:
+        segments = _shm_segments() - shm_before
+        if (not threads and not children and not segments) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     problems = []
@@ -106,6 +120,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             except psutil.Error:
                 names.append(str(pid))
         problems.append("child processes " + "; ".join(names))
+    if segments:
+        problems.append("shared-memory segments /dev/shm/" + ", /dev/shm/".join(sorted(segments)))
     if _leaked_process_group():
         problems.append("an initialized torch.distributed process group")
     if problems:

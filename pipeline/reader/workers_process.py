@@ -29,13 +29,14 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.reader.config import ReadOptions
-from pipeline.reader.decode import FieldSpec
+from pipeline.reader.decode import FieldSpec, ReadCancelled
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.shm import SharedColumns, attach_columns
 from pipeline.reader.shuffle import RowBuffer
@@ -45,7 +46,8 @@ __all__ = ["ProcessWorkers", "SourceRecipe", "WorkerDied", "choose_workers_type"
 
 log = logging.getLogger(__name__)
 
-_JOIN_S = 5.0
+_JOIN_S = 10.0
+_DIED_S = 3.0
 
 
 class WorkerDied(PipelineError):
@@ -155,6 +157,8 @@ def _work(item: WorkItem, rows: np.ndarray) -> tuple[dict[str, np.ndarray], floa
     assert state is not None, "worker not initialised"
     t0 = time.perf_counter()
     try:
+        if state.cancel.is_set():  # queued before the loader closed: skip
+            raise ReadCancelled
         if state.source is None:  # errors here reach the consumer like any read error
             state.source = state.recipe.open()
             state.timer = _ReadTimer(state.source)
@@ -240,9 +244,13 @@ class ProcessWorkers:
             self.stats.add("read+decode", total_s)
 
     def _died(self, item: WorkItem) -> WorkerDied:
+        processes = list(self._processes.items())
+        deadline = time.monotonic() + _DIED_S  # the pool's own thread may be reaping them right now
+        while time.monotonic() < deadline and not any(p.exitcode is not None for _, p in processes):
+            time.sleep(0.02)
         dead = []
-        for pid, proc in self._processes.items():
-            code = proc.exitcode if proc is not None else None
+        for pid, proc in processes:
+            code = proc.exitcode
             if code is None:
                 continue
             if code < 0:
@@ -272,13 +280,12 @@ class ProcessWorkers:
             pool.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + _JOIN_S
             for proc in self._processes.values():
-                proc.join(max(0.0, deadline - time.monotonic()))
-                if proc.is_alive():
+                # the sentinel, not is_alive(): the pool's thread may reap the process first
+                if not wait([proc.sentinel], max(0.0, deadline - time.monotonic())):
                     log.warning("reader worker process %d did not stop; terminating it", proc.pid)
                     proc.terminate()
-                    proc.join(1.0)
-                    if proc.is_alive():
+                    if not wait([proc.sentinel], 1.0):
                         proc.kill()
-                        proc.join(1.0)
+                        wait([proc.sentinel], 1.0)
             pool.shutdown(wait=True)
         self._shared.close()

@@ -1,0 +1,250 @@
+"""Process workers: the same batches as threads, clean shutdown, errors with their origin, a
+killed worker, no leaked shared memory (the autouse leak check in conftest covers /dev/shm)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import pipeline
+from pipeline.errors import ConfigError
+from pipeline.format import TransformSpec
+from pipeline.reader.workers import task_rng
+from pipeline.reader.workers_cores import cgroup_cpu_limit, usable_cores
+from pipeline.reader.workers_process import WorkerDied
+from tests.datasets import write_format_dataset
+
+ROWS = 90  # 9 row groups of 10 rows in 2 files
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    return write_format_dataset(
+        tmp_path_factory.mktemp("workers") / "ds", rows=ROWS, files=2, row_group_rows=10
+    )
+
+
+def augment(row):
+    """A random crop (task_rng) and a random flip (numpy's global generator), to float32 CHW."""
+    y, x = task_rng().integers(0, 3, size=2)
+    image = row["image"][y : y + 6, x : x + 6]
+    if np.random.random() < 0.5:
+        image = image[:, ::-1]
+    row["image"] = (image.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+    return row
+
+
+def task_rng_only(row):
+    y, x = task_rng().integers(0, 3, size=2)
+    row["image"] = (row["image"][y : y + 6, x : x + 6].astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+    return row
+
+
+def fail_on_row_42(row):
+    if row["id"] == 42:
+        raise ValueError("row 42 is bad")
+    return row
+
+
+def slow(row):
+    time.sleep(0.05)
+    return row
+
+
+def workers() -> list[psutil.Process]:
+    """This process's reader worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def spec(func):
+    return TransformSpec(func, edit_fields=[("image", np.float32, (3, 6, 6), False)])
+
+
+def digest(url, **kw):
+    """A hash of every batch's values, in order, and the number of batches."""
+    kw.setdefault("config", None)
+    h, n = hashlib.sha256(), 0
+    with pipeline.open_loader(url, batch_size=16, shuffle_buffer=24, num_epochs=2, seed=5, **kw) as loader:
+        for batch in loader:
+            for name in ("id", "image", "vector"):
+                h.update(batch[name].numpy().tobytes())
+            h.update("|".join(batch["name"]).encode())
+            n += 1
+    return h.hexdigest(), n
+
+
+def test_same_batches_for_every_worker_count_and_kind(url):
+    reference = digest(url, transform=spec(task_rng_only), workers=1, workers_type="thread")
+    assert reference[1] == 12  # 2 epochs of ceil(90 / 16)
+    for kind, workers, method in [
+        ("thread", 2, "spawn"),
+        ("thread", 4, "spawn"),
+        ("process", 1, "fork"),
+        ("process", 2, "spawn"),
+        ("process", 4, "fork"),
+    ]:
+        got = digest(
+            url, transform=spec(task_rng_only), workers=workers, workers_type=kind, start_method=method
+        )
+        assert got == reference, (kind, workers, method)
+
+
+def test_processes_seed_the_global_generators_per_item(url):
+    """An augmentation that draws from np.random gives the same batches for 1, 2 and 4 processes."""
+    one = digest(url, transform=spec(augment), workers=1, workers_type="process", start_method="fork")
+    for workers in (2, 4):
+        got = digest(
+            url, transform=spec(augment), workers=workers, workers_type="process", start_method="fork"
+        )
+        assert got == one, workers
+
+
+def test_auto_picks_processes_for_a_python_transform_only(url):
+    with pipeline.open_loader(
+        url, config=None, workers=2, transform=spec(augment), start_method="fork"
+    ) as loader:
+        assert loader.reader.workers_type == "process"
+    with pipeline.open_loader(url, config=None, workers=2) as loader:
+        assert loader.reader.workers_type == "thread"
+    lam = TransformSpec(lambda row: row)
+    with pipeline.open_loader(
+        url, config=None, workers=2, transform=lam
+    ) as loader:  # spawn cannot get a lambda
+        assert loader.reader.workers_type == "thread"
+    with pytest.raises(ConfigError, match="cannot be sent to worker processes"):
+        pipeline.open_loader(url, config=None, workers=2, transform=lam, workers_type="process")
+    with pipeline.open_loader(
+        url, config=None, workers=2, transform=lam, workers_type="process", start_method="fork"
+    ) as loader:
+        assert len(list(loader)) == 2  # fork workers inherit a lambda
+
+
+@pytest.mark.parametrize("how", ["break", "exception", "ctrl-c"])
+def test_leaving_the_loop_stops_the_workers_and_frees_shared_memory(url, how):
+    mine = f"pipeline_{os.getpid()}_"
+    expected = pytest.raises((RuntimeError, KeyboardInterrupt)) if how != "break" else _nothing()
+    with (
+        expected,
+        pipeline.open_loader(
+            url, config=None, workers=2, transform=spec(augment), start_method="fork", num_epochs=None
+        ) as loader,
+    ):
+        for i, _ in enumerate(loader):
+            assert any(name.startswith(mine) for name in os.listdir("/dev/shm"))
+            if i == 3:
+                if how == "break":
+                    break
+                raise RuntimeError("training step failed") if how == "exception" else KeyboardInterrupt
+    assert not any(name.startswith(mine) for name in os.listdir("/dev/shm"))
+    assert not workers()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_workers_error_names_its_origin_and_keeps_its_traceback(url):
+    with (
+        pytest.raises(ValueError, match="row 42 is bad") as info,
+        pipeline.open_loader(
+            url, config=None, workers=2, transform=TransformSpec(fail_on_row_42), start_method="fork"
+        ) as loader,
+    ):
+        list(loader)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "while reading" in notes and "row group" in notes and ".parquet" in notes
+    assert "in reader worker process" in notes
+    assert "fail_on_row_42" in str(info.value.__cause__)  # the worker's traceback
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_worker_is_an_error_naming_it_not_a_hang(url):
+    with (
+        pytest.raises(WorkerDied, match="SIGKILL") as info,
+        pipeline.open_loader(
+            url, config=None, workers=2, transform=TransformSpec(slow), start_method="fork", num_epochs=None
+        ) as loader,
+    ):
+        next(loader)
+        victim = workers()[0].pid
+        os.kill(victim, signal.SIGKILL)
+        for _ in loader:
+            pass
+    assert str(victim) in str(info.value)
+    assert "row group" in str(info.value)
+
+
+def test_resume_and_stats_work_with_process_workers(url):
+    kw = dict(
+        config=None, batch_size=8, shuffle_buffer=16, seed=2, num_epochs=2, transform=spec(task_rng_only)
+    )
+    with pipeline.open_loader(url, workers=2, workers_type="thread", **kw) as loader:
+        reference = [batch["id"].tolist() for batch in loader]
+    with pipeline.open_loader(url, workers=2, workers_type="process", start_method="fork", **kw) as loader:
+        head = [next(loader)["id"].tolist() for _ in range(7)]
+        state = loader.state_dict()
+        stats = loader.stats()
+    assert stats["stages"]["read"] > 0 and stats["stages"]["decode"] > 0 and stats["workers"] == 2
+    with pipeline.open_loader(url, workers=1, workers_type="process", start_method="fork", **kw) as loader:
+        loader.load_state_dict(state)
+        rest = [batch["id"].tolist() for batch in loader]
+    assert head + rest == reference
+
+
+def test_every_loading_mode_gives_the_same_batches(url, tmp_path):
+    reference = digest(url, workers=2)
+    assert digest(url, workers=2, cache="memory") == reference
+    assert digest(url, workers=2, cache="disk", cache_dir=tmp_path / "cache") == reference
+    assert digest(url, workers=2, cache_dir=tmp_path / "cache") == reference  # from the disk cache now
+    with_transform = digest(url, workers=2, transform=spec(task_rng_only), start_method="fork")
+    got = digest(url, workers=2, transform=spec(task_rng_only), cache="disk", cache_dir=tmp_path / "c2")
+    assert got == with_transform
+    with pytest.raises(ConfigError, match="cache"):
+        pipeline.open_loader(
+            url, config=None, cache="memory", workers_type="process", transform=TransformSpec(slow)
+        )
+
+
+def test_usable_cores_reads_affinity_cgroup_quota_and_local_ranks(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    affinity = len(os.sched_getaffinity(0))
+    count = usable_cores({"LOCAL_WORLD_SIZE": "1"}, tmp_path)
+    assert count.cores == min(affinity, 2) and count.quota == 1.5
+    assert usable_cores({"LOCAL_WORLD_SIZE": "4"}, tmp_path).cores == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(v1) == 3.0
+    assert "usable cores" in usable_cores({}, tmp_path).describe()
+
+
+def test_workers_do_not_take_ctrl_c(url):
+    """SIGINT goes to the training loop; workers ignore it and keep going until the loader closes."""
+    with pipeline.open_loader(
+        url, config=None, workers=2, transform=TransformSpec(slow), start_method="fork"
+    ) as loader:
+        next(loader)
+        for child in workers():
+            os.kill(child.pid, signal.SIGINT)
+        assert len(list(loader)) == len(loader) - 1  # the rest of the epoch
