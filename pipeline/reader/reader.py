@@ -170,11 +170,14 @@ class Reader:
             )
         return ThreadWorkers(self.source, self.workers, self.config.seed, self.stats)
 
-    def _buffer(self, limit: int, workers: ThreadWorkers | ProcessWorkers) -> RowBuffer:
+    def _buffer(self, limit: int, workers: ThreadWorkers | ProcessWorkers | None = None) -> RowBuffer:
         largest = max(self._sizes, default=0)
         size = self.config.shuffle_buffer
         capacity = max(size, self.batch_size) + (limit + 1) * largest
-        return workers.buffer(self.source.specs, capacity, size, self._row_rng(self.start_epoch))
+        rng = self._row_rng(self.start_epoch)
+        if workers is None:
+            return RowBuffer(self.source.specs, capacity, size, rng)
+        return workers.buffer(self.source.specs, capacity, size, rng)
 
     def _restore(self, buffer: RowBuffer, workers: ThreadWorkers | ProcessWorkers) -> int:
         """Fill ``buffer`` as it was after ``start_batch`` batches; returns the next item's index.
