@@ -1,0 +1,289 @@
+"""A Python augmentation per sample: this loader (threads, processes) vs torch and petastorm.
+
+The training-transform case of issue 12: 64x64 JPEGs, a row ``TransformSpec`` that crops
+56x56 at random, flips, and normalises to float32 CHW (``benchmarks/augment.py``), batch 64,
+2 workers everywhere, one epoch, best of ``--repeat``::
+
+    .venv/bin/python benchmarks/bench_augment.py                  # 20,000 images under $TMPDIR
+    .venv/bin/python benchmarks/bench_augment.py --rows 2000 --repeat 1   # a quick look
+
+Paths, side by side in one run: ``open_loader`` with ``workers_type="thread"`` and
+``"process"``; a torch ``DataLoader`` over the JPEG files (2 worker processes, OpenCV decode,
+the same augmentation); petastorm ``make_reader`` with its thread and process pools and the
+same augmentation as its ``TransformSpec`` (run in the petastorm env,
+``.venv-petastorm/bin/python``, through this file's ``--petastorm-side``); and the 2-core
+ceiling: decode (this package's decoder) + augmentation of every image in one thread, times 2.
+Then a digest of the first batches for 1, 2 and 4 worker processes (they must be equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import augment  # noqa: E402  (its own module: worker processes import it by this name)
+
+SIZE = 64
+WORKERS = 2
+FIELDS = ["image", "label"]
+
+
+def generate(root: Path, n: int) -> tuple[str, Path]:
+    """Write (once) ``n`` 64x64 JPEG files (10 class folders) and a Petastorm dataset of the
+    same bytes (``CompressedImageCodec('jpeg')``, 16 row groups), without Spark."""
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import LongType
+
+    from bench_loader import make_image
+    from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
+    from pipeline.format.metadata import format_metadata, write_common_metadata
+
+    files, ds = root / f"aug-files-{n}", root / f"aug-jpeg-{n}"
+    if not (files / "done").exists():
+        files.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            folder = files / f"class_{i % 10}"
+            folder.mkdir(exist_ok=True)
+            cv2.imwrite(
+                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
+            )
+        (files / "done").touch()
+    if not (ds / "_common_metadata").exists():
+        schema = Unischema(
+            "AugmentBench",
+            [
+                UnischemaField("image", np.uint8, (SIZE, SIZE, 3), CompressedImageCodec("jpeg"), False),
+                UnischemaField("label", np.int64, (), ScalarCodec(LongType()), False),
+            ],
+        )
+        arrow_schema = to_arrow_schema(schema.as_spark_schema())
+        paths = sorted(files.rglob("*.jpg"))
+        ds.mkdir(parents=True, exist_ok=True)
+        per_file, counts = -(-n // 2), {}
+        for f, lo in enumerate(range(0, n, per_file)):
+            chunk = paths[lo : lo + per_file]
+            table = pa.table(
+                {"image": [p.read_bytes() for p in chunk], "label": [int(p.parent.name[6:]) for p in chunk]},
+                schema=arrow_schema,
+            )
+            name = f"part-{f:05d}.parquet"
+            pq.write_table(table, ds / name, row_group_size=max(1, -(-n // 16)))
+            counts[name] = pq.read_metadata(ds / name).num_row_groups
+        write_common_metadata(ds, arrow_schema, format_metadata(schema, counts))
+    return ds.as_uri(), files
+
+
+def spec_for(func, transform_spec_cls):
+    return transform_spec_cls(
+        func, edit_fields=[("image", np.float32, (3, augment.CROP, augment.CROP), False)]
+    )
+
+
+def ours(url: str, workers_type: str, workers: int = WORKERS, epochs: int = 1):
+    import pipeline
+    from pipeline.bench import measure
+    from pipeline.format import TransformSpec
+
+    spec = spec_for(augment.task_row, TransformSpec)
+    return measure(
+        lambda: pipeline.open_loader(
+            url, fields=FIELDS, transform=spec, batch_size=64, workers=workers, workers_type=workers_type,
+            num_epochs=epochs, seed=0, config=None,
+        )
+    )  # fmt: skip
+
+
+def order_digest(url: str, workers: int, batches: int = 20) -> str:
+    import pipeline
+    from pipeline.format import TransformSpec
+
+    digest = hashlib.sha256()
+    spec = spec_for(augment.task_row, TransformSpec)
+    with pipeline.open_loader(
+        url,
+        fields=FIELDS,
+        transform=spec,
+        batch_size=64,
+        workers=workers,
+        workers_type="process",
+        seed=7,
+        config=None,
+    ) as loader:
+        for i, batch in enumerate(loader):
+            digest.update(batch["label"].numpy().tobytes())
+            digest.update(batch["image"].numpy().tobytes())
+            if i + 1 == batches:
+                break
+    return digest.hexdigest()[:16]
+
+
+class _FileImages:
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import cv2
+        import torch
+
+        image = cv2.cvtColor(cv2.imread(self.paths[i], cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        label = int(Path(self.paths[i]).parent.name[6:])
+        return {"image": torch.from_numpy(augment.augment_image(image)), "label": label}
+
+
+def torch_files(files: Path):
+    import torch.utils.data as tud
+
+    from pipeline.bench import measure
+
+    paths = sorted(str(p) for p in files.rglob("*.jpg"))
+    return measure(
+        lambda: tud.DataLoader(_FileImages(paths), batch_size=64, shuffle=True, num_workers=WORKERS)
+    )
+
+
+def ceiling(url: str) -> float:
+    """Decode (this package's decoder) + augment every image in one thread: images/s on one core."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import list_dataset_files, read_unischema
+    from pipeline.reader.decode import decode_column, spec_from_unischema
+
+    files = list_dataset_files(url)
+    field = read_unischema(files).fields["image"]
+    spec = spec_from_unischema(field)
+    tables = []
+    for path in files.files:
+        with files.filesystem.open_input_file(path) as fh:
+            tables.append(pq.read_table(fh, columns=["image"]))
+    rng = np.random.default_rng(0)
+    start, n = time.perf_counter(), 0
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=1024):
+            images = decode_column(spec, field, batch.column(0))
+            for image in images:
+                augment.augment_image(image, rng)
+            n += len(images)
+    return n / (time.perf_counter() - start)
+
+
+def petastorm_side(url: str, repeat: int) -> None:
+    """In the petastorm env: make_reader with thread and process pools; one JSON line."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from petastorm import make_reader
+    from petastorm.pytorch import DataLoader
+    from petastorm.transform import TransformSpec
+
+    from pipeline.bench import measure
+
+    spec = spec_for(augment.global_row, TransformSpec)
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for pool in ("thread", "process"):
+            result = measure(
+                lambda pool=pool: DataLoader(
+                    make_reader(
+                        url, schema_fields=FIELDS, num_epochs=1, workers_count=WORKERS,
+                        reader_pool_type=pool, transform_spec=spec,
+                    ),
+                    batch_size=64,
+                )
+            )  # fmt: skip
+            name = f"petastorm make_reader, {pool} pool ({WORKERS} workers)"
+            if name not in best or result.samples_per_s > best[name]["samples_per_s"]:
+                best[name] = dataclasses.asdict(result)
+    print(json.dumps(best))
+
+
+def petastorm_paths(url: str, python: Path, repeat: int) -> dict[str, float]:
+    if not python.exists():
+        print(f"petastorm paths skipped: {python} does not exist")
+        return {}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}"}
+    command = [str(python), __file__, "--petastorm-side", "--url", url, "--repeat", str(repeat)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"petastorm paths failed in {python}:\n{done.stderr[-2000:]}")
+        return {}
+    return {k: v["samples_per_s"] for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="images to generate (default 20000)")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pipeline-bench"))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per path; the best is kept (default 3)")
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--petastorm-side", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
+    parser.add_argument(
+        "--petastorm-python", default=str(HERE.parent / ".venv-petastorm" / "bin" / "python"),
+        help="the petastorm env's Python (default .venv-petastorm/bin/python)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.petastorm_side:
+        petastorm_side(args.url, args.repeat)
+        return 0
+
+    url, files = generate(Path(args.data_dir), args.rows)
+    print(f"dataset {url}  {args.rows} images  batch 64  {WORKERS} workers  best of {args.repeat}")
+    paths = {
+        'this loader, workers_type="thread"': lambda: ours(url, "thread").samples_per_s,
+        'this loader, workers_type="process"': lambda: ours(url, "process").samples_per_s,
+        f"torch DataLoader over JPEG files ({WORKERS} worker processes)": lambda: (
+            torch_files(files).samples_per_s
+        ),
+    }
+    figures: dict[str, float] = {}
+    for _ in range(args.repeat):  # round robin: every path sees the same background load
+        for name, run in paths.items():
+            figures[name] = max(figures.get(name, 0.0), run())
+    figures.update(petastorm_paths(url, Path(args.petastorm_python), args.repeat))
+    one_core = max(ceiling(url) for _ in range(args.repeat))
+    figures["ceiling: decode + augment, 1 core"] = one_core
+    figures[f"ceiling: decode + augment x {WORKERS} cores"] = one_core * WORKERS
+
+    mine = figures['this loader, workers_type="process"']
+    others = [v for k, v in figures.items() if not k.startswith(("this loader", "ceiling"))]
+    best_other = max(others, default=float("nan"))
+    print(f"\n{'path':<60} {'samples/s':>10} {'vs process':>10}")
+    for name, rate in figures.items():
+        print(f"{name:<60} {rate:>10,.0f} {rate / mine:>10.2f}")
+    ratios = {
+        "process / best alternative": mine / best_other,
+        "process / ceiling": mine / figures[f"ceiling: decode + augment x {WORKERS} cores"],
+        "process / thread": mine / figures['this loader, workers_type="thread"'],
+    }
+    print(f"\nprocesses / best alternative: {ratios['process / best alternative']:.2f}x (aim >= 1.4)")
+    print(f"processes / {WORKERS}-core ceiling: {ratios['process / ceiling']:.2f}x (aim >= 0.8)")
+    digests = {w: order_digest(url, w) for w in (1, 2, 4)}
+    same = len(set(digests.values())) == 1
+    print(f"batch digest by worker processes: {digests} -> {'identical' if same else 'DIFFERENT'}")
+    if args.json:
+        print(json.dumps({"samples_per_s": figures, "ratios": ratios, "order_digests": digests}))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
