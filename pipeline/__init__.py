@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "NdarrayCodec": "pipeline.format",
     "CompressedImageCodec": "pipeline.format",
     "TransformSpec": "pipeline.format",
+    "task_rng": "pipeline.reader.workers",
 }
 
 __all__ = ["__version__", *_LAZY]
