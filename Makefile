@@ -45,7 +45,7 @@ test: check-java $(STAMP) $(PETASTORM_STAMP)
 	PIPELINE_PETASTORM_PYTHON=$(abspath $(PETASTORM_VENV))/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: check-java $(STAMP)
-	$(PY) jobs/demo.py
+	$(VENV)/bin/pipeline demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

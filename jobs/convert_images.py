@@ -1,13 +1,12 @@
-"""spark-submit job: image folder / manifest -> Petastorm dataset.
+"""spark-submit job: image folder / manifest -> dataset (= `pipeline convert images`, same flags and exit codes).
 
-    spark-submit --master spark://HOST:7077 jobs/convert_images.py SRC DEST [--size HxW] ...
-
-Same flags and behaviour as ``pipeline convert images`` (see ``--help``).
+    PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master spark://HOST:7077 \
+        jobs/convert_images.py SRC DEST [--size HxW] ...
 """
 
 import sys
 
-from pipeline.convert.runner import job_main
+from pipeline.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main("images"))
+    sys.exit(main(["convert", "images", *sys.argv[1:]]))

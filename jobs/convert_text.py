@@ -1,13 +1,12 @@
-"""spark-submit job: .txt / .jsonl corpus -> Petastorm dataset of token ids.
+"""spark-submit job: .txt / .jsonl corpus -> dataset of token ids (= `pipeline convert text`, same flags and exit codes).
 
-    spark-submit --master spark://HOST:7077 jobs/convert_text.py SRC DEST [--seq-len N] [--tokenizer bytes|PATH] ...
-
-Same flags and behaviour as ``pipeline convert text`` (see ``--help``).
+    PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master spark://HOST:7077 \
+        jobs/convert_text.py SRC DEST [--seq-len N] [--tokenizer bytes|PATH] ...
 """
 
 import sys
 
-from pipeline.convert.runner import job_main
+from pipeline.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main("text"))
+    sys.exit(main(["convert", "text", *sys.argv[1:]]))

@@ -1,9 +1,7 @@
-"""Train the image classifier (SmallCNN) on a converted image dataset through TorchDistributor.
+"""Train the image classifier (SmallCNN) on a converted image dataset through TorchDistributor (= `pipeline train images`, same flags and exit codes).
 
-    .venv/bin/python jobs/train_images.py --train-url data/demo/datasets/train --eval-url data/demo/datasets/heldout
-    .venv/bin/python jobs/train_images.py --num-processes 2 --no-gpu          # 2 CPU ranks (gloo)
-    .venv/bin/python jobs/train_images.py --gpu                               # one rank per GPU (NCCL)
-    spark-submit --master spark://HOST:7077 jobs/train_images.py --cluster    # ranks on the executors
+    .venv/bin/python jobs/train_images.py --train-url DATASET --epochs 5
+    PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master spark://HOST:7077 jobs/train_images.py --cluster
 
 Defaults: conf/train_images.yaml. Writes RUN_DIR/checkpoint.pt, metrics.json, loss_curve.png;
 running again on the same RUN_DIR resumes (``--no-resume`` starts over).
@@ -11,8 +9,7 @@ running again on the same RUN_DIR resumes (``--no-resume`` starts over).
 
 import sys
 
-from pipeline.train.image_classifier import ImageTrainConfig, run_image_training
-from pipeline.train.jobs import job_main
+from pipeline.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main("images", ImageTrainConfig, run_image_training))
+    sys.exit(main(["train", "images", *sys.argv[1:]]))

@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-__all__ = ["conf_dir", "from_mapping", "load_config", "resolve_conf_path"]
+__all__ = ["conf_dir", "from_mapping", "load_config", "load_options", "resolve_conf_path"]
 
 T = TypeVar("T")
 
@@ -206,3 +206,51 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
     return value
+
+
+def _config_file_section(config_path: str | None, section: str) -> tuple[dict[str, Any], str]:
+    if not config_path:
+        return {}, ""
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"config file {config_path!r} does not exist", hint="check the --config path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping with sections such as `convert:`")
+    values = raw.get(section) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_path}: section {section!r} must be a mapping")
+    return values, f"{config_path}: section {section!r}"
+
+
+def load_options(
+    cls: type[T],
+    default_file: str,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    section: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from ``conf/<default_file>``, then ``section`` of ``--config``, then flags.
+
+    This is the one meaning of ``--config FILE`` in every command: a YAML whose sections are laid
+    over the files of ``conf/`` (keys the file leaves out keep the ``conf/`` value).
+
+    Args:
+        cls: A frozen dataclass (a kind's options, ``ConvertConfig``, ``SparkConfig``, ...).
+        default_file: Bare file name in ``conf/``, e.g. ``"convert_images.yaml"``.
+        config_path: The ``--config`` file, if any. Defaults to ``None``.
+        section: Section of the ``--config`` file for ``cls``, e.g. ``"images"``.
+        overrides: Parsed flags; ``None`` values mean "not given". Defaults to ``None``.
+
+    Raises:
+        ConfigError: A file or key is invalid; the message names the file and key.
+    """
+    values, where = _config_file_section(os.fspath(config_path) if config_path else None, section)
+    if values:
+        from_mapping(cls, values, source=where)  # validate here so errors name the --config file
+    merged = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return load_config(cls, default_file, overrides=merged)

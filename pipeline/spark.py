@@ -15,14 +15,16 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pipeline.config import load_config
+from pipeline.config import load_options
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -74,9 +76,34 @@ def submitted_master() -> str | None:
     return SparkConf().get("spark.master", None)
 
 
-def load_spark_config(path: str | None = None, *, master: str | None = None) -> SparkConfig:
-    """Load ``conf/spark.yaml`` (or ``path``); ``master``, else spark-submit's ``--master``, wins."""
-    return load_config(SparkConfig, path or "spark.yaml", overrides={"master": master or submitted_master()})
+def load_spark_config(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    master: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> SparkConfig:
+    """The one Spark-config builder of every job and command.
+
+    Layers, each over the one before: ``conf/spark.yaml``; the ``spark:`` section of
+    ``config_path`` (a ``--config`` file); ``master``, else the master given to spark-submit;
+    ``extra`` settings merged into ``SparkConfig.extra`` (e.g. the GPU settings of training).
+
+    Args:
+        config_path: A ``--config`` YAML whose ``spark:`` section is laid over conf/spark.yaml.
+            Defaults to ``None``.
+        master: The ``--master`` flag. Defaults to ``None`` (spark-submit's, else the file's).
+        extra: ``spark.*`` settings to add. Defaults to ``None``.
+    """
+    config = load_options(
+        SparkConfig,
+        "spark.yaml",
+        config_path=config_path,
+        section="spark",
+        overrides={"master": master or submitted_master()},
+    )
+    if extra:
+        config = replace(config, extra={**config.extra, **extra})
+    return config
 
 
 def _java_executable() -> str | None:
@@ -162,9 +189,27 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
     for key, value in config.extra.items():
         builder = builder.config(key, value)
     log.info("starting Spark (master %s)", config.master)
+    main_thread = threading.current_thread() is threading.main_thread()
+    caller_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
+    if main_thread:
+        _keep_sigint_handler(spark, caller_sigint)
     try:
         yield spark
     finally:
         spark.stop()
+        if main_thread and caller_sigint is not None:
+            signal.signal(signal.SIGINT, caller_sigint)
+
+
+def _keep_sigint_handler(spark: SparkSession, caller: object) -> None:
+    """PySpark replaces the SIGINT handler with its own; put back the caller's, if it had one.
+
+    PySpark's handler calls the JVM from inside the signal handler, on the connection that the
+    interrupted call is using (py4j's pinned threads), which fails with a long traceback. A caller
+    with its own handler (the CLI: it records the interrupt and exits 130) cancels its jobs when
+    the interrupt unwinds (the conversion writer cancels its job group).
+    """
+    if callable(caller) and caller is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, caller)  # type: ignore[arg-type]

@@ -21,15 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.convert.common import (
-    ConvertConfig,
-    RecordErrors,
-    add_common_arguments,
-    load_options,
-    load_settings,
-    parse_size,
-)
+from pipeline.cli import build_parser
+from pipeline.cli.convert import settings_from_args as load_settings
+from pipeline.config import load_config, load_options
+from pipeline.convert.common import ConvertConfig, RecordErrors, parse_size
 from pipeline.convert.headers import image_header
 from pipeline.convert.images import ImageOptions
 from pipeline.convert.listing import choose_partitions, list_source_files, split_by_bytes
@@ -49,9 +44,7 @@ def test_yaml_defaults_agree_with_the_dataclass(cls, name):
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_common_arguments(parser)
-    return parser.parse_args(["src", "dest", *argv])
+    return build_parser().parse_args(["convert", "images", "src", "dest", *argv])
 
 
 def test_flags_beat_the_config_file_which_beats_conf(tmp_path):
@@ -73,7 +66,7 @@ def test_parse_size():
     assert parse_size("224x160") == (224, 160)
     assert parse_size("64") == (64, 64)
     for bad in ("0x4", "ax4", "1x2x3", ""):
-        with pytest.raises(argparse.ArgumentTypeError, match="HxW"):
+        with pytest.raises(ConfigError, match="HxW"):
             parse_size(bad)
 
 
@@ -180,8 +173,9 @@ def test_image_headers_are_read_without_decoding():
 
 # A toy kind: integers become rows; multiples of 5 are "bad".
 def toy_schema():
-    from pipeline.format import NdarrayCodec, ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import LongType
+
+    from pipeline.format import NdarrayCodec, ScalarCodec, Unischema, UnischemaField
 
     return Unischema(
         "Toy",

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.dataset import read_provenance
-from pipeline.train.demo import AccuracyTooLow, DemoConfig, run_demo
+from pipeline.demo.run import AccuracyTooLow, DemoConfig, run_demo
 from pipeline.train.distributed import DistributedConfig
 from tests.conftest import REPO
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.demo.sample_data import write_digits_folder, write_sample_corpus
 from pipeline.errors import PipelineError
 from pipeline.train.distributed import DistributedConfig
 from pipeline.train.image_classifier import ImageTrainConfig, run_image_training, train_images
 from pipeline.train.metrics import RunningSums, plot_loss_curve, write_metrics
 from pipeline.train.models import SmallCNN, images_to_float
 from pipeline.train.run import absolute_paths, cosine_lr, derive_seed
-from pipeline.train.sample_data import write_digits_folder, write_sample_corpus
 from pipeline.train.text_lm import TextTrainConfig, train_text
 from tests.conftest import REPO
 
@@ -263,17 +263,18 @@ def test_image_job_trains_on_the_gpus_with_nccl(digits, tmp_path):
 
 
 def test_job_flags_override_the_config_file_and_merge_distribution(tmp_path):
-    from pipeline.train.jobs import build_parser, config_from_args
+    from pipeline.cli import build_parser
+    from pipeline.cli.train import config_from_args
 
-    path = tmp_path / "t.yaml"
-    path.write_text("epochs: 7\nlr: 0.01\ndistributed: {num_processes: 3, use_gpu: false}\n")
-    args = build_parser("images").parse_args(
-        ["--config", str(path), "--epochs", "2", "--cluster", "--no-resume", "--train-url", "x"]
+    path = tmp_path / "t.yaml"  # --config: sections laid over conf/ (here `train:` over train_images.yaml)
+    path.write_text("train:\n  epochs: 7\n  lr: 0.01\n  distributed: {num_processes: 3, use_gpu: false}\n")
+    args = build_parser().parse_args(
+        ["train", "images", "--config", str(path), "--epochs", "2", "--cluster", "--no-resume", "--train-url", "x"]
     )
-    config = config_from_args(ImageTrainConfig, "train_images.yaml", args)
+    config = config_from_args("images", args)
     assert (config.epochs, config.lr, config.resume, config.train_url) == (2, 0.01, False, "x")
     assert config.distributed == DistributedConfig(num_processes=3, use_gpu=False, local_mode=False)
-    defaults = config_from_args(TextTrainConfig, "train_text.yaml", build_parser("text").parse_args([]))
+    defaults = config_from_args("text", build_parser().parse_args(["train", "text"]))
     assert defaults == TextTrainConfig()
 
 

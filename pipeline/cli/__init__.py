@@ -1,79 +1,74 @@
-"""The ``pipeline`` command line: ``pipeline <command> ... [--json]``.
+"""The ``pipeline`` command line: ``pipeline [-v|-q] <command> ... [--json]``.
 
-Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
-its parser and sets ``handler``: a callable taking the parsed arguments and returning the
-result as a JSON-able ``dict``. The handler prints its human-readable report itself; with
-``--json`` this module prints the result as the last line of stdout.
-
-User errors (:class:`~pipeline.errors.PipelineError`) become one paragraph on stderr and exit
-status 2; Ctrl-C exits with 130.
+Each command lives in its own module with a ``register(subparsers)`` function that adds its
+parser and sets ``handler`` (``args -> dict``, the ``--json`` result; it prints its
+human-readable report itself unless ``--json``). :func:`main` parses, sets up logging and hands
+the handler to the one runner, :func:`pipeline.cli.app.run`: signals, exit codes and output are
+the same for every command and for the ``jobs/*.py`` scripts, which call :func:`main` too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import logging
 import sys
-import textwrap
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
-from pipeline.quiet import quiet_third_party_warnings
+from pipeline.cli.app import add_verbosity_flags, configure_logging, run
+from pipeline.cli.flags import HelpFormatter
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-# Sub-command modules under pipeline.cli, in the order `pipeline --help` lists them.
-COMMANDS = ("inspect", "convert", "bench", "cache")
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+# Command modules under pipeline.cli, in the order `pipeline --help` lists them.
+COMMANDS = ("convert", "train", "demo", "inspect", "bench", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
-        description="Spark -> Petastorm -> PyTorch: convert raw data to datasets, inspect and read them.",
+        description="Spark -> Parquet -> PyTorch: convert raw data to datasets with Spark, inspect and "
+        "read them, train on them.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_verbosity_flags(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
+    for leaf in leaf_parsers(parser):
+        add_verbosity_flags(leaf, default=argparse.SUPPRESS)  # `pipeline convert images ... -q` too
+        leaf.set_defaults(parser=leaf)
+        leaf.formatter_class = HelpFormatter  # flags show their conf/ defaults
     return parser
 
 
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if verbose < 2:
-        for noisy in ("py4j", "petastorm", "pyspark", "matplotlib"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run a command (``pipeline convert images``, ``pipeline inspect``, ...)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [
+        leaf
+        for action in subs
+        for child in dict.fromkeys(action.choices.values())
+        for leaf in leaf_parsers(child)
+    ]
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown flag is reported with the usage of the sub-command it was given to."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        leaf = getattr(args, "parser", None) or parser
+        leaf.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (also the console script's entry point)."""
-    quiet_third_party_warnings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
-    try:
-        result = args.handler(args)
-    except PipelineError as exc:
-        print(f"error: {textwrap.fill(str(exc), width=100)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if getattr(args, "json", False):
-        print(json.dumps(result, default=str, sort_keys=True))
-    return 0
+    args = _parse(build_parser(), argv)
+    configure_logging(args.verbose, args.quiet)
+    return run(args.handler, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.bench import measure
-from pipeline.dataset import list_dataset_files
+from pipeline.cli.app import add_json_flag
 
 __all__ = ["register"]
 
@@ -27,12 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (reader.yaml: 0)")
     p.add_argument("--no-shuffle", action="store_true", help="read in stored order")
     p.add_argument("--device", default=None, help='"cpu" (default), "cuda" or "cuda:N"')
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    add_json_flag(p)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     import pipeline
+    from pipeline.bench import measure  # imports torch: only when a benchmark runs
+    from pipeline.dataset import list_dataset_files
 
     options: dict[str, Any] = {"num_epochs": args.epochs}
     for key in ("batch_size", "workers", "seed", "device"):

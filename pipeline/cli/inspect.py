@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.inspect import DatasetInfo, inspect_dataset
+from pipeline.cli.app import add_json_flag
 from pipeline.units import human_bytes
+
+if TYPE_CHECKING:
+    from pipeline.inspect import DatasetInfo
 
 __all__ = ["format_info", "register"]
 
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "codec and nullability; for datasets written by `pipeline convert`, also their provenance.",
     )
     p.add_argument("url", metavar="URL", help="dataset folder or URL (file://, hdfs://, s3://...)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    add_json_flag(p)
     p.set_defaults(handler=_run)
 
 
@@ -55,6 +58,8 @@ def format_info(info: DatasetInfo) -> str:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.inspect import inspect_dataset
+
     info = inspect_dataset(args.url)
     if not args.json:
         print(format_info(info))

@@ -1,14 +1,15 @@
-"""Spark conversion jobs: raw images, text and HDF5 files become Petastorm datasets.
+"""Spark conversion jobs: raw images, text, HDF5 files and Spark tables become datasets.
+
+The command line over them is :mod:`pipeline.cli.convert` (flags, ``--config``, checks).
 
 Modules, in the order data flows through them:
 
-* :mod:`~pipeline.convert.common` -- settings (``conf/convert.yaml``), common flags, the
-  bad-input policy (:class:`RecordErrors`) and :class:`ConversionResult`; the kind protocol.
+* :mod:`~pipeline.convert.common` -- settings (``conf/convert.yaml``), the bad-input policy
+  (:class:`RecordErrors`) and :class:`ConversionResult`; the kind protocol.
 * :mod:`~pipeline.convert.listing` -- find input files, split them into partitions by bytes.
 * :mod:`~pipeline.convert.staging` -- atomic output next to DEST.
 * :mod:`~pipeline.convert.tasks` -- what each Spark task runs: process a partition, write its file.
 * :mod:`~pipeline.convert.writer` -- the job: tasks -> Parquet + Unischema (+ :mod:`~pipeline.convert.provenance`).
-* :mod:`~pipeline.convert.runner` -- the shared CLI / ``jobs/`` flow.
 * one module per kind: :mod:`~pipeline.convert.images` (+ ``image_sources``, ``imaging``, ``headers``), ...
 
 Library use (e.g. in a notebook)::
@@ -25,9 +26,6 @@ from pipeline.convert.common import (
     ConvertConfig,
     RecordErrors,
     SkippedRecord,
-    add_common_arguments,
-    load_options,
-    load_settings,
 )
 
 __all__ = [
@@ -36,7 +34,4 @@ __all__ = [
     "ConvertConfig",
     "RecordErrors",
     "SkippedRecord",
-    "add_common_arguments",
-    "load_options",
-    "load_settings",
 ]

@@ -1,15 +1,11 @@
-"""What every conversion shares: settings, flags, the bad-input policy and the result.
+"""What every conversion shares: settings, the bad-input policy and the result.
 
-Each kind lives in ``pipeline/convert/<kind>.py`` and follows one protocol, so that
-``pipeline convert <kind>``, ``jobs/convert_<kind>.py`` and notebooks behave the same:
-
-* ``add_arguments(parser)`` adds the kind's own flags. ``SRC``, ``DEST`` and the common flags
-  (:func:`add_common_arguments`) are added by the framework, never by the kind.
-* ``options_from_args(args)`` maps parsed flags to the kind's frozen options dataclass,
-  usually with :func:`load_options` (``conf/convert_<kind>.yaml`` < ``--config`` < flags).
-* ``convert_<kind>(spark, src, dest, options=None, *, settings=None) -> ConversionResult`` is the
-  library call; ``settings`` is a :class:`ConvertConfig` (``conf/convert.yaml``). It plans the
-  work and hands it to :func:`pipeline.convert.writer.write_petastorm`.
+Each kind lives in ``pipeline/convert/<kind>.py`` and offers one library call,
+``convert_<kind>(spark, src, dest, options=None, *, settings=None) -> ConversionResult``, where
+``options`` is the kind's frozen options dataclass (``conf/convert_<kind>.yaml``) and ``settings``
+a :class:`ConvertConfig` (``conf/convert.yaml``). It plans the work and hands it to
+:func:`pipeline.convert.writer.write_petastorm`. The command line over these calls (flags,
+``--config``, the checks before Spark starts) is :mod:`pipeline.cli.convert`.
 
 Bad input is handled inside Spark tasks through :class:`RecordErrors`: a kind calls
 ``errors.bad(source, reason, record=...)`` for each bad file or record and carries on; with
@@ -22,17 +18,11 @@ and the driver raises one clean :class:`~pipeline.errors.InputError` naming the 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-
-from pipeline.config import from_mapping, load_config
+from pipeline.config import load_options
 from pipeline.errors import ConfigError
 from pipeline.units import human_bytes
 
@@ -43,13 +33,9 @@ __all__ = [
     "ConvertConfig",
     "RecordErrors",
     "SkippedRecord",
-    "add_common_arguments",
     "load_options",
-    "load_settings",
     "parse_size",
 ]
-
-T = TypeVar("T")
 
 COMPRESSIONS = ("auto", "none", "snappy", "gzip", "zstd")
 """Parquet compression codecs that Spark writes and pyarrow, petastorm and DuckDB read; ``auto``
@@ -183,7 +169,11 @@ class ConversionResult:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``"HxW"`` (or a single ``"N"`` for a square) into ``(height, width)``."""
+    """Parse ``"HxW"`` (or a single ``"N"`` for a square) into ``(height, width)``.
+
+    Raises:
+        ConfigError: ``text`` is not two positive integers.
+    """
     parts = text.lower().replace("*", "x").split("x")
     try:
         values = tuple(int(p) for p in parts)
@@ -192,99 +182,5 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(values) == 1:
         values = (values[0], values[0])
     if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"size must be HxW with positive integers, e.g. 224x224; got {text!r}"
-        )
+        raise ConfigError(f"size must be HxW with positive integers, e.g. 224x224; got {text!r}")
     return values  # type: ignore[return-value]
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``SRC``, ``DEST`` and the flags every kind shares (CLI and ``jobs/`` alike).
-
-    Flags left out are ``None`` so that config files keep their values (see :func:`load_settings`).
-    """
-    parser.add_argument("src", metavar="SRC", help="input file, folder, glob or manifest")
-    parser.add_argument("dest", metavar="DEST", help="output dataset folder or file:// URL")
-    g = parser.add_argument_group("common conversion options")
-    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing DEST")
-    g.add_argument(
-        "--on-error",
-        choices=("fail", "skip"),
-        default=None,
-        help="bad input: fail (default) stops naming the file; skip lists it in DEST/_skipped.jsonl",
-    )
-    g.add_argument("--master", default=None, help="Spark master URL (default: conf/spark.yaml, local[*])")
-    g.add_argument(
-        "--config",
-        default=None,
-        metavar="FILE",
-        help="YAML with optional sections `convert`, `spark` and one per kind; overrides conf/*.yaml",
-    )
-    g.add_argument("--row-group-mb", type=int, default=None, help="Parquet row-group size in MB (default 16)")
-    g.add_argument("--compression", choices=COMPRESSIONS, default=None, help="Parquet codec (default auto)")
-    g.add_argument(
-        "--partitions", type=int, default=None, help="number of Spark tasks / output files (default auto)"
-    )
-    g.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
-
-
-def _config_file_section(config_path: str | None, section: str) -> tuple[dict[str, Any], str]:
-    if not config_path:
-        return {}, ""
-    path = Path(config_path)
-    if not path.is_file():
-        raise ConfigError(f"config file {config_path!r} does not exist", hint="check the --config path")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a mapping with sections such as `convert:`")
-    values = raw.get(section) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{config_path}: section {section!r} must be a mapping")
-    return values, f"{config_path}: section {section!r}"
-
-
-def load_options(
-    cls: type[T],
-    default_file: str,
-    *,
-    config_path: str | os.PathLike[str] | None = None,
-    section: str,
-    overrides: Mapping[str, Any] | None = None,
-) -> T:
-    """Build ``cls`` from ``conf/<default_file>``, then ``section`` of ``--config``, then flags.
-
-    Args:
-        cls: A frozen dataclass (the kind's options or :class:`ConvertConfig`).
-        default_file: Bare file name in ``conf/``, e.g. ``"convert_images.yaml"``.
-        config_path: The ``--config`` file, if any. Defaults to ``None``.
-        section: Section of the ``--config`` file for ``cls``, e.g. ``"images"``.
-        overrides: Parsed flags; ``None`` values mean "not given". Defaults to ``None``.
-
-    Raises:
-        ConfigError: A file or key is invalid; the message names the file and key.
-    """
-    values, where = _config_file_section(os.fspath(config_path) if config_path else None, section)
-    if values:
-        from_mapping(cls, values, source=where)  # validate here so errors name the --config file
-    merged = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return load_config(cls, default_file, overrides=merged)
-
-
-def load_settings(args: argparse.Namespace) -> ConvertConfig:
-    """The :class:`ConvertConfig` for parsed common flags (``conf/convert.yaml`` < ``--config`` < flags)."""
-    return load_options(
-        ConvertConfig,
-        "convert.yaml",
-        config_path=args.config,
-        section="convert",
-        overrides={
-            "overwrite": args.overwrite,
-            "on_error": args.on_error,
-            "row_group_mb": args.row_group_mb,
-            "compression": args.compression,
-            "partitions": args.partitions,
-        },
-    )

@@ -14,7 +14,6 @@ the same dtypes and row shapes (its own first-axis length may differ), otherwise
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -22,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
+from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors
 from pipeline.convert.hdf5_filters import register_plugins
 from pipeline.convert.hdf5_meta import FileMeta, read_metadata
 from pipeline.convert.hdf5_read import ValueCheckError, read_slice, unischema_for
@@ -31,7 +30,7 @@ from pipeline.convert.listing import SourceFile, list_source_files, local_path
 from pipeline.errors import ConfigError, InputError
 from pipeline.storage import is_remote, open_input
 
-__all__ = ["Hdf5Options", "add_arguments", "convert_hdf5", "options_from_args"]
+__all__ = ["Hdf5Options", "convert_hdf5"]
 
 log = logging.getLogger(__name__)
 
@@ -54,38 +53,6 @@ class Hdf5Options:
             raise ConfigError(f"slice_mb must be > 0, got {self.slice_mb}")
         if self.datasets is not None and not all(self.datasets):
             raise ConfigError(f"datasets must be non-empty names, got {list(self.datasets)!r}")
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated dataset names, got {text!r}")
-    return names
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """Add the HDF5 flags (shared by ``pipeline convert hdf5`` and ``jobs/convert_hdf5.py``)."""
-    parser.add_argument(
-        "--datasets",
-        type=_names,
-        default=None,
-        metavar="A,B",
-        help="datasets to convert, e.g. /images,/meta/label (default: all of equal first-axis length)",
-    )
-    parser.add_argument(
-        "--slice-mb", type=float, default=None, help="MB per HDF5 read in a task (default 16)"
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> Hdf5Options:
-    """``conf/convert_hdf5.yaml`` < section ``hdf5`` of ``--config`` < flags."""
-    return load_options(
-        Hdf5Options,
-        "convert_hdf5.yaml",
-        config_path=getattr(args, "config", None),
-        section="hdf5",
-        overrides={"datasets": args.datasets, "slice_mb": args.slice_mb},
-    )
 
 
 @dataclass(frozen=True)

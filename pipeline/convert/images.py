@@ -19,7 +19,6 @@ or as written in the manifest). Decoding rules: :mod:`pipeline.convert.imaging`.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import time
@@ -28,9 +27,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pipeline.config import load_config
-from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options, parse_size
+from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors
 from pipeline.convert.image_sources import ImageSource, find_images
-from pipeline.convert.imaging import FITS, JPEG_EXTENSIONS, ImageError, prepare_image
+from pipeline.convert.imaging import JPEG_EXTENSIONS, ImageError, prepare_image
 from pipeline.convert.splits import parse_split
 from pipeline.errors import ConfigError
 from pipeline.storage import open_input
@@ -38,10 +37,8 @@ from pipeline.storage import open_input
 __all__ = [
     "ImageOptions",
     "ImageSource",
-    "add_arguments",
     "convert_images",
     "find_images",
-    "options_from_args",
     "write_images",
 ]
 
@@ -88,50 +85,6 @@ class ImageOptions:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if not 0 <= self.png_compression <= 9:
             raise ConfigError(f"png_compression must be in 0..9, got {self.png_compression}")
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """The flags of ``pipeline convert images`` and ``jobs/convert_images.py``."""
-    parser.add_argument(
-        "--size", type=parse_size, default=None, metavar="HxW", help="fixed output size, e.g. 224x224"
-    )
-    parser.add_argument("--fit", choices=FITS, default=None, help="how to fit --size (default center-crop)")
-    parser.add_argument(
-        "--encoding", choices=("auto", "png", "jpeg"), default=None, help="stored encoding (default auto)"
-    )
-    parser.add_argument("--quality", type=int, default=None, help="JPEG quality 1-100 (default 95)")
-    parser.add_argument(
-        "--jpeg-draft",
-        action="store_true",
-        default=None,
-        help="decode big JPEGs at 1/2-1/8 scale before resizing (faster, pixels differ slightly)",
-    )
-    parser.add_argument(
-        "--split",
-        default=None,
-        metavar="NAME=FRACTION,...",
-        help="write one dataset per split under DEST, stratified by class, e.g. train=0.8,heldout=0.2",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="seed of --split's random order (default 0)")
-
-
-def options_from_args(args: argparse.Namespace) -> ImageOptions:
-    """``conf/convert_images.yaml`` < ``images:`` section of ``--config`` < flags."""
-    return load_options(
-        ImageOptions,
-        "convert_images.yaml",
-        config_path=args.config,
-        section="images",
-        overrides={
-            "size": args.size,
-            "fit": args.fit,
-            "encoding": args.encoding,
-            "jpeg_quality": args.quality,
-            "jpeg_draft": args.jpeg_draft,
-            "split": args.split,
-            "seed": args.seed,
-        },
-    )
 
 
 def process_images(

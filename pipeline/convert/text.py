@@ -16,7 +16,6 @@ pyarrow and DuckDB read a plain list column.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors, load_options
+from pipeline.convert.common import ConversionResult, ConvertConfig, RecordErrors
 from pipeline.convert.listing import list_source_files
 from pipeline.convert.text_columns import TokenColumn
 from pipeline.convert.text_docs import TEXT_SUFFIXES, BadDocument, TextPiece, iter_documents, plan_pieces
@@ -34,7 +33,7 @@ from pipeline.convert.tokenize import Tokenizer, iter_packed, load_tokenizer
 from pipeline.errors import ConfigError
 from pipeline.storage import open_input
 
-__all__ = ["TextOptions", "add_arguments", "convert_text", "options_from_args", "text_schema"]
+__all__ = ["TextOptions", "convert_text", "text_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -73,50 +72,11 @@ class TextOptions:
             raise ConfigError("text_field must not be empty")
 
 
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """Add the text flags (shared by ``pipeline convert text`` and ``jobs/convert_text.py``)."""
-    parser.add_argument("--seq-len", type=int, default=None, metavar="N", help="pack into rows of N tokens")
-    parser.add_argument(
-        "--tokenizer", default=None, metavar="bytes|PATH", help="bytes (default) or a tokenizer.json file"
-    )
-    parser.add_argument("--eod-token", default=None, help="end-of-document token of a tokenizer file")
-    parser.add_argument(
-        "--split",
-        choices=("file", "lines"),
-        default=None,
-        help=".txt: one document per file (default) or per line",
-    )
-    parser.add_argument("--text-field", default=None, help="text key of .jsonl records (default: text)")
-    parser.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default=None,
-        help="invalid UTF-8: strict (bad input, default) or replace",
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> TextOptions:
-    """``conf/convert_text.yaml`` < section ``text`` of ``--config`` < flags."""
-    return load_options(
-        TextOptions,
-        "convert_text.yaml",
-        config_path=getattr(args, "config", None),
-        section="text",
-        overrides={
-            "seq_len": args.seq_len,
-            "tokenizer": args.tokenizer,
-            "eod_token": args.eod_token,
-            "split": args.split,
-            "text_field": args.text_field,
-            "errors": args.errors,
-        },
-    )
-
-
 def text_schema(seq_len: int | None) -> Any:
     """The Unischema: ``tokens`` int32 of shape ``(seq_len,)``, or ``(None,)`` per document."""
-    from pipeline.format import ScalarCodec, Unischema, UnischemaField
     from pyspark.sql.types import ArrayType, IntegerType
+
+    from pipeline.format import ScalarCodec, Unischema, UnischemaField
 
     codec = ScalarCodec(ArrayType(IntegerType(), containsNull=False))
     return Unischema("TextSchema", [UnischemaField("tokens", np.int32, (seq_len,), codec, False)])

@@ -8,11 +8,12 @@ Modules, from the driver down to a training step:
   environment, always torn down.
 * :mod:`~pipeline.train.models` -- ``SmallCNN`` and ``TinyCausalLM``.
 * :mod:`~pipeline.train.image_classifier`, :mod:`~pipeline.train.text_lm` -- the two training
-  jobs (per-rank function + driver call + config); :mod:`~pipeline.train.jobs` -- their CLI.
+  jobs (per-rank function + driver call + config); :mod:`~pipeline.train.jobs` -- the driver
+  side of a job (SIGTERM passed on to the ranks, the report); the command is ``pipeline train``.
 * :mod:`~pipeline.train.checkpoint`, :mod:`~pipeline.train.metrics`, :mod:`~pipeline.train.run`
   -- checkpoint and resume, metrics JSON and loss curve, the run folder.
-* :mod:`~pipeline.train.sample_data`, :mod:`~pipeline.train.demo` -- the digits and the corpus
-  that need no download, and ``make demo``.
+
+The demo and its sample data live in :mod:`pipeline.demo`.
 """
 
 from pipeline.train.distributed import DistributedConfig, TrainingError, run_distributed

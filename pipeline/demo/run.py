@@ -1,11 +1,11 @@
-"""The end-to-end demo behind ``make demo``: real digits -> Spark conversion -> TorchDistributor training.
+"""The end-to-end demo behind ``make demo`` (``pipeline demo``): real digits -> Spark conversion -> TorchDistributor training.
 
 Stages, each timed:
 
 1. **images** -- scikit-learn's bundled handwritten digits (1,797 8x8 images) written as an
    image-folder tree, split deterministically into ``train`` and ``heldout``.
 2. **convert** -- both folders converted by :func:`pipeline.convert.images.convert_images` on the
-   session's Spark.
+   session's Spark, at the digits' fixed size (8x8).
 3. **train** -- :class:`~pipeline.train.models.SmallCNN` trained through ``TorchDistributor``
    (2 CPU processes, or one per GPU), reading through :func:`pipeline.open_loader`.
 4. **evaluate** -- held-out accuracy of the saved checkpoint, recomputed in the driver.
@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
 from pipeline.dataset import read_provenance
+from pipeline.demo.sample_data import write_digits_folder
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.train.distributed import DistributedConfig
 from pipeline.train.image_classifier import ImageTrainConfig, evaluate_checkpoint, run_image_training
-from pipeline.train.sample_data import write_digits_folder
 
-__all__ = ["AccuracyTooLow", "DemoConfig", "DemoResult", "load_demo_config", "run_demo"]
+__all__ = ["DIGIT_SIZE", "AccuracyTooLow", "DemoConfig", "DemoResult", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,6 @@ class DemoConfig:
             raise ConfigError(f"partitions must be >= 1, got {self.partitions}")
 
 
-def load_demo_config(path: str | None = None, **overrides: Any) -> DemoConfig:
-    """``conf/demo.yaml`` (or ``path``) with ``overrides`` (``None`` = not given) on top."""
-    return load_config(DemoConfig, path or "demo.yaml", overrides=overrides)
-
-
 @dataclass
 class DemoResult:
     """What the demo measured."""
@@ -113,6 +107,10 @@ class DemoResult:
         }
 
 
+DIGIT_SIZE = (8, 8)
+"""Height and width of the digits: converted with this fixed size, the ``image`` field has one shape."""
+
+
 def _dataset_is_current(dest: Path, src: str, rows: int) -> bool:
     if not (dest / "_common_metadata").exists():
         return False
@@ -124,6 +122,7 @@ def _dataset_is_current(dest: Path, src: str, rows: int) -> bool:
         provenance.get("kind") == "images"
         and provenance.get("source") == src
         and (provenance.get("counts") or {}).get("rows") == rows
+        and list((provenance.get("options") or {}).get("size") or ()) == list(DIGIT_SIZE)
     )
 
 
@@ -141,7 +140,7 @@ def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
         AccuracyTooLow: The model did not reach ``config.min_accuracy``.
     """
     from pipeline.convert.common import ConvertConfig
-    from pipeline.convert.images import convert_images
+    from pipeline.convert.images import ImageOptions, convert_images
 
     data = Path(config.data_dir).expanduser().resolve()
     result = DemoResult(accuracy=float("nan"))
@@ -165,7 +164,7 @@ def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
             log.info("dataset %s is up to date (provenance matches %s)", dest, src)
         else:
             reused_all = False
-            convert_images(spark, src, str(dest), settings=settings)
+            convert_images(spark, src, str(dest), ImageOptions(size=DIGIT_SIZE), settings=settings)
         urls[split] = str(dest)
     result.stages["convert"] = time.perf_counter() - t0
     result.reused["convert"] = reused_all

@@ -1,0 +1,216 @@
+"""The one runner behind every ``pipeline`` command and every ``jobs/*.py`` script.
+
+A command is a handler ``handler(args) -> dict`` registered on a sub-parser. :func:`run` gives
+every handler the same surroundings:
+
+* logging on stderr (``-q`` warnings only, ``-v`` debug and third-party warnings, ``-vv`` also
+  Spark's and py4j's own loggers);
+* signals: Ctrl-C (SIGINT) and SIGTERM raise :class:`Interrupted` in the main thread, so that
+  the command's ``finally`` blocks clean up (a conversion removes its staging folder); a job
+  failure that Spark reports *after* a signal (PySpark cancels the running jobs on Ctrl-C) is
+  still an interruption;
+* exit codes: :data:`EXIT_OK`, :data:`EXIT_FAILED` (a training rank failed, the demo missed its
+  accuracy, or a bug: then with the traceback and a line asking for a report),
+  :data:`EXIT_USER_ERROR` (a :class:`~pipeline.errors.PipelineError`, one paragraph on stderr),
+  ``128 + signal`` (130 after Ctrl-C, 143 after SIGTERM);
+* output: the handler prints its human-readable report unless ``--json``; with ``--json`` the
+  result is the only thing on stdout, one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import textwrap
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.quiet import quiet_third_party_warnings
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USER_ERROR",
+    "CommandFailed",
+    "Interrupted",
+    "add_json_flag",
+    "add_verbosity_flags",
+    "configure_logging",
+    "run",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USER_ERROR = 2
+
+ISSUES_URL = "https://github.com/spark-petastorm-pipeline/pipeline/issues"
+
+# Loggers of third-party packages that repeat, at length, what our one-paragraph errors say.
+NOISY_LOGGERS = ("py4j", "pyspark", "petastorm", "matplotlib", "PIL", "urllib3", "botocore", "fsspec")
+
+Handler = Callable[[argparse.Namespace], "dict[str, Any] | None"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised in the main thread. A ``KeyboardInterrupt`` so that code that
+    cleans up on Ctrl-C cleans up on SIGTERM too.
+
+    Attributes:
+        signum: The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class CommandFailed(Exception):
+    """A command ran but did not succeed (a training rank failed, the demo missed its accuracy).
+
+    Args:
+        message: One paragraph for stderr.
+        code: Exit status. Defaults to :data:`EXIT_FAILED`.
+    """
+
+    def __init__(self, message: str, *, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_json_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object, the only line on stdout"
+    )
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    """``-v``/``-q``; ``default=argparse.SUPPRESS`` on sub-commands keeps the top level's values."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default is None else default,
+        help="more output: -v debug and third-party warnings, -vv also Spark's and py4j's logs",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if default is None else default,
+        help="only warnings and errors",
+    )
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Log to stderr at INFO (``-q``: WARNING, ``-v``: DEBUG); third-party warnings only with ``-v``."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
+    if verbose < 2:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_from_py4j)
+    if verbose:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+    else:
+        quiet_third_party_warnings()
+        for module in ("pyspark", "pyarrow", "petastorm", "pandas", "torch", "h5py", "PIL", "botocore"):
+            warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+
+
+def _not_from_py4j(record: logging.LogRecord) -> bool:
+    """py4j logs a broken call (e.g. one interrupted by Ctrl-C) on the root logger, with a traceback."""
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+@dataclass
+class _Signals:
+    """Which signal arrived (if any); turns SIGINT/SIGTERM into :class:`Interrupted`."""
+
+    received: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if first:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        saved = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, previous in saved.items():
+                signal.signal(s, previous)
+
+
+def _error(text: str) -> None:
+    print(
+        f"error: {textwrap.fill(text, width=100, break_long_words=False, break_on_hyphens=False)}",
+        file=sys.stderr,
+    )
+
+
+def _interrupted(signum: int) -> int:
+    name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{name}: stopped and cleaned up", file=sys.stderr)
+    return 128 + signum
+
+
+def run(handler: Handler, args: argparse.Namespace) -> int:
+    """Run ``handler(args)`` as a command: signals, errors, exit status, ``--json`` output.
+
+    Logging must already be configured (:func:`configure_logging`).
+
+    Returns:
+        The exit status (see the module docstring).
+    """
+    signals = _Signals()
+    with signals.installed():
+        try:
+            result = handler(args)
+        except Interrupted as exc:
+            return _interrupted(signals.received or exc.signum)
+        except KeyboardInterrupt:
+            return _interrupted(signals.received or signal.SIGINT)
+        except PipelineError as exc:
+            if signals.received:  # Spark reports the job it cancelled on Ctrl-C as a failure
+                return _interrupted(signals.received)
+            _error(str(exc))
+            return EXIT_USER_ERROR
+        except CommandFailed as exc:
+            if signals.received:
+                return _interrupted(signals.received)
+            _error(str(exc))
+            return exc.code
+        except Exception:
+            if signals.received:
+                return _interrupted(signals.received)
+            traceback.print_exc()
+            print(
+                f"error: this is a bug in pipeline; please report it with the traceback above at {ISSUES_URL}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    if getattr(args, "json", False) and result is not None:
+        print(json.dumps(result, default=str, sort_keys=True))
+    return EXIT_OK
