@@ -20,7 +20,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.convert.common import ConvertConfig
 from pipeline.convert.hdf5 import Hdf5Options, convert_hdf5
-from pipeline.convert.hdf5_schema import DatasetInfo, field_name, map_fields, plan_slices, select_datasets
+from pipeline.convert.hdf5_schema import Hdf5Dataset, field_name, map_fields, plan_slices, select_datasets
 from pipeline.dataset import list_dataset_files, read_provenance, read_unischema
 from pipeline.errors import InputError
 from pipeline.inspect import inspect_dataset
@@ -109,16 +109,16 @@ def test_field_names_and_selection_rules():
     assert field_name("/3d/vol") == "f3d_vol"
     assert field_name("/class") == "class_" and field_name("/my data/x-y") == "my_data_x_y"
     infos = [
-        DatasetInfo("/a", (10, 2), np.dtype("f4"), None, None),
-        DatasetInfo("/b", (10,), np.dtype("i8"), None, None),
-        DatasetInfo("/c", (7,), np.dtype("i8"), None, None),
-        DatasetInfo("/d", (7, 3), np.dtype("i8"), None, None),
-        DatasetInfo("/s", (), np.dtype("f8"), None, None),
+        Hdf5Dataset("/a", (10, 2), np.dtype("f4"), None, None),
+        Hdf5Dataset("/b", (10,), np.dtype("i8"), None, None),
+        Hdf5Dataset("/c", (7,), np.dtype("i8"), None, None),
+        Hdf5Dataset("/d", (7, 3), np.dtype("i8"), None, None),
+        Hdf5Dataset("/s", (), np.dtype("f8"), None, None),
     ]
     chosen, left = select_datasets("f.h5", infos)
     assert [d.path for d in chosen] == ["/a", "/b"]  # tie of two groups: the longer first axis wins
     assert left == [("/c", "first axis 7 != 10"), ("/d", "first axis 7 != 10"), ("/s", "scalar dataset")]
-    chosen, _ = select_datasets("f.h5", [*infos, DatasetInfo("/e", (7,), np.dtype("u1"), None, None)])
+    chosen, _ = select_datasets("f.h5", [*infos, Hdf5Dataset("/e", (7,), np.dtype("u1"), None, None)])
     assert [d.path for d in chosen] == ["/c", "/d", "/e"]  # the largest group wins
     chosen, _ = select_datasets("f.h5", infos, ("d", "/c"))
     assert [d.path for d in chosen] == ["/d", "/c"]
@@ -129,7 +129,7 @@ def test_field_names_and_selection_rules():
 
 
 def test_dtype_mapping_rules_and_unique_names():
-    specs, dropped = map_fields("f.h5", [DatasetInfo("/t", (4, 2), COMPOUND, None, None)])
+    specs, dropped = map_fields("f.h5", [Hdf5Dataset("/t", (4, 2), COMPOUND, None, None)])
     got = {s.name: (s.dtype.str, s.shape, s.codec) for s in specs}
     assert got == {
         "t_a": ("<i4", (2,), "ndarray"),
@@ -139,7 +139,7 @@ def test_dtype_mapping_rules_and_unique_names():
     }
     assert dropped == []
     scalars, _ = map_fields(
-        "f.h5", [DatasetInfo(f"/{k}", (4,), np.dtype(k), None, None) for k in (">u4", "u8", "f2", "c16", "?")]
+        "f.h5", [Hdf5Dataset(f"/{k}", (4,), np.dtype(k), None, None) for k in (">u4", "u8", "f2", "c16", "?")]
     )
     assert [(s.dtype.str, s.codec) for s in scalars] == [
         ("<u4", "scalar"),
@@ -151,12 +151,12 @@ def test_dtype_mapping_rules_and_unique_names():
     rules, _ = map_fields(
         "f.h5",
         [
-            DatasetInfo("/ref", (4,), h5py.ref_dtype, None, None),
-            DatasetInfo("/op", (4,), np.dtype("V8"), None, None),
-            DatasetInfo("/vl", (4,), h5py.vlen_dtype(">i4"), None, None),
-            DatasetInfo("/ld", (4,), np.dtype(np.longdouble), None, None),
-            DatasetInfo("/en", (4,), h5py.enum_dtype({"A": 0, "B": 7}, basetype=">i2"), None, None),
-            DatasetInfo("/dt", (4,), np.dtype("M8[s]"), None, None),
+            Hdf5Dataset("/ref", (4,), h5py.ref_dtype, None, None),
+            Hdf5Dataset("/op", (4,), np.dtype("V8"), None, None),
+            Hdf5Dataset("/vl", (4,), h5py.vlen_dtype(">i4"), None, None),
+            Hdf5Dataset("/ld", (4,), np.dtype(np.longdouble), None, None),
+            Hdf5Dataset("/en", (4,), h5py.enum_dtype({"A": 0, "B": 7}, basetype=">i2"), None, None),
+            Hdf5Dataset("/dt", (4,), np.dtype("M8[s]"), None, None),
         ],
     )
     assert [(s.name, s.rule, s.dtype.str, s.shape) for s in rules] == [
@@ -170,13 +170,13 @@ def test_dtype_mapping_rules_and_unique_names():
     assert rules[4].labels == (("A", 0), ("B", 7))
     # nothing convertible: a clean error naming the dataset and the reason
     with pytest.raises(InputError, match=r"f\.h5: nothing convertible left \(/bad: region reference"):
-        map_fields("f.h5", [DatasetInfo("/bad", (4,), h5py.regionref_dtype, None, None)])
+        map_fields("f.h5", [Hdf5Dataset("/bad", (4,), h5py.regionref_dtype, None, None)])
     # a 2-D vlen dataset is left out, with the reason
     _, dropped = map_fields(
         "f.h5",
         [
-            DatasetInfo("/x", (4,), np.dtype("i4"), None, None),
-            DatasetInfo("/g", (4, 2), h5py.vlen_dtype("i4"), None, None),
+            Hdf5Dataset("/x", (4,), np.dtype("i4"), None, None),
+            Hdf5Dataset("/g", (4, 2), h5py.vlen_dtype("i4"), None, None),
         ],
     )
     assert dropped == [
@@ -189,12 +189,12 @@ def test_dtype_mapping_rules_and_unique_names():
 
 def test_colliding_names_get_numbered_suffixes():
     infos = [
-        DatasetInfo(p, (4,), np.dtype("i4"), None, None)
+        Hdf5Dataset(p, (4,), np.dtype("i4"), None, None)
         for p in ("/<c16", "/>c16", "/a/b", "/a_b", "/X", "/x")
     ]
     compound = np.dtype([("a b", "i4"), ("a_b", "i4"), ("A-B", "i4")])
-    infos.append(DatasetInfo("/t", (4,), compound, None, None))
-    infos.append(DatasetInfo("/t_a_b", (4,), np.dtype("i4"), None, None))
+    infos.append(Hdf5Dataset("/t", (4,), compound, None, None))
+    infos.append(Hdf5Dataset("/t_a_b", (4,), np.dtype("i4"), None, None))
     specs, _ = map_fields("f.h5", infos)
     assert [s.name for s in specs] == [
         "c16",
@@ -212,8 +212,8 @@ def test_colliding_names_get_numbered_suffixes():
     specs, _ = map_fields(
         "f.h5",
         [
-            DatasetInfo("/v", (4,), h5py.vlen_dtype("i4"), None, None),
-            DatasetInfo("/v_lengths", (4,), np.dtype("i8"), None, None),
+            Hdf5Dataset("/v", (4,), h5py.vlen_dtype("i4"), None, None),
+            Hdf5Dataset("/v_lengths", (4,), np.dtype("i8"), None, None),
         ],
     )
     assert [s.name for s in specs] == ["v", "v_lengths_2"]

@@ -25,7 +25,7 @@ from pipeline.convert.common import ConversionResult, ConvertConfig, RecordError
 from pipeline.convert.hdf5_filters import register_plugins
 from pipeline.convert.hdf5_meta import FileMeta, read_metadata
 from pipeline.convert.hdf5_read import ValueCheckError, read_slice, unischema_for
-from pipeline.convert.hdf5_schema import DatasetInfo, FieldSpec, Slice, plan_slices
+from pipeline.convert.hdf5_schema import Hdf5Dataset, Hdf5Field, Slice, plan_slices
 from pipeline.convert.listing import SourceFile, list_source_files, local_path
 from pipeline.errors import ConfigError, InputError
 from pipeline.storage import is_remote, open_input
@@ -63,7 +63,7 @@ class _BadFile:
     reason: str
 
 
-def _row_bytes(chosen: list[DatasetInfo]) -> int:
+def _row_bytes(chosen: list[Hdf5Dataset]) -> int:
     total = 0
     for d in chosen:
         per_row = 1
@@ -73,14 +73,14 @@ def _row_bytes(chosen: list[DatasetInfo]) -> int:
     return max(1, total)
 
 
-def _signature(specs: list[FieldSpec]) -> list[tuple[str, str, str, tuple[int | None, ...]]]:
+def _signature(specs: list[Hdf5Field]) -> list[tuple[str, str, str, tuple[int | None, ...]]]:
     return [(s.name, s.rule, s.dtype.str, s.shape) for s in specs]
 
 
 @dataclass
 class _Plan:
     files: list[SourceFile]
-    specs: list[FieldSpec]
+    specs: list[Hdf5Field]
     items: list[Slice | _BadFile]
     sizes: list[int]
     rows: int
@@ -155,7 +155,7 @@ def _paths(meta: FileMeta) -> tuple[str, ...]:
 
 
 def _process(
-    items: Sequence[Slice | _BadFile], errors: RecordErrors, *, specs: Sequence[FieldSpec], schema: Any
+    items: Sequence[Slice | _BadFile], errors: RecordErrors, *, specs: Sequence[Hdf5Field], schema: Any
 ) -> Iterator[dict[str, list[Any]]]:
     """Partition function (runs in a Spark executor): each task opens its files and reads its slices."""
     import h5py

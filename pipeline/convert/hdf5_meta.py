@@ -15,8 +15,8 @@ from typing import Any
 from pipeline.convert.hdf5_attrs import collect_metadata
 from pipeline.convert.hdf5_filters import missing_filter_error, register_plugins
 from pipeline.convert.hdf5_schema import (
-    DatasetInfo,
-    FieldSpec,
+    Hdf5Dataset,
+    Hdf5Field,
     dataset_fields,
     discover_datasets,
     map_fields,
@@ -40,9 +40,9 @@ class FileMeta:
     """What the driver knows about one file: rows, chosen datasets, what is left out, fields."""
 
     rows: int
-    chosen: list[DatasetInfo]
+    chosen: list[Hdf5Dataset]
     left_out: list[tuple[str, str]]
-    specs: list[FieldSpec]
+    specs: list[Hdf5Field]
     attrs: dict[str, Any]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.convert.hdf5_schema import FieldSpec
+from pipeline.convert.hdf5_schema import Hdf5Field
 
 __all__ = ["StringDecodeError", "ValueCheckError", "read_slice", "unischema_for"]
 
@@ -42,7 +42,7 @@ def _spark_scalar_type(dtype: np.dtype) -> Any:
     return {1: T.ByteType(), 2: T.ShortType(), 4: T.IntegerType(), 8: T.LongType()}[signed]
 
 
-def unischema_for(specs: Sequence[FieldSpec], name: str = "Hdf5Schema") -> Any:
+def unischema_for(specs: Sequence[Hdf5Field], name: str = "Hdf5Schema") -> Any:
     """The ``Unischema`` of the fields: ``ScalarCodec`` for scalars, ``NdarrayCodec`` otherwise."""
     from pipeline.format import NdarrayCodec, ScalarCodec, Unischema, UnischemaField
 
@@ -78,7 +78,7 @@ def _leaf(values: np.ndarray, member: tuple[str, ...]) -> np.ndarray:
 
 
 def _column(
-    spec: FieldSpec, values: np.ndarray, field: Any, where: str, start: int, h5file: Any
+    spec: Hdf5Field, values: np.ndarray, field: Any, where: str, start: int, h5file: Any
 ) -> list[Any]:
     if spec.rule == "ragged":
         rows = [np.asarray(v).astype(spec.dtype, copy=False).reshape(-1) for v in values]
@@ -164,7 +164,7 @@ def _npy_rows(values: np.ndarray) -> list[bytes]:
 
 
 def read_slice(
-    h5file: Any, specs: Sequence[FieldSpec], schema: Any, start: int, stop: int
+    h5file: Any, specs: Sequence[Hdf5Field], schema: Any, start: int, stop: int
 ) -> dict[str, list[Any]]:
     """Rows ``[start, stop)`` of every field, encoded for ``schema`` (from :func:`unischema_for`).
 

@@ -33,8 +33,8 @@ from pipeline.convert.hdf5_types import dataset_type, leaf_rules
 from pipeline.errors import InputError
 
 __all__ = [
-    "DatasetInfo",
-    "FieldSpec",
+    "Hdf5Dataset",
+    "Hdf5Field",
     "Slice",
     "dataset_fields",
     "discover_datasets",
@@ -49,7 +49,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
+class Hdf5Dataset:
     """What the driver knows about one HDF5 dataset (metadata only)."""
 
     path: str
@@ -71,7 +71,7 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
-class FieldSpec:
+class Hdf5Field:
     """One output field and where its values come from."""
 
     name: str
@@ -130,24 +130,24 @@ def _filters(dataset: Any) -> tuple[tuple[int, str], ...]:
     return tuple(out)
 
 
-def missing_filters(info: DatasetInfo) -> list[tuple[int, str]]:
+def missing_filters(info: Hdf5Dataset) -> list[tuple[int, str]]:
     """Filters of ``info`` that this HDF5 library cannot decode (e.g. Blosc without ``hdf5plugin``)."""
     import h5py
 
     return [(code, name) for code, name in info.filters if not h5py.h5z.filter_avail(code)]
 
 
-def discover_datasets(h5file: Any) -> list[DatasetInfo]:
+def discover_datasets(h5file: Any) -> list[Hdf5Dataset]:
     """Every dataset of an open ``h5py.File`` (links followed once), sorted by path."""
     import h5py
 
-    found: dict[str, DatasetInfo] = {}
+    found: dict[str, Hdf5Dataset] = {}
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
             path = "/" + name
             dtype, kind = dataset_type(obj)
-            found[path] = DatasetInfo(
+            found[path] = Hdf5Dataset(
                 path=path,
                 shape=tuple(int(n) for n in obj.shape) if obj.shape is not None else (),
                 dtype=dtype,
@@ -162,8 +162,8 @@ def discover_datasets(h5file: Any) -> list[DatasetInfo]:
 
 
 def select_datasets(
-    source: str, datasets: list[DatasetInfo], wanted: tuple[str, ...] | None = None
-) -> tuple[list[DatasetInfo], list[tuple[str, str]]]:
+    source: str, datasets: list[Hdf5Dataset], wanted: tuple[str, ...] | None = None
+) -> tuple[list[Hdf5Dataset], list[tuple[str, str]]]:
     """Pick the datasets to convert.
 
     With ``wanted`` (``--datasets``): exactly those, given as HDF5 paths (``/grp/x`` or ``grp/x``)
@@ -178,7 +178,7 @@ def select_datasets(
         InputError: Nothing to convert, a requested dataset is missing, or lengths differ.
     """
     if wanted:
-        by_key: dict[str, DatasetInfo] = {}
+        by_key: dict[str, Hdf5Dataset] = {}
         for d in datasets:
             for key in sorted(wanted_names(d.path), key=lambda k: (not k.startswith("/"), "/" in k)):
                 by_key.setdefault(key, d)
@@ -202,7 +202,7 @@ def select_datasets(
             )
         left = [(d.path, "not in --datasets") for d in datasets if d not in chosen]
         return chosen, left
-    groups: dict[int, list[DatasetInfo]] = defaultdict(list)
+    groups: dict[int, list[Hdf5Dataset]] = defaultdict(list)
     for d in datasets:
         if d.shape:
             groups[d.rows].append(d)
@@ -221,7 +221,7 @@ def select_datasets(
     return chosen, left
 
 
-def dataset_fields(info: DatasetInfo) -> tuple[list[FieldSpec], list[tuple[str, str]]]:
+def dataset_fields(info: Hdf5Dataset) -> tuple[list[Hdf5Field], list[tuple[str, str]]]:
     """The fields of one dataset (named after it, not yet made unique), and ``(where, why)`` for
     each part left out (see :mod:`pipeline.convert.hdf5_types` for the rules)."""
     rules, dropped = leaf_rules(info.dtype, info.shape[1:], info.kind)
@@ -230,7 +230,7 @@ def dataset_fields(info: DatasetInfo) -> tuple[list[FieldSpec], list[tuple[str, 
     for r in rules:
         name = "_".join([base, *(field_name(m) for m in r.member)])
         specs.append(
-            FieldSpec(
+            Hdf5Field(
                 name,
                 info.path,
                 r.member,
@@ -256,13 +256,13 @@ def _scalar_ok(dtype: np.dtype) -> bool:
     )
 
 
-def unique_names(specs: list[FieldSpec]) -> list[FieldSpec]:
+def unique_names(specs: list[Hdf5Field]) -> list[Hdf5Field]:
     """Make field names unique: the first field (dataset order, then member order) keeps its name,
     each later one that equals a taken name (ignoring case, as Spark does) gets ``_2``, ``_3``, ...
     (the smallest free number). A field named like ``<ragged field>_lengths`` (which the loader
     adds to batches) counts as taken too."""
     taken: set[str] = set()
-    out: list[FieldSpec] = []
+    out: list[Hdf5Field] = []
     for spec in specs:
         name, n = spec.name, 2
         while name.lower() in taken:
@@ -280,7 +280,7 @@ def unique_names(specs: list[FieldSpec]) -> list[FieldSpec]:
     return out
 
 
-def map_fields(source: str, datasets: list[DatasetInfo]) -> tuple[list[FieldSpec], list[tuple[str, str]]]:
+def map_fields(source: str, datasets: list[Hdf5Dataset]) -> tuple[list[Hdf5Field], list[tuple[str, str]]]:
     """Output fields of the selected datasets, in dataset order, with unique names (:func:`unique_names`).
 
     Returns:
@@ -290,7 +290,7 @@ def map_fields(source: str, datasets: list[DatasetInfo]) -> tuple[list[FieldSpec
     Raises:
         InputError: Nothing of the datasets can be converted.
     """
-    specs: list[FieldSpec] = []
+    specs: list[Hdf5Field] = []
     dropped: list[tuple[str, str]] = []
     for info in datasets:
         got, lost = dataset_fields(info)

@@ -2,7 +2,7 @@
 
 Runs on the driver over metadata only. Each leaf of a dataset's type (the dataset itself, or
 each member of a compound, recursively) gets one *rule*, carried by its
-:class:`~pipeline.convert.hdf5_schema.FieldSpec` to the Spark tasks that read the values
+:class:`~pipeline.convert.hdf5_schema.Hdf5Field` to the Spark tasks that read the values
 (:mod:`pipeline.convert.hdf5_read`):
 
 =============  ==========================================================================
