@@ -22,13 +22,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import DatasetError
-from pipeline.format.metadata import UNISCHEMA_KEY, unischema_from_metadata
+from pipeline.format.metadata import unischema_from_metadata
 
 __all__ = [
     "PROVENANCE_KEY",
     "DatasetFiles",
     "arrow_list_shape",
-    "is_petastorm_dataset",
     "key_value_metadata",
     "list_dataset_files",
     "normalize_url",
@@ -140,11 +139,6 @@ def key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
     except Exception as exc:  # a damaged metadata file is reported, not fatal for data access
         raise DatasetError(f"{files.url}: cannot read _common_metadata: {exc}") from None
     return dict(schema.metadata or {})
-
-
-def is_petastorm_dataset(url: str | os.PathLike[str]) -> bool:
-    """Whether the dataset has a Petastorm Unischema in ``_common_metadata``."""
-    return UNISCHEMA_KEY in key_value_metadata(list_dataset_files(url))
 
 
 def read_unischema(url: str | os.PathLike[str] | DatasetFiles) -> Any:

@@ -187,11 +187,6 @@ class StagedOutput:
     def data_url(self) -> str:
         return "file://" + str(self.data_dir)
 
-    @property
-    def errors_url(self) -> str:
-        """Folder where executors write bad-input records (see :mod:`pipeline.convert.writer`)."""
-        return "file://" + str(self.root / "errors")
-
     def __enter__(self) -> StagedOutput:
         _remove_stale(self._local_dest)
         if self.remote is not None:

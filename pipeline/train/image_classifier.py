@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import load_config
 from pipeline.dataset import normalize_url, read_provenance
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.train.coverage import log_epoch_coverage
@@ -34,7 +33,6 @@ __all__ = [
     "ImageTrainConfig",
     "evaluate_checkpoint",
     "evaluate_images",
-    "load_image_config",
     "run_image_training",
     "train_images",
 ]
@@ -84,11 +82,6 @@ class ImageTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-
-
-def load_image_config(path: str | None = None, **overrides: Any) -> ImageTrainConfig:
-    """``conf/train_images.yaml`` (or ``path``) with ``overrides`` (``None`` = not given) on top."""
-    return load_config(ImageTrainConfig, path or "train_images.yaml", overrides=overrides)
 
 
 def _class_count(config: ImageTrainConfig) -> int:

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import load_config
 from pipeline.dataset import read_provenance
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.train.coverage import log_epoch_coverage
@@ -29,7 +28,7 @@ from pipeline.train.metrics import RunningSums
 from pipeline.train.models import TinyCausalLM
 from pipeline.train.run import absolute_paths, prepare_run_dir
 
-__all__ = ["TextTrainConfig", "load_text_config", "run_text_training", "train_text"]
+__all__ = ["TextTrainConfig", "run_text_training", "train_text"]
 
 
 _IGNORE = -100
@@ -81,11 +80,6 @@ class TextTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-
-
-def load_text_config(path: str | None = None, **overrides: Any) -> TextTrainConfig:
-    """``conf/train_text.yaml`` (or ``path``) with ``overrides`` (``None`` = not given) on top."""
-    return load_config(TextTrainConfig, path or "train_text.yaml", overrides=overrides)
 
 
 def _vocab_size(config: TextTrainConfig) -> int:
