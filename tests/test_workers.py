@@ -120,15 +120,14 @@ def test_auto_picks_processes_for_a_python_transform_only(url):
     with pipeline.open_loader(url, config=None, workers=2) as loader:
         assert loader.reader.workers_type == "thread"
     lam = TransformSpec(lambda row: row)
-    with pipeline.open_loader(
-        url, config=None, workers=2, transform=lam
-    ) as loader:  # spawn cannot get a lambda
-        assert loader.reader.workers_type == "thread"
+    with pipeline.open_loader(url, config=None, workers=2, transform=lam, start_method="spawn") as loader:
+        assert loader.reader.workers_type == "thread"  # spawn workers cannot get a lambda
     with pytest.raises(ConfigError, match="cannot be sent to worker processes"):
-        pipeline.open_loader(url, config=None, workers=2, transform=lam, workers_type="process")
-    with pipeline.open_loader(
-        url, config=None, workers=2, transform=lam, workers_type="process", start_method="fork"
-    ) as loader:
+        pipeline.open_loader(
+            url, config=None, workers=2, transform=lam, workers_type="process", start_method="spawn"
+        )
+    with pipeline.open_loader(url, config=None, workers=2, transform=lam) as loader:
+        assert loader.reader.workers_type == "process"  # fork (the default) workers inherit a lambda
         assert len(list(loader)) == 2  # fork workers inherit a lambda
 
 

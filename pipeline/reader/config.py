@@ -46,8 +46,9 @@ class ReaderConfig:
     """Row groups in flight per worker (bounds memory; results are reordered into plan order)."""
     workers_type: str = "auto"
     """``"thread"``, ``"process"`` or ``"auto"`` (processes for a Python ``TransformSpec`` func)."""
-    start_method: str = "spawn"
-    """How worker processes start: ``"spawn"``, ``"fork"`` or ``"forkserver"``."""
+    start_method: str = "fork"
+    """How worker processes start: ``"fork"`` (as torch's ``DataLoader`` on Linux; ``"spawn"``
+    where the platform has no fork), ``"spawn"`` or ``"forkserver"``."""
 
     def __post_init__(self) -> None:
         _check(self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0 rows, got {self.shuffle_buffer}")

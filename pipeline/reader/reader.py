@@ -1,7 +1,9 @@
-"""The reader: plan -> thread pool -> reorder window -> shuffle buffer -> batches of rows.
+"""The reader: plan -> workers -> reorder window -> shuffle buffer -> batches of rows.
 
-``workers`` threads read and decode work items (slices of row groups) ahead of time, straight
-into rows reserved for them in the :class:`~pipeline.reader.shuffle.RowBuffer`; a window of at
+``workers`` threads or worker processes (:mod:`pipeline.reader.workers`,
+:mod:`pipeline.reader.workers_process`; ``workers_type``) read and decode work items (slices of
+row groups) ahead of time, straight into rows reserved for them in the
+:class:`~pipeline.reader.shuffle.RowBuffer` (in shared memory for processes); a window of at
 most ``workers * read_ahead`` items is in flight and items become live in plan order, whatever
 order the threads finish in. Batches are drawn from the buffer with the epoch's seeded
 generator; it is drained at the end of each epoch (every row exactly once per epoch) while the

@@ -2,8 +2,10 @@
 
 The parent allocates the row buffer's fixed-shape columns in shared memory
 (:mod:`pipeline.reader.shm`) and starts a ``concurrent.futures.ProcessPoolExecutor`` with an
-explicit ``multiprocessing`` context (``spawn`` by default; ``fork`` and ``forkserver`` work too).
-Each worker opens the dataset itself from a picklable :class:`SourceRecipe` on its first item,
+explicit ``multiprocessing`` context (``fork`` by default, as torch's ``DataLoader`` on Linux;
+``spawn`` and ``forkserver`` work too). Each ``spawn``/``forkserver`` worker opens the dataset
+itself from a picklable :class:`SourceRecipe` on its first item (a ``fork`` worker uses the
+parent's source object when the dataset is local),
 maps the buffer's segments, and for each work item seeds its generators
 (:func:`pipeline.reader.workers.seed_task`), reads, decodes and transforms the rows into the
 rows the parent reserved. Only the item, its row numbers, the values of non-fixed fields
@@ -18,6 +20,7 @@ item. Workers ignore SIGINT: Ctrl-C reaches the training loop only, which closes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import multiprocessing
@@ -63,8 +66,21 @@ class SourceRecipe:
     cache: str = "stream"
     cache_limit: int | None = None
     cache_dir: str | None = None
+    inherited: Any = dataclasses.field(default=None, compare=False)
+    """The parent's open source, used as it is by ``fork`` workers (set by :class:`ProcessWorkers`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "inherited": None}  # spawn/forkserver workers open their own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def open(self) -> Any:
+        if self.inherited is not None:
+            # a copy without the parent's stats wrapper, whose lock may have been held at the fork
+            source = copy.copy(self.inherited)
+            source.__dict__.pop("_read_table", None)
+            return source
         from pipeline.access.source import open_source
 
         return open_source(
@@ -103,6 +119,15 @@ def choose_workers_type(config: Any, source: Any, recipe: SourceRecipe, workers:
     if config.workers_type != "thread" and workers:
         why_not = unsendable(recipe, config.start_method)
     return resolve_workers_type(config.workers_type, source, workers, why_not)
+
+
+def _inheritable(source: Any) -> bool:
+    """Whether a forked worker may use the parent's ``source`` object: a plain local dataset
+    (object-store clients are not safe to use across a fork)."""
+    from pipeline.storage import is_remote_filesystem
+
+    fs = getattr(source, "_fs", None)
+    return type(source).__name__ == "DatasetSource" and fs is not None and not is_remote_filesystem(fs)
 
 
 class _ReadTimer:
@@ -194,6 +219,11 @@ class ProcessWorkers:
     def __init__(
         self, recipe: SourceRecipe, source: Any, count: int, seed: int, start_method: str, stats: Any = None
     ) -> None:
+        if start_method not in multiprocessing.get_all_start_methods():
+            log.info("start method %r is not available here: spawning reader workers", start_method)
+            start_method = "spawn"
+        if start_method == "fork" and _inheritable(source):  # no need to list and open it again
+            recipe = dataclasses.replace(recipe, inherited=source)
         self.recipe = recipe
         self.source = source
         self.count = max(1, count)
