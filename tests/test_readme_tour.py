@@ -7,7 +7,7 @@ interpreter running it:
 
 * ``.venv/bin/`` -> the ``bin/`` folder of the running interpreter's environment;
 * ``jobs/`` -> the repository's ``jobs/`` (the commands run in the temporary folder);
-* ``--epochs N`` of the training job -> ``--epochs 1``.
+* ``--epochs N`` of ``pipeline train images`` -> ``--epochs 1``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def substitute(command: str) -> list[str]:
     bin_dir = Path(sys.executable).parent
     argv = [str(bin_dir / a[len(".venv/bin/") :]) if a.startswith(".venv/bin/") else a for a in argv]
     argv = [str(REPO / a) if a.startswith("jobs/") else a for a in argv]
-    if any(a.endswith("train_images.py") for a in argv) and "--epochs" in argv:
+    if argv[1:3] == ["train", "images"] and "--epochs" in argv:
         argv[argv.index("--epochs") + 1] = "1"
     return argv
 
@@ -67,7 +67,7 @@ def test_readme_tour_runs_as_written(tmp_path) -> None:
         ".venv/bin/pipeline",
         ".venv/bin/pipeline",
         ".venv/bin/pipeline",
-        ".venv/bin/python",
+        ".venv/bin/pipeline",
     ]
     write_photos(tmp_path / "photos")
     outputs, logs = [], []

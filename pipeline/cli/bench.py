@@ -35,6 +35,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.bench import measure  # imports torch: only when a benchmark runs
     from pipeline.dataset import list_dataset_files
 
+    _check_device(args.device)
     options: dict[str, Any] = {"num_epochs": args.epochs}
     for key in ("batch_size", "workers", "seed", "device"):
         if getattr(args, key) is not None:
@@ -91,3 +92,18 @@ def stage_table(stages: dict[str, float], batches: int, workers: int, bound: str
             + (f" ({workers} reader threads: more --workers may help)" if bound in ("read", "decode") else "")
         )
     return "\n".join(lines)
+
+
+def _check_device(device: str | None) -> None:
+    """``--device cuda`` on a machine without CUDA: say so in the command's words."""
+    if not device or not device.startswith("cuda"):
+        return
+    import torch
+
+    from pipeline.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: torch {torch.__version__} sees no CUDA GPU on this machine",
+            hint="pass --device cpu (the default), or install a CUDA build of torch",
+        )

@@ -1,0 +1,230 @@
+"""The application layer: one parser, one runner, the README's command table, light imports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.cli import COMMANDS, build_parser, leaf_parsers, main
+from pipeline.cli.app import CommandFailed, Interrupted, run
+from pipeline.errors import InputError
+from tests.conftest import REPO
+from tests.datasets import write_parquet_dataset
+
+LEAVES = {leaf.prog.removeprefix("pipeline "): leaf for leaf in leaf_parsers(build_parser())}
+
+
+def _py(code: str, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **kwargs,
+    )
+
+
+def test_every_job_is_a_subcommand_with_help_showing_conf_defaults(capsys):
+    assert set(LEAVES) == {
+        "convert images", "convert text", "convert hdf5", "convert table", "train images", "train text",
+        "demo", "inspect", "bench", "cache list", "cache clear",
+    }  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    top = capsys.readouterr().out
+    assert all(re.search(rf"^\s+{name}\s", top, re.M) for name in COMMANDS)
+    for name in LEAVES:
+        with pytest.raises(SystemExit) as info:
+            main([*name.split(), "--help"])
+        assert info.value.code == 0, name
+        assert "--json" in capsys.readouterr().out, name
+    main_help = LEAVES["convert images"].format_help()
+    assert re.search(r"--row-group-mb.*\(default: 16,\s+conf/convert\.yaml\)", main_help, re.S)
+    assert re.search(r"--quality.*\(default: 95,\s+conf/convert_images\.yaml\)", main_help, re.S)
+    assert re.search(
+        r"--epochs.*\(default: 15,\s+conf/train_images\.yaml\)", LEAVES["train images"].format_help(), re.S
+    )
+    assert re.search(r"--epochs.*\(default: 12,\s+conf/demo\.yaml\)", LEAVES["demo"].format_help(), re.S)
+
+
+def _readme_rows() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    return section, [m.group(1) for m in re.finditer(r"^\| `(pipeline [^`]+)` \|", section, re.M)]
+
+
+def test_readme_command_reference_matches_the_parser():
+    section, rows = _readme_rows()
+    listed: set[str] = set()
+    for row in rows:
+        words = row.replace("\\|", "|").split()
+        head = [w for w in words[1:3] if re.fullmatch(r"[a-z0-9|]+", w)]
+        names = [" ".join(p) for p in _expand(head)]
+        matched = [n for n in names if n in LEAVES] or [
+            n.rsplit(" ", 1)[0] for n in names if n.rsplit(" ", 1)[0] in LEAVES
+        ]
+        assert matched, f"README row names no command: {row}"
+        listed.update(matched)
+        for flag in re.findall(r"(--[a-z0-9-]+)", row):
+            for name in matched:
+                assert flag in LEAVES[name]._option_string_actions, f"README: {name} has no {flag}"
+    assert listed == set(LEAVES), f"commands missing from README: {set(LEAVES) - listed}"
+    for name, leaf in LEAVES.items():  # every flag of every command is documented in the section
+        for action in leaf._actions:
+            flags = [s for s in action.option_strings if s.startswith("--")]
+            if flags and action.dest not in ("help", "verbose", "quiet"):
+                assert any(f in section for f in flags), (
+                    f"README's Command line does not mention {name} {flags[0]}"
+                )
+
+
+def _expand(words: list[str]) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    for word in words:
+        out = [[*prefix, alt] for prefix in out for alt in word.split("|")]
+    return out
+
+
+def test_a_misspelt_flag_shows_the_subcommands_usage():
+    proc = _py(
+        "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+        "convert",
+        "images",
+        "a",
+        "b",
+        "--sizee",
+        "8",
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: pipeline convert images ")
+    assert "unrecognized arguments: --sizee 8" in proc.stderr
+
+
+def test_version_and_inspect_do_not_import_torch(tmp_path):
+    url = write_parquet_dataset(tmp_path / "ds", rows=20, files=1)
+    code = (
+        "import sys, io, contextlib\n"
+        "from pipeline.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--version'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    assert 'torch' not in sys.modules, 'pipeline --version imported torch'\n"
+        "    code = main(['inspect', sys.argv[1], '--json'])\n"
+        "print(code, 'torch' in sys.modules, 'pyspark' in sys.modules)\n"
+    )
+    proc = _py(code, url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "False", "False"]
+
+
+def _handler(outcome):
+    def handler(args):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome == "signal-then-spark-error":  # Spark reports the job a Ctrl-C cancelled as a failure
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except Interrupted:
+                raise InputError("the conversion failed in Spark: job cancelled") from None
+        return {"rows": 3}
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code", "stderr"),
+    [
+        ("ok", 0, ""),
+        (
+            InputError("SRC x does not exist", hint="check the path"),
+            2,
+            "error: SRC x does not exist -- HINT: check the path",
+        ),
+        (CommandFailed("rank 1 failed"), 1, "error: rank 1 failed"),
+        (KeyboardInterrupt(), 130, "interrupted: stopped and cleaned up"),
+        (Interrupted(signal.SIGTERM), 143, "stopped by SIGTERM: stopped and cleaned up"),
+        ("signal-then-spark-error", 130, "interrupted: stopped and cleaned up"),
+        (ZeroDivisionError("boom"), 1, "this is a bug in pipeline; please report it"),
+    ],
+)
+def test_runner_exit_codes_and_output(outcome, code, stderr, capsys):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run(_handler(outcome), argparse.Namespace(json=True)) == code
+    out, err = capsys.readouterr()
+    assert stderr in err
+    if code == 0:
+        assert json.loads(out) == {"rows": 3} and out.count("\n") == 1
+    else:
+        assert out == ""
+    if isinstance(outcome, ZeroDivisionError):
+        assert "Traceback" in err
+    elif code:
+        assert len(err.strip().splitlines()) == 1  # one line / one paragraph, no traceback
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+
+
+def test_user_errors_are_reported_before_spark_starts_in_one_paragraph(tmp_path):
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "x").write_text("x")
+    code = (
+        "import sys\nfrom pipeline.cli import main\n"
+        "code = main(sys.argv[1:])\nprint(code, 'pyspark.sql' in sys.modules)\n"
+    )
+    proc = _py(code, "convert", "images", str(tmp_path / "missing"), str(tmp_path / "dest"))
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert message.startswith(
+        f"error: SRC '{tmp_path / 'missing'}' does not exist; {tmp_path / 'dest'} already exists"
+    )
+    assert "HINT" in message and "--overwrite" in message
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "nojava"), "PATH": os.path.dirname(sys.executable)}
+    proc = _py(code, "convert", "images", str(tmp_path), str(tmp_path / "out"), env=env)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert proc.stderr.startswith("error: Java 17 or newer is required") and "Traceback" not in proc.stderr
+
+
+def test_bench_device_error_speaks_cli_words(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    url = write_parquet_dataset(tmp_path / "ds", rows=20, files=1)
+    proc = _py(
+        "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+        "bench",
+        url,
+        "--device",
+        "cuda",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--device cpu" in proc.stderr and "device=None" not in proc.stderr
+
+
+def test_jobs_are_thin_entry_points_over_the_cli():
+    for path in sorted((REPO / "jobs").glob("*.py")):
+        code = path.read_text(encoding="utf-8")
+        assert "from pipeline.cli import main" in code and "argparse" not in code, path.name
+        assert len([ln for ln in code.splitlines() if ln and not ln.startswith((" ", '"', "#"))]) <= 5, (
+            path.name
+        )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "convert_images.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: pipeline convert images")
