@@ -247,3 +247,31 @@ def test_workers_do_not_take_ctrl_c(url):
         for child in workers():
             os.kill(child.pid, signal.SIGINT)
         assert len(list(loader)) == len(loader) - 1  # the rest of the epoch
+
+
+def read_on_a_rank(url: str) -> dict:
+    """Run in each TorchDistributor rank: read the rank's shard through worker processes."""
+    import torch.distributed as dist
+
+    from pipeline.train.distributed import setup
+
+    with setup(use_gpu=False) as ctx:
+        with pipeline.open_loader(url, config=None, batch_size=8, transform=spec(task_rng_only)) as loader:
+            ids = [i for batch in loader for i in batch["id"].tolist()]
+            kind, count = loader.reader.workers_type, loader.reader.workers
+        shards: list = [None] * ctx.world_size
+        dist.all_gather_object(shards, ids)
+        return {"shards": shards, "kind": kind, "workers": count, "local": os.environ.get("LOCAL_WORLD_SIZE")}
+
+
+@pytest.mark.spark
+def test_worker_processes_inside_torchdistributor_ranks(spark, url, monkeypatch):
+    from pipeline.train.distributed import run_distributed
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the ranks unpickle read_on_a_rank by reference
+    result = run_distributed(read_on_a_rank, url, num_processes=2, use_gpu=False)
+    assert result["kind"] == "process" and result["local"] == "2"
+    assert result["workers"] == max(1, usable_cores({}).cores // 2)
+    first, second = result["shards"]
+    assert sorted(first + second) == list(range(ROWS)) and not set(first) & set(second)
