@@ -68,10 +68,12 @@ def is_hidden(rel_path: str) -> bool:
     return any(part.startswith(".") for part in Path(rel_path).parts)
 
 
-def _walk(root: str, seen: set[tuple[int, int]] | None = None) -> Iterable[tuple[str, int]]:
-    """``(path, size)`` of the non-hidden files under ``root``, depth first, sorted per folder.
+def _walk(root: str, seen: set[tuple[int, int]] | None = None) -> Iterable[str]:
+    """Paths of the non-hidden files under ``root``, depth first, sorted per folder.
 
-    Symbolic links are followed; a folder already visited (a link loop) is not entered again.
+    One ``scandir`` per folder and no ``stat`` per file (the entry's type comes with the
+    listing; sizes are read later, in parallel, for the files kept). Symbolic links are
+    followed; a folder already visited (a link loop) is not entered again.
     """
     seen = set() if seen is None else seen
     info = os.stat(root)
@@ -79,12 +81,32 @@ def _walk(root: str, seen: set[tuple[int, int]] | None = None) -> Iterable[tuple
         return
     seen.add((info.st_dev, info.st_ino))
     with os.scandir(root) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-    for entry in entries:
+        entries = sorted((e.name, e) for e in it if not e.name.startswith("."))
+    for _, entry in entries:
         if entry.is_dir():
             yield from _walk(entry.path, seen)
         elif entry.is_file():
-            yield entry.path, entry.stat().st_size
+            yield entry.path
+
+
+_STAT_CHUNK = 2048
+_STAT_THREADS = 16
+
+
+def _sizes(paths: Sequence[str]) -> list[int]:
+    """``os.stat`` sizes of ``paths``, in threads for long lists (stat releases the GIL: local
+    disks gain about 2x, network filesystems far more)."""
+
+    def chunk(part: Sequence[str]) -> list[int]:
+        return [os.stat(p).st_size for p in part]
+
+    if len(paths) <= _STAT_CHUNK:
+        return chunk(paths)
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [paths[i : i + _STAT_CHUNK] for i in range(0, len(paths), _STAT_CHUNK)]
+    with ThreadPoolExecutor(min(_STAT_THREADS, len(parts)), thread_name_prefix="pipeline-stat") as pool:
+        return [size for sizes in pool.map(chunk, parts) for size in sizes]
 
 
 def list_source_files(
@@ -121,7 +143,8 @@ def list_source_files(
                 if p.is_file() and not p.name.startswith(".")
             ]
         elif root.is_dir():
-            found = list(_walk(str(root.resolve())))
+            paths = _keep(list(_walk(str(root.resolve()))), text, suffixes, what)
+            return [SourceFile(p, size) for p, size in zip(paths, _sizes(paths), strict=True)]
         elif root.is_file():
             found = [(str(root.resolve()), root.stat().st_size)]
         else:
@@ -131,20 +154,24 @@ def list_source_files(
     return _filter(found, text, suffixes, what)
 
 
+def _keep(paths: list[str], text: str, suffixes: tuple[str, ...] | None, what: str) -> list[str]:
+    """``paths`` with an allowed suffix, sorted; logs how many were ignored, raises if none is left."""
+    kept = paths if suffixes is None else [p for p in paths if p.lower().endswith(suffixes)]
+    ignored = len(paths) - len(kept)
+    if ignored:
+        log.info("ignored %d file(s) under %s without a %s suffix", ignored, text, "/".join(suffixes or ()))
+    if not kept:
+        allowed = f" ending in {', '.join(suffixes)}" if suffixes else ""
+        raise InputError(f"no {what}{allowed} found in {text}", hint="check the SRC path or pattern")
+    kept.sort()  # nearly sorted already (depth-first, sorted per folder): linear time
+    return kept
+
+
 def _filter(
     found: list[tuple[str, int]], text: str, suffixes: tuple[str, ...] | None, what: str
 ) -> list[SourceFile]:
-    files = [
-        SourceFile(path, size) for path, size in found if suffixes is None or path.lower().endswith(suffixes)
-    ]
-    ignored = len(found) - len(files)
-    if ignored:
-        log.info("ignored %d file(s) under %s without a %s suffix", ignored, text, "/".join(suffixes or ()))
-    if not files:
-        allowed = f" ending in {', '.join(suffixes)}" if suffixes else ""
-        raise InputError(f"no {what}{allowed} found in {text}", hint="check the SRC path or pattern")
-    files.sort(key=lambda f: f.path)
-    return files
+    sizes = dict(found)
+    return [SourceFile(p, sizes[p]) for p in _keep(list(sizes), text, suffixes, what)]
 
 
 def _list_remote(url: str) -> list[tuple[str, int]]:
@@ -210,21 +237,25 @@ def split_by_bytes(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
     if n == 0:
         return []
     parts = min(parts, n)
-    weights = [max(1, s) for s in sizes]
-    total = sum(weights)
-    ranges: list[tuple[int, int]] = []
+    if parts == 1:
+        return [(0, n)]
+    import numpy as np
+
+    # Cut k (1..parts-1) after the first item whose running total reaches k/parts of the total,
+    # but early enough that every later range still gets an item: O(n) in numpy, O(parts log n)
+    # for the cuts, so millions of files plan in milliseconds.
+    acc = np.cumsum(np.maximum(np.asarray(sizes, dtype=np.int64), 1))
+    total = int(acc[-1])
+    cuts: list[int] = []
     start = 0
-    acc = 0
-    for i, w in enumerate(weights):
-        acc += w
-        remaining_parts = parts - len(ranges) - 1
-        remaining_items = n - i - 1
-        boundary = total * (len(ranges) + 1) / parts
-        if remaining_parts > 0 and (acc >= boundary or remaining_items == remaining_parts):
-            ranges.append((start, i + 1))
-            start = i + 1
-    ranges.append((start, n))
-    return ranges
+    for k in range(1, parts):
+        boundary = -(-total * k // parts)  # ceil(total * k / parts), exact in integers
+        first = int(np.searchsorted(acc, boundary, side="left")) + 1  # stop of the range
+        stop = min(max(first, start + 1), n - (parts - k))
+        cuts.append(stop)
+        start = stop
+    bounds = [0, *cuts, n]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def choose_partitions(

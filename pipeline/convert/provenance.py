@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.dataset import PROVENANCE_KEY
 
-__all__ = ["build_provenance", "library_versions", "write_provenance"]
+__all__ = ["build_provenance", "library_versions", "provenance_metadata", "write_provenance"]
 
 _VERSIONED = ("pyspark", "petastorm", "pyarrow", "numpy", "pandas", "pillow", "opencv-python-headless")
 
@@ -65,6 +65,11 @@ def build_provenance(
     }
 
 
+def provenance_metadata(record: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """``record`` as the ``_common_metadata`` key-value pair :func:`write_provenance` stores."""
+    return {PROVENANCE_KEY: json.dumps(record, default=str, sort_keys=True).encode("utf-8")}
+
+
 def write_provenance(
     data_dir: Path, record: Mapping[str, Any], also: Mapping[bytes, bytes] | None = None
 ) -> None:
@@ -76,6 +81,6 @@ def write_provenance(
     schema = pq.read_schema(path)
     meta = dict(schema.metadata or {})
     meta.update(also or {})
-    meta[PROVENANCE_KEY] = json.dumps(record, default=str, sort_keys=True).encode("utf-8")
+    meta.update(provenance_metadata(record))
     pq.write_metadata(schema.with_metadata(meta), path)
     (data_dir / "._common_metadata.crc").unlink(missing_ok=True)

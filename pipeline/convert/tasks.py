@@ -3,7 +3,8 @@
 :class:`PartitionTask` is the ``mapInArrow`` function. For every partition id it receives, it
 runs the kind's partition function, writes the batches with pyarrow into
 ``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one small
-row ``(partition, rows)`` to the driver. Writing in the task keeps the image bytes out of the JVM
+row ``(partition, rows, row_groups, file_bytes)`` to the driver, which writes the dataset's
+metadata from these rows without opening the files again. Writing in the task keeps the image bytes out of the JVM
 (no Arrow -> row -> parquet-mr round trip); a retried or speculative attempt writes a temporary
 file and renames it, so the last attempt wins and no half-written file is ever visible.
 
@@ -33,8 +34,8 @@ __all__ = ["STATS_SCHEMA", "PartitionFn", "PartitionTask", "has_failures", "writ
 PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
 """``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
-STATS_SCHEMA = "partition long, rows long"
-"""What each task returns to the driver (Spark DDL)."""
+STATS_SCHEMA = "partition long, rows long, row_groups long, file_bytes long"
+"""What each task returns to the driver (Spark DDL): rows, row groups and bytes of its file."""
 
 
 def write_records(errors_dir: str, name: str, records: Sequence[SkippedRecord]) -> None:
@@ -105,7 +106,14 @@ class PartitionTask:
             for pid in batch.column(0).to_pylist():
                 with task_defaults(self.storage):
                     rows = self.run(int(pid))
-                yield pa.RecordBatch.from_pydict({"partition": [int(pid)], "rows": [rows]})
+                yield self.stats_batch(int(pid), rows)
+
+    def stats_batch(self, pid: int, rows: int) -> pa.RecordBatch:
+        """The row (:data:`STATS_SCHEMA`) returned to the driver after :meth:`run` of ``pid``."""
+        groups, size = self.written if rows else (0, 0)
+        return pa.RecordBatch.from_pydict(
+            {"partition": [pid], "rows": [rows], "row_groups": [groups], "file_bytes": [size]}
+        )
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
         names = self.schema.names
@@ -116,15 +124,20 @@ class PartitionTask:
                 return  # another task hit bad input: the job fails anyway
 
     def run(self, pid: int) -> int:
-        """Process partition ``pid`` and write its file; returns the number of rows written."""
+        """Process partition ``pid`` and write its file; returns the number of rows written.
+
+        ``self.written`` is then ``(row_groups, file_bytes)`` of that file.
+        """
         errors = RecordErrors(self.on_error)
+        self.written = (0, 0)
+        groups = 0
         tmp = os.path.join(self.data_dir, f".part-{pid:05d}.{uuid.uuid4().hex}.tmp")
         writer: pq.ParquetWriter | None = None
         pending: list[pa.RecordBatch] = []
         held = rows = 0
 
         def flush() -> None:
-            nonlocal writer, pending, held, rows
+            nonlocal writer, pending, held, rows, groups
             if not pending:
                 return
             table = pa.Table.from_batches(pending, schema=self.schema)
@@ -132,6 +145,7 @@ class PartitionTask:
                 writer = pq.ParquetWriter(tmp, self.schema, compression=self.compression)
             writer.write_table(table, row_group_size=table.num_rows)
             rows += table.num_rows
+            groups += 1
             pending, held = [], 0
 
         try:
@@ -154,6 +168,7 @@ class PartitionTask:
             if writer is not None:
                 writer.close()
         if rows:
+            self.written = (groups, os.path.getsize(tmp))
             os.replace(tmp, os.path.join(self.data_dir, f"part-{pid:05d}.parquet"))
         elif os.path.exists(tmp):
             os.remove(tmp)

@@ -31,6 +31,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedRecord
 from pipeline.convert.listing import choose_partitions, split_by_bytes
-from pipeline.convert.provenance import build_provenance, write_provenance
+from pipeline.convert.provenance import build_provenance, provenance_metadata
 from pipeline.convert.staging import StagedOutput
 from pipeline.convert.tasks import STATS_SCHEMA, PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
@@ -70,6 +71,35 @@ def plan_partitions(
         fixed=settings.partitions,
     )
     return [list(items[a:b]) for a, b in split_by_bytes(sizes, n)]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One Parquet file a task wrote: its name, rows, row groups and bytes."""
+
+    name: str
+    rows: int
+    row_groups: int
+    size: int
+
+
+def _written_files(data_dir: Path, returned: Sequence[Mapping[str, Any]]) -> list[_Written]:
+    """The data files, in name order, from the rows the tasks returned (:data:`STATS_SCHEMA`).
+
+    No file is opened: rows and row groups come from the tasks. A task function that returns
+    only ``(partition, rows)`` (an older ``frame_for``) gets its file's footer read instead.
+    """
+    files = []
+    for row in returned:
+        if not row["rows"]:
+            continue
+        name = f"part-{int(row['partition']):05d}.parquet"
+        if row.get("row_groups") is None:  # no facts from the task: read the footer
+            footer = pq.read_metadata(data_dir / name)
+            files.append(_Written(name, footer.num_rows, footer.num_row_groups, (data_dir / name).stat().st_size))
+        else:
+            files.append(_Written(name, int(row["rows"]), int(row["row_groups"]), int(row["file_bytes"])))
+    return sorted(files, key=lambda f: f.name)
 
 
 def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
@@ -130,10 +160,10 @@ def write_petastorm(
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
     Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet``); collect
-    skipped records into ``_skipped.jsonl``; read the files' footers (not their data) for the
-    row and row-group counts; write ``_common_metadata`` with the Petastorm format's keys (the
-    Unischema pickle petastorm reads, the per-file row-group index; :mod:`pipeline.format`) and
-    the provenance; move into DEST. Nothing appears at DEST unless every step succeeded. No
+    skipped records into ``_skipped.jsonl``; write ``_common_metadata`` in one write with the
+    Petastorm format's keys (the Unischema pickle petastorm reads, the per-file row-group index;
+    :mod:`pipeline.format`) and the provenance, from the rows, row groups and bytes each task
+    returned (no data file is opened again); move into DEST. Nothing appears at DEST unless every step succeeded. No
     petastorm is needed; petastorm's ``make_reader`` reads the result.
 
     Args:
@@ -157,8 +187,11 @@ def write_petastorm(
         started: ``time.perf_counter()`` when the conversion began (before listing), for
             ``seconds``. Defaults to ``None`` (now).
         frame_for: Builds the Spark DataFrame whose ``collect()`` runs the tasks (e.g.
-            ``df.mapInArrow`` over a DataFrame's own partitions, :mod:`pipeline.convert.table`).
-            Defaults to ``None``: one task per partition of ``plan`` over ``spark.range``.
+            ``df.mapInArrow`` over a DataFrame's own partitions, :mod:`pipeline.convert.table`);
+            its rows should follow :data:`~pipeline.convert.tasks.STATS_SCHEMA`
+            (:meth:`PartitionTask.stats_batch`); with only ``partition`` and ``rows`` the
+            files' footers are read. Defaults to ``None``: one task per partition of ``plan``
+            over ``spark.range``.
 
     Returns:
         The :class:`ConversionResult` (also logged).
@@ -197,7 +230,8 @@ def write_petastorm(
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
-            written = sum(row["rows"] for row in frame.collect())
+            returned = [row.asDict() for row in frame.collect()]
+            written = sum(row["rows"] for row in returned)
             log.debug("Spark write done after %.2f s", time.perf_counter() - started)
             if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
                 raise _task_failure(None, errors_dir)
@@ -229,10 +263,9 @@ def write_petastorm(
                 log.warning("skipped %s", record.describe())
             if len(skipped) > 20:
                 log.warning("... and %d more skipped, see _skipped.jsonl", len(skipped) - 20)
-        files = sorted(stage.data_dir.glob("*.parquet"))
-        footers = [pq.read_metadata(f) for f in files]
-        rows = sum(m.num_rows for m in footers)
-        row_groups = sum(m.num_row_groups for m in footers)
+        files = _written_files(stage.data_dir, returned)
+        rows = sum(f.rows for f in files)
+        row_groups = sum(f.row_groups for f in files)
         counts = {"rows": rows, "skipped": len(skipped), "input_bytes": input_bytes, "files": len(files)}
         facts = dict((extra() if callable(extra) else extra) or {})
         record = build_provenance(
@@ -245,12 +278,17 @@ def write_petastorm(
             extra=facts,
         )
         # the format's keys: the Unischema pickle and petastorm's row-group index (what
-        # materialize_dataset computes in an extra Spark job), from the footers read above
-        row_groups_per_file = {f.name: m.num_row_groups for f, m in zip(files, footers, strict=True)}
-        write_common_metadata(stage.data_dir, arrow_schema, format_metadata(schema, row_groups_per_file))
-        write_provenance(stage.data_dir, record)
+        # materialize_dataset computes in an extra Spark job), from what the tasks returned
+        row_groups_per_file = {f.name: f.row_groups for f in files}
+        write_common_metadata(  # one write: the format's keys and the provenance
+            stage.data_dir,
+            arrow_schema,
+            {**format_metadata(schema, row_groups_per_file), **provenance_metadata(record)},
+        )
         log.debug("metadata done after %.2f s", time.perf_counter() - started)
-        output_bytes = sum(p.stat().st_size for p in stage.data_dir.rglob("*") if p.is_file())
+        output_bytes = sum(f.size for f in files) + sum(
+            p.stat().st_size for p in stage.data_dir.iterdir() if p.is_file() and p.suffix != ".parquet"
+        )
         stage.commit()
     result = ConversionResult(
         kind=kind,

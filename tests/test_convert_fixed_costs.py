@@ -1,0 +1,70 @@
+"""Conversion fixed costs: listing many files, planning millions, metadata without a second pass."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.convert.listing import list_source_files, split_by_bytes
+from pipeline.convert.writer import _written_files
+
+
+def test_listing_many_files_is_sorted_with_sizes_and_skips_hidden(tmp_path):
+    want = {}
+    for d in range(3):
+        folder = tmp_path / f"c{d}" / ("deep" if d == 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(1500):  # 4,500 files: more than one chunk of parallel stats
+            path = folder / f"{i:05d}.jpg"
+            path.write_bytes(b"x" * (i % 7))
+            want[str(path)] = i % 7
+        (folder / ".hidden.jpg").write_bytes(b"h")
+        (folder / "notes.txt").write_bytes(b"t")
+    (tmp_path / "c0.jpg").write_bytes(b"abc")  # sorts after the folder c0/ ("/" < "." is false)
+    want[str(tmp_path / "c0.jpg")] = 3
+    files = list_source_files(tmp_path, extensions=(".jpg",))
+    assert [f.path for f in files] == sorted(want)
+    assert {f.path: f.size for f in files} == want
+
+
+def test_listing_follows_links_once(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"12")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")  # a link loop is entered once
+    files = list_source_files(tmp_path, extensions=(".jpg",))
+    assert [Path(f.path).relative_to(tmp_path).as_posix() for f in files] == ["a/x.jpg"]
+
+
+def test_planning_a_million_files_is_fast_and_balanced():
+    sizes = [(i * 7919) % 100_000 + 1 for i in range(1_000_000)]
+    start = time.perf_counter()
+    ranges = split_by_bytes(sizes, 64)
+    assert time.perf_counter() - start < 2.0
+    assert len(ranges) == 64 and ranges[0][0] == 0 and ranges[-1][1] == len(sizes)
+    totals = [sum(sizes[a:b]) for a, b in ranges]
+    assert max(totals) - min(totals) <= 2 * max(sizes)
+
+
+def test_metadata_comes_from_what_the_tasks_returned_without_opening_files(tmp_path):
+    returned = [
+        {"partition": 1, "rows": 10, "row_groups": 2, "file_bytes": 500},
+        {"partition": 0, "rows": 4, "row_groups": 1, "file_bytes": 200},
+        {"partition": 2, "rows": 0, "row_groups": 0, "file_bytes": 0},  # empty partition: no file
+    ]
+    files = _written_files(tmp_path, returned)  # no such files exist: nothing may be opened
+    assert [(f.name, f.rows, f.row_groups, f.size) for f in files] == [
+        ("part-00000.parquet", 4, 1, 200),
+        ("part-00001.parquet", 10, 2, 500),
+    ]
+
+
+def test_metadata_reads_the_footer_when_a_task_returns_only_rows(tmp_path):
+    table = pa.table({"x": list(range(6))})
+    pq.write_table(table, tmp_path / "part-00003.parquet", row_group_size=4)
+    files = _written_files(tmp_path, [{"partition": 3, "rows": 6}])
+    size = (tmp_path / "part-00003.parquet").stat().st_size
+    assert [(f.name, f.rows, f.row_groups, f.size) for f in files] == [("part-00003.parquet", 6, 2, size)]
