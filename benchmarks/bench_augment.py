@@ -48,10 +48,10 @@ def generate(root: Path, n: int) -> tuple[str, Path]:
     import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from bench_loader import make_image
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import LongType
 
-    from bench_loader import make_image
     from pipeline.format import CompressedImageCodec, ScalarCodec, Unischema, UnischemaField
     from pipeline.format.metadata import format_metadata, write_common_metadata
 
@@ -186,6 +186,37 @@ def ceiling(url: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+def cpu_per_row(url: str, rows: int) -> None:
+    """CPU microseconds per row of the parent and of the live worker processes (psutil), for
+    threads and processes, two rounds (the first pays imports); ``--cpu-per-row``."""
+    import psutil
+
+    import pipeline
+    from pipeline.format import TransformSpec
+
+    spec = spec_for(augment.task_row, TransformSpec)
+    me = psutil.Process()
+    for round_ in (1, 2):
+        for kind in ("process", "thread"):
+            n, before = 0, me.cpu_times()
+            with pipeline.open_loader(
+                url, fields=FIELDS, transform=spec, batch_size=64, workers=WORKERS, workers_type=kind,
+                num_epochs=None, shuffle_buffer=256, config=None,
+            ) as loader:  # fmt: skip
+                for batch in loader:
+                    n += len(batch["label"])
+                    if n >= rows:
+                        break
+                workers = [c for c in me.children() if "resource_tracker" not in " ".join(c.cmdline())]
+                children = sum(c.cpu_times().user + c.cpu_times().system for c in workers)
+                after = me.cpu_times()
+            parent = after.user + after.system - before.user - before.system
+            print(
+                f"round {round_} {kind:<7}: parent {parent / n * 1e6:6.1f} us/row, "
+                f"workers {children / n * 1e6:6.1f} us/row, total {(parent + children) / n * 1e6:6.1f} us/row"
+            )
+
+
 def petastorm_side(url: str, repeat: int) -> None:
     """In the petastorm env: make_reader with thread and process pools; one JSON line."""
     import warnings
@@ -238,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--petastorm-side", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     parser.add_argument(
+        "--cpu-per-row",
+        type=int,
+        metavar="ROWS",
+        help="only: CPU per row of parent and workers over ROWS rows",
+    )
+    parser.add_argument(
         "--petastorm-python", default=str(HERE.parent / ".venv-petastorm" / "bin" / "python"),
         help="the petastorm env's Python (default .venv-petastorm/bin/python)",
     )  # fmt: skip
@@ -247,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     url, files = generate(Path(args.data_dir), args.rows)
+    if args.cpu_per_row:
+        cpu_per_row(url, args.cpu_per_row)
+        return 0
     print(f"dataset {url}  {args.rows} images  batch 64  {WORKERS} workers  best of {args.repeat}")
     paths = {
         'this loader, workers_type="thread"': lambda: ours(url, "thread").samples_per_s,
