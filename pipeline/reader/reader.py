@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DatasetError
-from pipeline.reader.config import ReaderConfig
+from pipeline.reader.config import ReaderConfig, ReadOptions
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
@@ -85,7 +85,7 @@ class Reader:
     ) -> None:
         self.source = source
         self.stats = stats
-        self.recipe = recipe or SourceRecipe(source.url, source.options)
+        self.recipe = recipe or SourceRecipe(source.url, getattr(source, "options", None) or ReadOptions())
         """How worker processes open the dataset (``open_loader`` passes its ``cache`` options)."""
         self.start_epoch = 0
         """Epoch the next :meth:`batches` starts in (see :meth:`start_at`)."""

@@ -95,7 +95,7 @@ def resolve_workers_type(
         return "thread", "workers=0 reads inline"
     if memory:
         return "thread", 'cache="memory" serves decoded rows from this process'
-    if has_python_transform(source.options):
+    if has_python_transform(getattr(source, "options", None)):
         if unsendable:
             return "thread", f"a Python TransformSpec func, but {unsendable}"
         return "process", "a Python TransformSpec func holds the GIL"
