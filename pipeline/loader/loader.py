@@ -37,7 +37,8 @@ from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprin
 from pipeline.loader.stats import LoaderStats, time_source_reads
 from pipeline.reader.config import LoaderConfig, ReaderConfig, ReadOptions
 from pipeline.reader.reader import Reader
-from pipeline.reader.workers_process import SourceRecipe, choose_workers_type
+from pipeline.reader.workers import choose_workers_type
+from pipeline.reader.workers_process import SourceRecipe
 from pipeline.storage import read_threads, resolve
 
 __all__ = ["ENGINES", "Loader", "open_loader", "resolve_shard"]
@@ -415,7 +416,8 @@ def open_loader(
         os.fspath(url), options, cache, cache_limit, os.fspath(cache_dir) if cache_dir is not None else None
     )
     kind, _ = choose_workers_type(reader_cfg, source, recipe, reader_cfg.worker_threads)
-    if reader_cfg.workers is None and kind == "thread":  # a remote dataset: threads enough to hide the round trips
+    # a remote dataset read by threads: enough of them to hide the round trips
+    if reader_cfg.workers is None and kind == "thread":
         fs, path = resolve(url, filesystem=filesystem)
         threads = read_threads(fs, path, cpu_threads=reader_cfg.worker_threads)
         reader_cfg = dataclasses.replace(reader_cfg, workers=threads)

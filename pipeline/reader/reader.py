@@ -34,9 +34,9 @@ from pipeline.reader.config import ReaderConfig, ReadOptions
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
-from pipeline.reader.workers import ThreadWorkers
+from pipeline.reader.workers import ThreadWorkers, choose_workers_type
 from pipeline.reader.workers_cores import usable_cores
-from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe, choose_workers_type
+from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe
 
 __all__ = ["Reader", "Selection"]
 

@@ -25,6 +25,7 @@ too. Threads leave the global generators alone: they belong to the training loop
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import sys
 import threading
@@ -43,11 +44,13 @@ __all__ = [
     "START_METHODS",
     "WORKERS_TYPES",
     "ThreadWorkers",
+    "choose_workers_type",
     "has_python_transform",
     "read_item",
     "resolve_workers_type",
     "seed_task",
     "task_rng",
+    "unsendable",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,39 @@ def resolve_workers_type(
             return "thread", f"a Python TransformSpec func, but {unsendable}"
         return "process", "a Python TransformSpec func holds the GIL"
     return "thread", "decoding releases the GIL"
+
+
+def unsendable(recipe: Any, start_method: str) -> str | None:
+    """Why ``recipe`` cannot reach ``start_method`` workers, or ``None`` when it can.
+
+    ``fork`` workers inherit it. ``spawn``/``forkserver`` workers unpickle it, which imports the
+    modules of its functions: a function of an interactive session's ``__main__`` (a notebook,
+    ``python -c``) cannot be found there.
+    """
+    if start_method == "fork":
+        return None
+    try:
+        pickle.dumps(recipe)
+    except Exception as exc:
+        return f"they cannot be pickled ({exc})"
+    main = sys.modules.get("__main__")
+    if main is not None and not getattr(main, "__file__", None):
+        for value in (
+            getattr(recipe.options.transform, "func", None),
+            recipe.options.transform,
+            recipe.options.predicate,
+        ):
+            if getattr(value, "__module__", None) == "__main__":
+                return f"{value!r} is defined in an interactive session, which {start_method} workers cannot import"
+    return None
+
+
+def choose_workers_type(config: Any, source: Any, recipe: Any, workers: int) -> tuple[str, str]:
+    """:func:`~pipeline.reader.workers.resolve_workers_type` for a :class:`ReaderConfig`."""
+    why_not = None
+    if config.workers_type != "thread" and workers:
+        why_not = unsendable(recipe, config.start_method)
+    return resolve_workers_type(config.workers_type, source, workers, why_not)
 
 
 def task_seed(seed: int, item: WorkItem) -> np.random.SeedSequence:

@@ -25,9 +25,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
-import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -43,9 +41,9 @@ from pipeline.reader.decode import FieldSpec, ReadCancelled
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.shm import SharedColumns, attach_columns
 from pipeline.reader.shuffle import RowBuffer
-from pipeline.reader.workers import read_item, resolve_workers_type
+from pipeline.reader.workers import read_item
 
-__all__ = ["ProcessWorkers", "SourceRecipe", "WorkerDied", "choose_workers_type", "unsendable"]
+__all__ = ["ProcessWorkers", "SourceRecipe", "WorkerDied"]
 
 log = logging.getLogger(__name__)
 
@@ -86,39 +84,6 @@ class SourceRecipe:
         return open_source(
             self.url, self.options, cache=self.cache, cache_limit=self.cache_limit, cache_dir=self.cache_dir
         )
-
-
-def unsendable(recipe: SourceRecipe, start_method: str) -> str | None:
-    """Why ``recipe`` cannot reach ``start_method`` workers, or ``None`` when it can.
-
-    ``fork`` workers inherit it. ``spawn``/``forkserver`` workers unpickle it, which imports the
-    modules of its functions: a function of an interactive session's ``__main__`` (a notebook,
-    ``python -c``) cannot be found there.
-    """
-    if start_method == "fork":
-        return None
-    try:
-        pickle.dumps(recipe)
-    except Exception as exc:
-        return f"they cannot be pickled ({exc})"
-    main = sys.modules.get("__main__")
-    if main is not None and not getattr(main, "__file__", None):
-        for value in (
-            getattr(recipe.options.transform, "func", None),
-            recipe.options.transform,
-            recipe.options.predicate,
-        ):
-            if getattr(value, "__module__", None) == "__main__":
-                return f"{value!r} is defined in an interactive session, which {start_method} workers cannot import"
-    return None
-
-
-def choose_workers_type(config: Any, source: Any, recipe: SourceRecipe, workers: int) -> tuple[str, str]:
-    """:func:`~pipeline.reader.workers.resolve_workers_type` for a :class:`ReaderConfig`."""
-    why_not = None
-    if config.workers_type != "thread" and workers:
-        why_not = unsendable(recipe, config.start_method)
-    return resolve_workers_type(config.workers_type, source, workers, why_not)
 
 
 def _inheritable(source: Any) -> bool:
