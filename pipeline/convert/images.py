@@ -104,7 +104,7 @@ def process_images(
     keep = ("jpeg", "png") if options.encoding == "auto" else None
     for path, rel, label in items:
         try:
-            with open_input(path) as fh:  # a local path or an s3:// URL
+            with open_input(path) if "://" in path else open(path, "rb") as fh:  # local, or s3:// URLs
                 data = fh.read()
         except OSError as exc:
             errors.bad(path, f"cannot read file: {exc.strerror or exc}")
