@@ -11,6 +11,7 @@ same time.
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import math
 import os
@@ -255,7 +256,7 @@ def split_by_bytes(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
         cuts.append(stop)
         start = stop
     bounds = [0, *cuts, n]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 def choose_partitions(
