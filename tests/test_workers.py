@@ -275,3 +275,17 @@ def test_worker_processes_inside_torchdistributor_ranks(spark, url, monkeypatch)
     assert result["workers"] == max(1, usable_cores({}).cores // 2)
     first, second = result["shards"]
     assert sorted(first + second) == list(range(ROWS)) and not set(first) & set(second)
+
+
+def test_strings_and_token_lists_cross_from_worker_processes(tmp_path):
+    """Non-fixed fields (strings, variable-length token lists) travel back from the workers."""
+    from tests.datasets import write_parquet_dataset
+
+    plain = write_parquet_dataset(tmp_path / "pq", rows=101, files=4, row_group_rows=7)
+    got = {}
+    for kind in ("thread", "process"):
+        with pipeline.open_loader(
+            plain, config=None, batch_size=8, shuffle_buffer=16, workers=2, workers_type=kind, num_epochs=2
+        ) as loader:
+            got[kind] = [(b["id"].tolist(), b["tokens"].tolist(), b["name"]) for b in loader]
+    assert got["process"] == got["thread"] and len(got["thread"]) == 26
