@@ -176,7 +176,6 @@ class ProcessWorkers:
         seed: The reader's seed.
         start_method: ``"spawn"``, ``"fork"`` or ``"forkserver"``.
         stats: Where to add ``read`` and ``read+decode`` seconds. Defaults to ``None``.
-
     """
 
     kind = "process"
