@@ -246,7 +246,7 @@ def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spar
     assert len(report) == 4 and '"record": 10' in "".join(report)
     meta = read_provenance(result.output)
     assert meta["counts"] == {"rows": 19, "skipped": 4, "input_bytes": 23, "files": 3}
-    assert meta["note"] == "hello" and meta["kind"] == "toy" and "petastorm" in meta["versions"]
+    assert meta["note"] == "hello" and meta["kind"] == "toy" and "pyarrow" in meta["versions"]
     assert set(result.to_dict()) >= {
         "rows",
         "skipped",
