@@ -11,6 +11,7 @@ running; only a session this function created is stopped on exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -30,7 +32,14 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SparkConfig", "check_java", "load_spark_config", "spark_session", "submitted_master"]
+__all__ = [
+    "SparkConfig",
+    "cancel_job_group",
+    "check_java",
+    "load_spark_config",
+    "spark_session",
+    "submitted_master",
+]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +195,8 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         .config("spark.pyspark.python", python)
         .config("spark.pyspark.driver.python", sys.executable)
     )
+    if config.master.startswith("local"):  # workers in our process group: Ctrl-C is the driver's
+        builder = builder.config("spark.python.daemon.module", "pipeline.spark_daemon")
     for key, value in config.extra.items():
         builder = builder.config(key, value)
     log.info("starting Spark (master %s)", config.master)
@@ -197,6 +208,10 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         _keep_sigint_handler(spark, caller_sigint)
     try:
         yield spark
+    except KeyboardInterrupt:  # the jobs are being cancelled: their tasks' errors say nothing new
+        with contextlib.suppress(Exception):
+            spark.sparkContext.setLogLevel("OFF")
+        raise
     finally:
         spark.stop()
         if main_thread and caller_sigint is not None:
@@ -213,3 +228,30 @@ def _keep_sigint_handler(spark: SparkSession, caller: object) -> None:
     """
     if callable(caller) and caller is not signal.default_int_handler:
         signal.signal(signal.SIGINT, caller)  # type: ignore[arg-type]
+
+
+def cancel_job_group(spark: SparkSession, group: str, *, timeout_s: float = 30.0) -> None:
+    """Cancel the jobs of ``group`` and wait until their tasks have stopped (Ctrl-C, SIGTERM).
+
+    Cancelling returns at once and the job counts as failed at once; its tasks stop a moment
+    later, and one still running when its output folder is removed fails with an error of its
+    own. Spark's log is off meanwhile: the killed tasks' errors say nothing the caller does not
+    know. Waits ``timeout_s`` seconds at most.
+    """
+    context = spark.sparkContext
+    try:
+        level = str(context._jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel().toString())
+    except Exception:
+        level = "WARN"
+    context.setLogLevel("OFF")
+    try:
+        context.cancelJobGroup(group)
+        tracker = context.statusTracker()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stages = [tracker.getStageInfo(stage) for stage in tracker.getActiveStageIds()]
+            if not any(info is not None and info.numActiveTasks > 0 for info in stages):
+                return
+            time.sleep(0.05)
+    finally:
+        context.setLogLevel(level)

@@ -228,3 +228,53 @@ def test_jobs_are_thin_entry_points_over_the_cli():
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: pipeline convert images")
+
+
+def _write_images(root, count: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "group", "code"), [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)]
+)
+def test_ctrl_c_and_sigterm_during_a_conversion_exit_with_one_line_and_clean_up(
+    tmp_path, signum, group, code
+):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) and SIGTERM mid-job."""
+    _write_images(tmp_path / "src", 1200)
+    dest = tmp_path / "out" / "ds"
+    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "convert", "images", str(tmp_path / "src"), str(dest),
+           "--size", "32x32", "--encoding", "jpeg", "--partitions", "8", "--master", "local[1]"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list((tmp_path / "out").glob(".ds.staging-*/data/*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the Spark job is running: its first files are in the staging folder
+        os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err[-3000:]
+    assert out == ""
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: stopped and cleaned up"
+        if signum == signal.SIGINT
+        else "stopped by SIGTERM: stopped and cleaned up"
+    )
+    assert "Traceback" not in err and "py4j" not in err and "ERROR" not in err, err[-6000:]
+    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []

@@ -57,7 +57,9 @@ def _describe_items(items: Sequence[Any]) -> str:
 
 
 def has_failures(errors_dir: str) -> bool:
-    """Whether some task already recorded bad input (under ``on_error="fail"``)."""
+    """Whether some task already recorded bad input (under ``on_error="fail"``), or the job is over."""
+    if not os.path.isdir(errors_dir):
+        return True  # the driver removed the staging folder: the job was cancelled (Ctrl-C, SIGTERM)
     return any(name.startswith("failed-") for name in os.listdir(errors_dir))
 
 
@@ -105,7 +107,12 @@ class PartitionTask:
         for batch in batches:
             for pid in batch.column(0).to_pylist():
                 with task_defaults(self.storage):
-                    rows = self.run(int(pid))
+                    try:
+                        rows = self.run(int(pid))
+                    except OSError:
+                        if os.path.isdir(self.errors_dir):
+                            raise
+                        return  # cancelled: the driver removed the staging folder, nothing to report
                 yield self.stats_batch(int(pid), rows)
 
     def stats_batch(self, pid: int, rows: int) -> pa.RecordBatch:
@@ -159,6 +166,8 @@ class PartitionTask:
             write_records(self.errors_dir, f"failed-{pid:05d}", [exc.record])
             rows = 0
         except Exception as exc:  # not a known kind of bad input: fail the job naming the inputs
+            if not os.path.isdir(self.errors_dir):
+                raise  # the job was cancelled and its staging folder removed (see __call__)
             where = _describe_items(self.plan[pid])
             log.error("unexpected error converting %s", where, exc_info=True)
             reason = f"unexpected {type(exc).__name__}: {exc}"[:500]

@@ -45,6 +45,7 @@ from pipeline.convert.tasks import STATS_SCHEMA, PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
 from pipeline.format.metadata import format_metadata, write_common_metadata
+from pipeline.spark import cancel_job_group
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
@@ -251,7 +252,7 @@ def write_petastorm(
         except Exception as exc:
             raise _task_failure(exc, errors_dir) from None
         except BaseException:  # Ctrl-C / SIGTERM: stop our tasks before the staging folder goes
-            spark.sparkContext.cancelJobGroup(group)
+            cancel_job_group(spark, group)  # and wait for its tasks: they write into the staging folder
             raise
         finally:
             spark.sparkContext._jsc.clearJobGroup()  # also clears the description
