@@ -26,21 +26,22 @@ A null the field cannot hold (any numeric, date, timestamp, array or image) is b
 error naming the column under ``on_error="fail"``, a skipped row under ``"skip"``; with
 ``null_floats="nan"`` a null float or double scalar becomes NaN instead.
 
-:func:`plan_columns` reads only the schema; :func:`measure_columns` runs one small Spark job
-(only when the DataFrame has array, vector or image columns) for what the schema cannot tell:
-array lengths and whether every image is a JPEG.
+:func:`plan_columns` reads only the schema. What the schema cannot tell is measured in the
+conversion job itself (array lengths, nulls: :mod:`pipeline.convert.table_jvm`), except whether
+every image is a JPEG, which :func:`images_all_jpeg` finds in one small job before it (only for
+a binary image column under ``image_encoding: auto``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from pipeline.errors import InputError
 
-__all__ = ["ColumnRule", "format_types", "measure_columns", "plan_columns", "unischema_for"]
+__all__ = ["ColumnRule", "format_types", "images_all_jpeg", "plan_columns", "projection", "unischema_for"]
 
 RuleKind = Literal["scalar", "date", "timestamp", "string", "binary", "array", "strings", "image"]
 
@@ -70,7 +71,8 @@ class ColumnRule:
     depth: int = 0
     """Array nesting depth (0 for scalars)."""
     shape: tuple[int | None, ...] = ()
-    """Field shape; ``None`` = varies by row. Arrays get theirs from :func:`measure_columns`."""
+    """Field shape; ``None`` = varies by row. Arrays get theirs from the conversion job
+    (:func:`pipeline.convert.table_jvm.shapes_from_metrics`)."""
     nullable: bool = False
     """Whether the stored field may hold nulls (strings, bytes and string arrays only)."""
     vector: bool = False
@@ -235,59 +237,26 @@ def projection(rules: list[ColumnRule]) -> list[Any]:
     return cols
 
 
-def measure_columns(df: Any, rules: list[ColumnRule]) -> tuple[list[ColumnRule], bool]:
-    """Array shapes and whether every image is a JPEG, from one Spark aggregation.
+def images_all_jpeg(df: Any, rules: list[ColumnRule]) -> bool:
+    """Whether every image of a binary image column is a JPEG (one small Spark aggregation).
 
-    ``df`` is the projected DataFrame. Returns the rules with their array shapes fixed (a
-    dimension is fixed when every non-null row has the same length there) and ``all_jpeg``.
-
-    Raises:
-        InputError: Nested arrays that are not rectangular (inner lengths differ).
+    ``df`` is the projected DataFrame. No job runs when there is no binary image column; an
+    image column from Spark's ``image`` source (raw pixels) is never a JPEG.
     """
     from pyspark.sql import functions as F
 
+    if any(r.image_struct for r in rules):
+        return False
     aggs: list[Any] = []
     for i, rule in enumerate(rules):
-        col = F.col(f"_c{i}")
-        if rule.kind == "array":
-            for level in range(rule.depth):
-                if level == 0:
-                    sizes = F.when(col.isNotNull(), F.size(col))
-                    lo, hi = sizes, sizes
-                else:
-                    arr = col
-                    for _ in range(level - 1):
-                        arr = F.flatten(arr)
-                    inner = F.transform(arr, lambda x: F.size(x))
-                    lo, hi = F.array_min(inner), F.array_max(inner)
-                aggs += [F.min(lo).alias(f"lo_{i}_{level}"), F.max(hi).alias(f"hi_{i}_{level}")]
-        elif rule.kind == "image" and not rule.image_struct:
+        if rule.kind == "image":
+            col = F.col(f"_c{i}")
             jpeg = F.hex(F.substring(col, 1, 3)) == F.lit("FFD8FF")
             aggs.append(F.sum(F.when(col.isNotNull() & ~jpeg, 1).otherwise(0)).alias(f"notjpeg_{i}"))
     if not aggs:
-        return rules, not any(r.image_struct for r in rules)
+        return True
     stats = df.agg(*aggs).collect()[0].asDict()
-    out = []
-    for i, rule in enumerate(rules):
-        if rule.kind == "array":
-            shape: list[int | None] = []
-            for level in range(rule.depth):
-                lo, hi = stats[f"lo_{i}_{level}"], stats[f"hi_{i}_{level}"]
-                fixed = lo is not None and lo == hi and lo >= 0
-                if level > 0 and not fixed and lo is not None:
-                    raise InputError(
-                        f"column {rule.source!r} ({rule.spark_type}) holds nested arrays that are not "
-                        f"rectangular: lengths at depth {level + 1} range from {lo} to {hi}",
-                        hint="pad or cut the inner arrays to one length in a SELECT, or store them as "
-                        "separate columns",
-                    )
-                shape.append(int(lo) if fixed else None)
-            rule = replace(rule, shape=tuple(shape))
-        out.append(rule)
-    all_jpeg = all(stats.get(f"notjpeg_{i}", 0) == 0 for i in range(len(rules))) and not any(
-        r.image_struct for r in rules
-    )
-    return out, all_jpeg
+    return all(not v for v in stats.values())
 
 
 def unischema_for(

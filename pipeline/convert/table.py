@@ -5,9 +5,12 @@
 field, nulls, arrays, vectors, images) is in :mod:`pipeline.convert.spark_types` and
 ``docs/tables.md``.
 
-Each task of the DataFrame's own partitions converts its rows with Arrow and writes one Parquet
-file (``mapInArrow``), so the output has one file per non-empty partition, in partition order.
-A column with no rule is refused before any Spark job runs.
+Without an image column Spark converts the columns with SQL expressions and writes the Parquet
+files itself (:mod:`pipeline.convert.table_jvm`); with one, each task of the DataFrame's own
+partitions converts its rows with Arrow in Python and writes one Parquet file (``mapInArrow``,
+:mod:`pipeline.convert.table_batches`). Either way the output has one file per non-empty
+partition, in partition order, and array lengths are measured in the same job. A column with no
+rule is refused before any Spark job runs.
 
 Library use::
 
@@ -200,10 +203,12 @@ def convert_dataframe_result(
         InputError: A column has no rule (before any Spark job), or bad rows under ``on_error="fail"``.
         DatasetError: DEST exists and ``overwrite`` is off.
     """
-    from pipeline.convert.spark_types import measure_columns, plan_columns, projection, unischema_for
+    from pipeline.convert.spark_types import images_all_jpeg, plan_columns, projection, unischema_for
     from pipeline.convert.staging import check_destination
     from pipeline.convert.table_batches import DataFrameTask, ImageRule, convert_batches
     from pipeline.convert.table_fingerprint import plan_fingerprint
+    from pipeline.convert.table_jvm import TableJob, jvm_compression
+    from pipeline.convert.tasks import STATS_SCHEMA
     from pipeline.convert.writer import write_petastorm
 
     started = time.perf_counter() if started is None else started
@@ -221,12 +226,16 @@ def convert_dataframe_result(
             projected = projected.coalesce(settings.partitions)
         elif settings.partitions > current:
             projected = projected.repartition(settings.partitions)
-    rules, all_jpeg = measure_columns(projected, rules)
     encoding = options.image_encoding
     if encoding == "auto":
-        encoding = "jpeg" if all_jpeg else "png"
-    schema = unischema_for(
-        rules, image_size=options.image_size, image_encoding=encoding, jpeg_quality=options.jpeg_quality
+        encoding = "jpeg" if images_all_jpeg(projected, rules) else "png"
+    auto_compression = "none" if options.image_column else "snappy"
+    codec = auto_compression if settings.compression == "auto" else settings.compression
+    schema_of = functools.partial(
+        unischema_for,
+        image_size=options.image_size,
+        image_encoding=encoding,
+        jpeg_quality=options.jpeg_quality,
     )
     image = ImageRule(options.image_size, options.image_fit, encoding, options.jpeg_quality)
     process = functools.partial(
@@ -238,31 +247,55 @@ def convert_dataframe_result(
     )
     partitions = max(1, projected.rdd.getNumPartitions())
     plan = [[f"{source} (partition {i})"] for i in range(partitions)]
-    policy = {
-        r.name: {
-            "from": r.source,
-            "spark_type": r.spark_type,
-            "kind": r.kind,
-            **({"unit": r.unit} if r.unit else {}),
+    jobs: list[TableJob] = []
+
+    def frame_for(task: Any) -> TableJob:
+        job = TableJob(
+            projected,
+            rules,
+            data_dir=task.data_dir,
+            python_frame=lambda frame: frame.mapInArrow(DataFrameTask(task), STATS_SCHEMA),
+            jvm_codec=None if options.image_column else jvm_compression(codec),
+            row_group_bytes=task.row_group_bytes,
+            null_floats=options.null_floats,
+        )
+        jobs.append(job)
+        return job
+
+    def facts() -> dict[str, Any]:
+        policy = {
+            r.name: {
+                "from": r.source,
+                "spark_type": r.spark_type,
+                "kind": r.kind,
+                **({"unit": r.unit} if r.unit else {}),
+            }
+            for r in jobs[-1].rules
         }
-        for r in rules
-    }
+        return {
+            "source_kind": source_kind,
+            "plan_fingerprint": fingerprint,
+            "columns": policy,
+            "written_by": jobs[-1].path,
+        }
+
     log.info("converting %s (%d columns, %d partitions) -> %s", source, len(rules), partitions, dest)
     return write_petastorm(
         df.sparkSession,
         kind="table",
         source=source,
         dest=dest,
-        schema=schema,
+        schema=schema_of(rules),
         plan=plan,
         process=process,  # type: ignore[arg-type]
         settings=settings,
         input_bytes=0,
         options=dataclasses.replace(options, image_encoding=encoding),
-        extra={"source_kind": source_kind, "plan_fingerprint": fingerprint, "columns": policy},
-        auto_compression="none" if options.image_column else "snappy",
+        extra=facts,
+        auto_compression=auto_compression,
         started=started,
-        frame_for=lambda task: projected.mapInArrow(DataFrameTask(task), "partition long, rows long"),
+        frame_for=frame_for,
+        final_schema=lambda: schema_of(jobs[-1].rules),
     )
 
 

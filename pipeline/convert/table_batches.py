@@ -57,7 +57,7 @@ class DataFrameTask(PartitionTask):
         pid = context.partitionId() if context is not None else 0
         self._input = batches
         rows = self.run(pid)
-        yield pa.RecordBatch.from_pydict({"partition": [pid], "rows": [rows]})
+        yield self.stats_batch(pid, rows)
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
         for batch in self.process(self._input, errors, pid, self.schema):  # type: ignore[call-arg]

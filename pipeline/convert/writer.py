@@ -157,6 +157,7 @@ def write_petastorm(
     auto_compression: str = "snappy",
     started: float | None = None,
     frame_for: Callable[[PartitionTask], Any] | None = None,
+    final_schema: Callable[[], Any] | None = None,
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
@@ -193,6 +194,9 @@ def write_petastorm(
             (:meth:`PartitionTask.stats_batch`); with only ``partition`` and ``rows`` the
             files' footers are read. Defaults to ``None``: one task per partition of ``plan``
             over ``spark.range``.
+        final_schema: Called once the job has finished, returns the ``Unischema`` to record when
+            the tasks measured part of it (``convert table``'s array shapes); its Arrow schema must
+            be ``schema``'s. Defaults to ``None`` (``schema``).
 
     Returns:
         The :class:`ConversionResult` (also logged).
@@ -284,7 +288,10 @@ def write_petastorm(
         write_common_metadata(  # one write: the format's keys and the provenance
             stage.data_dir,
             arrow_schema,
-            {**format_metadata(schema, row_groups_per_file), **provenance_metadata(record)},
+            {
+                **format_metadata(final_schema() if final_schema else schema, row_groups_per_file),
+                **provenance_metadata(record),
+            },
         )
         log.debug("metadata done after %.2f s", time.perf_counter() - started)
         output_bytes = sum(f.size for f in files) + sum(
