@@ -228,11 +228,6 @@ def test_open_loader_reads_what_materialize_dataset_writes(materialized):
             assert np.array_equal(got, theirs), ("differs from petastorm's decode", name, i)  # JPEG too
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reader refuses a null before the predicate runs (pipeline/reader/decode.py _arrow_values), "
-    "although its hint suggests a predicate; open_loader has no way to read a nullable field with nulls",
-)
 def test_open_loader_reads_nullable_fields_of_non_null_rows(materialized):
     """Rows whose nullable fields hold values, selected with a predicate, read like petastorm's."""
     from pipeline.predicates import in_lambda

@@ -157,15 +157,30 @@ class DatasetSource:
                 hint=f"available fields: {', '.join(stored.fields)}",
             )
         table = self._read_table(rg, names)
-        cols = {
-            n: decode_column(spec_from_unischema(stored.fields[n]), stored.fields[n], table.column(n))
-            for n in names
-        }
+        cols = {n: _predicate_values(stored.fields[n], table.column(n)) for n in names}
         return np.fromiter(
             (bool(predicate.do_include({n: cols[n][i] for n in names})) for i in range(rg.rows)),
             dtype=bool,
             count=rg.rows,
         )
+
+
+def _predicate_values(field: Any, column: pa.ChunkedArray) -> np.ndarray:
+    """A predicate's view of one column: decoded values, ``None`` where the stored value is null.
+
+    Predicates see nullable fields as petastorm's do (``None`` for a null), so that they can drop
+    the rows whose nulls the loader could not turn into tensors.
+    """
+    spec = spec_from_unischema(field)
+    array = column.combine_chunks()
+    if not array.null_count:
+        return decode_column(spec, field, array)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    decoded = decode_column(spec, field, array.filter(pa.array(valid)))
+    values = np.full(len(array), None, dtype=object)
+    for j, i in enumerate(np.flatnonzero(valid)):
+        values[i] = decoded[j]
+    return values
 
 
 def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
