@@ -195,6 +195,9 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         .config("spark.pyspark.python", python)
         .config("spark.pyspark.driver.python", sys.executable)
     )
+    log4j = _log4j_options(config)
+    if log4j:
+        builder = builder.config("spark.driver.extraJavaOptions", log4j)
     if config.master.startswith("local"):  # workers in our process group: Ctrl-C is the driver's
         builder = builder.config("spark.python.daemon.module", "pipeline.spark_daemon")
     for key, value in config.extra.items():
@@ -216,6 +219,21 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         spark.stop()
         if main_thread and caller_sigint is not None:
             signal.signal(signal.SIGINT, caller_sigint)
+
+
+def _log4j_options(config: SparkConfig) -> str | None:
+    """``-Dlog4j2.configurationFile=`` for ``conf/log4j2.properties`` unless the settings give JVM options."""
+    from pipeline.config import conf_dir
+
+    if "spark.driver.extraJavaOptions" in config.extra:
+        return None
+    base = conf_dir()
+    path = base / "log4j2.properties" if base is not None else None
+    return (
+        f"-Dlog4j2.configurationFile={path.resolve().as_uri()}"
+        if path is not None and path.is_file()
+        else None
+    )
 
 
 def _keep_sigint_handler(spark: SparkSession, caller: object) -> None:

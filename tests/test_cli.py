@@ -278,3 +278,24 @@ def test_ctrl_c_and_sigterm_during_a_conversion_exit_with_one_line_and_clean_up(
     )
     assert "Traceback" not in err and "py4j" not in err and "ERROR" not in err, err[-6000:]
     assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_readme_spark_submit_command_works_without_an_activated_venv(tmp_path):
+    """README: ``PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit ... jobs/convert_images.py ...``."""
+    section, _ = _readme_rows()
+    command = " ".join(section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").split())
+    assert command.startswith("PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master ")
+    assert " jobs/convert_images.py " in command
+    _write_images(tmp_path / "src", 6)
+    bin_dir = os.path.dirname(sys.executable)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "SPARK_HOME", "PYSPARK_DRIVER_PYTHON")
+    }
+    env.update(PATH="/usr/bin:/bin", PYSPARK_PYTHON=os.path.join(bin_dir, "python"))
+    cmd = [os.path.join(bin_dir, "spark-submit"), "--master", "local[1]", "jobs/convert_images.py",
+           str(tmp_path / "src"), str(tmp_path / "out"), "--size", "8x8", "-q", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["rows"] == 6

@@ -18,7 +18,7 @@ LAYERS = (
     ("config",),
     ("storage", "format", "predicates"),
     ("dataset",),
-    ("inspect", "spark"),
+    ("inspect", "spark", "spark_daemon"),
     ("reader",),
     ("access",),
     ("loader",),

@@ -185,7 +185,10 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
         The exit status (see the module docstring).
     """
     signals = _Signals()
-    with signals.installed():
+    as_json = bool(getattr(args, "json", False))
+    # With --json, stdout holds the result only: anything printed meanwhile (TorchDistributor
+    # echoes the ranks' output) goes to stderr.
+    with signals.installed(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         try:
             result = handler(args)
         except Interrupted as exc:
@@ -211,6 +214,6 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-    if getattr(args, "json", False) and result is not None:
+    if as_json and result is not None:
         print(json.dumps(result, default=str, sort_keys=True))
     return EXIT_OK
