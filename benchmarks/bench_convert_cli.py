@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the petastorm env's Python (default .venv-petastorm/bin/python)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
+    parser.add_argument(
+        "--jvm-c1",
+        action="store_true",
+        help="also run ours with `--config` setting spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
+    )
     parser.add_argument("--textbook", nargs=2, metavar=("SRC", "DEST"), help=argparse.SUPPRESS)
     parser.add_argument("--textbook-size", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -139,13 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     tb_env = {**env, "PYSPARK_PYTHON": args.petastorm_python, "PYSPARK_DRIVER_PYTHON": args.petastorm_python}
     cases = []
+    c1 = []
+    if args.jvm_c1:  # the JVM's C1 compiler only: less JIT work while Spark starts
+        config = out / "jvm-c1.yaml"
+        config.write_text('spark:\n  extra:\n    spark.driver.extraJavaOptions: "-XX:TieredStopAtLevel=1"\n')
+        c1 = ["--config", str(config)]
     if args.images:
         src = make_small(work / f"small-{args.images}", args.images)
-        cases.append(("small", src, args.images, [("pipeline convert images", [])], None))
+        ours = [("pipeline convert images", [])]
+        if c1:
+            ours.append(("pipeline convert images + JVM C1 (--config)", c1))
+        cases.append(("small", src, args.images, ours, None))
     if args.photos:
         src = make_photos(work / f"photos-{args.photos}", args.photos)
         ours = [(f"pipeline convert images --size {args.size}", ["--size", args.size]),
                 (f"pipeline convert images --size {args.size} --jpeg-draft", ["--size", args.size, "--jpeg-draft"])]  # fmt: skip
+        if c1:
+            ours.append((f"... --size {args.size} --jpeg-draft + JVM C1 (--config)", ["--size", args.size, "--jpeg-draft", *c1]))  # fmt: skip
         cases.append(("photos", src, args.photos, ours, args.size))
 
     times: dict[tuple[str, str], list[float]] = {}

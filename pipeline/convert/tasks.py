@@ -1,11 +1,12 @@
 """What runs inside each Spark task of a conversion: process one partition, write its Parquet file.
 
-:class:`PartitionTask` is the ``mapInArrow`` function. For every partition id it receives, it
-runs the kind's partition function, writes the batches with pyarrow into
-``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one small
-row ``(partition, rows, row_groups, file_bytes)`` to the driver, which writes the dataset's
-metadata from these rows without opening the files again. Writing in the task keeps the image bytes out of the JVM
-(no Arrow -> row -> parquet-mr round trip); a retried or speculative attempt writes a temporary
+:class:`PartitionTask` is the function of the conversion's Spark job (``mapPartitions`` over an
+RDD of partition ids, :meth:`PartitionTask.run_ids`, or ``mapInArrow``). For every partition id
+it receives, it runs the kind's partition function, writes the batches with pyarrow into
+``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one
+small row ``(partition, rows, row_groups, file_bytes)`` to the driver, which writes the
+dataset's metadata from these rows without opening the files again. Writing in the task keeps
+the image bytes out of the JVM (no Arrow -> row -> parquet-mr round trip); a retried or speculative attempt writes a temporary
 file and renames it, so the last attempt wins and no half-written file is ever visible.
 
 Bad input never raises into Spark (that would log a JVM stack trace and retry the task): the
@@ -64,7 +65,7 @@ def has_failures(errors_dir: str) -> bool:
 
 
 class PartitionTask:
-    """The ``mapInArrow`` function of a conversion (picklable; one instance per job).
+    """The task function of a conversion (picklable; one instance per job).
 
     Args:
         plan: Partitions of work items; the task for id ``i`` processes ``plan[i]``.
@@ -114,6 +115,13 @@ class PartitionTask:
                             raise
                         return  # cancelled: the driver removed the staging folder, nothing to report
                 yield self.stats_batch(int(pid), rows)
+
+    def run_ids(self, pids: Iterable[int]) -> Iterator[dict[str, int]]:
+        """RDD form of :meth:`__call__` (``mapPartitions`` over partition ids): one dict per id."""
+        for pid in pids:
+            with task_defaults(self.storage):
+                rows = self.run(int(pid))
+            yield self.stats_batch(int(pid), rows).to_pylist()[0]
 
     def stats_batch(self, pid: int, rows: int) -> pa.RecordBatch:
         """The row (:data:`STATS_SCHEMA`) returned to the driver after :meth:`run` of ``pid``."""

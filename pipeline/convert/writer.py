@@ -17,7 +17,7 @@ gives a *partition function* that turns one partition into column batches::
                              plan=plan_partitions(spark, files, [f.size for f in files], settings),
                              process=process, settings=settings, input_bytes=total)
 
-``spark.range(n, numPartitions=n).mapInArrow(...)`` runs exactly one task per partition; each
+``sc.parallelize(range(n), n).mapPartitions(...)`` runs exactly one task per partition; each
 task writes its own Parquet file with pyarrow (:mod:`pipeline.convert.tasks`), so the output has
 one file per non-empty partition (``part-00000.parquet``, ...), in plan order. Values must already be
 in their stored form: bytes for image and ndarray codecs (``field.codec.encode(field, value)``),
@@ -41,7 +41,7 @@ from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedReco
 from pipeline.convert.listing import choose_partitions, split_by_bytes
 from pipeline.convert.provenance import build_provenance, provenance_metadata
 from pipeline.convert.staging import StagedOutput
-from pipeline.convert.tasks import STATS_SCHEMA, PartitionFn, PartitionTask
+from pipeline.convert.tasks import PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
 from pipeline.format.metadata import format_metadata, write_common_metadata
@@ -85,7 +85,7 @@ class _Written:
 
 
 def _written_files(data_dir: Path, returned: Sequence[Mapping[str, Any]]) -> list[_Written]:
-    """The data files, in name order, from the rows the tasks returned (:data:`STATS_SCHEMA`).
+    """The data files, in name order, from the rows the tasks returned (``tasks.STATS_SCHEMA``).
 
     No file is opened: rows and row groups come from the tasks. A task function that returns
     only ``(partition, rows)`` (an older ``frame_for``) gets its file's footer read instead.
@@ -97,7 +97,8 @@ def _written_files(data_dir: Path, returned: Sequence[Mapping[str, Any]]) -> lis
         name = f"part-{int(row['partition']):05d}.parquet"
         if row.get("row_groups") is None:  # no facts from the task: read the footer
             footer = pq.read_metadata(data_dir / name)
-            files.append(_Written(name, footer.num_rows, footer.num_row_groups, (data_dir / name).stat().st_size))
+            size = (data_dir / name).stat().st_size
+            files.append(_Written(name, footer.num_rows, footer.num_row_groups, size))
         else:
             files.append(_Written(name, int(row["rows"]), int(row["row_groups"]), int(row["file_bytes"])))
     return sorted(files, key=lambda f: f.name)
@@ -193,7 +194,7 @@ def write_petastorm(
             its rows should follow :data:`~pipeline.convert.tasks.STATS_SCHEMA`
             (:meth:`PartitionTask.stats_batch`); with only ``partition`` and ``rows`` the
             files' footers are read. Defaults to ``None``: one task per partition of ``plan``
-            over ``spark.range``.
+            of an RDD of partition ids.
         final_schema: Called once the job has finished, returns the ``Unischema`` to record when
             the tasks measured part of it (``convert table``'s array shapes); its Arrow schema must
             be ``schema``'s. Defaults to ``None`` (``schema``).
@@ -230,12 +231,12 @@ def write_petastorm(
         )
         if frame_for is not None:
             frame = frame_for(task)
-        else:
-            frame = spark.range(0, len(plan), 1, len(plan)).mapInArrow(task, STATS_SCHEMA)
+        else:  # an RDD of partition ids: no SQL planning, the first job of a session starts sooner
+            frame = spark.sparkContext.parallelize(range(len(plan)), len(plan)).mapPartitions(task.run_ids)
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
-            returned = [row.asDict() for row in frame.collect()]
+            returned = [row if isinstance(row, dict) else row.asDict() for row in frame.collect()]
             written = sum(row["rows"] for row in returned)
             log.debug("Spark write done after %.2f s", time.perf_counter() - started)
             if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
