@@ -247,7 +247,7 @@ def _rank_main_config(values: dict) -> dict:
         torch.manual_seed(config.seed)
         model = SmallCNN(4, width=8, dropout=0.2)
         task = Task("resume test", ["image", "label"], _slow_step, None)
-        return fit(ctx, config, values, model, task, must_match=("train_url", "seed"))
+        return fit(ctx, config, model, task, must_match=("train_url", "seed"))
 
 
 if __name__ == "__main__":

@@ -154,9 +154,9 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
     Call through :func:`run_image_training` (or :func:`~pipeline.train.distributed.run_distributed`);
     called directly it trains in one process.
     """
-    settings = dataclasses.asdict(config)
     with setup() as ctx:
-        settings["num_classes"] = num_classes = _class_count(config)
+        num_classes = _class_count(config)
+        config = dataclasses.replace(config, num_classes=num_classes)  # recorded in checkpoints as resolved
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = SmallCNN(num_classes, width=config.width, dropout=config.dropout).to(ctx.device)
         evaluate = None
@@ -169,7 +169,7 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
         task = Task("image classifier", ["image", "label"], _image_step, evaluate)
         if ctx.is_main:  # say up front whether each epoch uses every sample
             log_epoch_coverage(config.train_url, ctx.world_size, config.batch_size, drop_last=task.drop_last)
-        return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
+        return fit(ctx, config, model, task, must_match=_MUST_MATCH)
 
 
 def run_image_training(config: ImageTrainConfig, *, spark: Any = None) -> dict[str, Any]:

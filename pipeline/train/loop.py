@@ -7,7 +7,7 @@ rest the same way for every job::
     with setup() as ctx:
         torch.manual_seed(config.seed)              # the same initial weights on every rank
         model = SmallCNN(...).to(ctx.device)
-        return fit(ctx, config, settings, model, task, must_match=(...))
+        return fit(ctx, config, model, task, must_match=(...))
 
 One loader serves the whole run (``num_epochs=epochs``: the reader's own per-epoch order, and
 its read-ahead into the next epoch while rank 0 evaluates). A checkpoint is saved after every
@@ -21,6 +21,7 @@ with the same weights and metrics as one that was never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +75,6 @@ class Task:
 def fit(
     ctx: DistContext,
     config: Any,
-    settings: Mapping[str, Any],
     model: nn.Module,
     task: Task,
     *,
@@ -87,8 +87,8 @@ def fit(
         config: The job's settings: ``run_dir``, ``train_url``, ``epochs``, ``batch_size``, ``lr``,
             ``weight_decay``, ``seed``, ``workers`` (and ``eval_url`` for ``task.evaluate``;
             optional ``checkpoint_every``: steps between checkpoints, ``None``/``0`` = per epoch
-            only; optional ``tensorboard_dir``).
-        settings: Settings recorded in checkpoints and ``metrics.json``.
+            only; optional ``tensorboard_dir``). All of its fields are recorded in checkpoints and
+            ``metrics.json`` (a dataclass, or any object with attributes).
         model: The model, on ``ctx.device``, initialised the same on every rank.
         task: The job's step and evaluation.
         must_match: Settings a checkpoint must share to be resumed from.
@@ -101,6 +101,7 @@ def fit(
 
     from pipeline import open_loader
 
+    settings = config_dict(config)
     run = prepare_run_dir(config.run_dir, resume=True)  # the driver already applied resume=False
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     epochs = config.epochs
@@ -344,3 +345,8 @@ def _epoch_row(
         "data_bound_by": current["bound_by"],
         "data": {**current, "rss_bytes": stats["rss_bytes"], "queues": stats["queues"]},
     }
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """The job's settings as recorded in checkpoints and ``metrics.json``."""
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))

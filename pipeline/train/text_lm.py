@@ -159,9 +159,9 @@ def _text_step(
 
 def train_text(config: TextTrainConfig) -> dict[str, Any]:
     """Train on this rank; the driver gets rank 0's summary (history, paths)."""
-    settings = dataclasses.asdict(config)
     with setup() as ctx:
-        settings["vocab_size"] = vocab_size = _vocab_size(config)
+        vocab_size = _vocab_size(config)
+        config = dataclasses.replace(config, vocab_size=vocab_size)  # recorded in checkpoints as resolved
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = TinyCausalLM(
             vocab_size,
@@ -189,7 +189,7 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
         )
         if ctx.is_main:  # say up front whether each epoch uses every sample
             log_epoch_coverage(config.train_url, ctx.world_size, config.batch_size, drop_last=task.drop_last)
-        return fit(ctx, config, settings, model, task, must_match=_MUST_MATCH)
+        return fit(ctx, config, model, task, must_match=_MUST_MATCH)
 
 
 def run_text_training(config: TextTrainConfig, *, spark: Any = None) -> dict[str, Any]:
