@@ -299,3 +299,10 @@ def test_readme_spark_submit_command_works_without_an_activated_venv(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["rows"] == 6
+
+
+def test_fit_choices_are_the_converters():
+    from pipeline.convert.imaging import FITS
+
+    for name, flag in (("convert images", "--fit"), ("convert table", "--image-fit")):
+        assert tuple(LEAVES[name]._option_string_actions[flag].choices) == tuple(FITS)

@@ -117,7 +117,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log to stderr at INFO (``-q``: WARNING, ``-v``: DEBUG); third-party warnings only with ``-v``."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from pipeline.cli.app import add_json_flag
 from pipeline.units import human_bytes
 
 __all__ = ["register"]
@@ -26,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--cache-dir", default=None, metavar="DIR", help="cache folder (default conf/cache.yaml)"
         )
-        sub.add_argument(
-            "--json", action="store_true", help="print the result as one JSON object (last line)"
-        )
+        add_json_flag(sub)
         sub.set_defaults(handler=_run)
 
 

@@ -19,7 +19,6 @@ Library use::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import logging
@@ -28,16 +27,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.config import load_config
-from pipeline.convert.common import ConversionResult, ConvertConfig, load_options, parse_size
+from pipeline.convert.common import ConversionResult, ConvertConfig
 from pipeline.convert.imaging import FITS
 from pipeline.errors import ConfigError, InputError
 
 __all__ = [
     "TableOptions",
-    "add_arguments",
     "convert_dataframe",
     "convert_table",
-    "options_from_args",
     "split_options",
 ]
 
@@ -78,44 +75,6 @@ class TableOptions:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.image_fit not in FITS:
             raise ConfigError(f"image_fit must be one of {', '.join(FITS)}, got {self.image_fit!r}")
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """The flags of ``pipeline convert table``."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--sql", action="store_true", help="SRC is a SQL query")
-    source.add_argument("--parquet", action="store_true", help="SRC is a Parquet file or folder")
-    parser.add_argument("--float32", action="store_true", default=None, help="store doubles as float32")
-    parser.add_argument(
-        "--image-column", default=None, metavar="COL", help="binary column of JPEG/PNG images"
-    )
-    parser.add_argument("--image-size", type=parse_size, default=None, metavar="HxW", help="fixed image size")
-    parser.add_argument("--image-fit", choices=FITS, default=None, help="how to fit --image-size")
-    parser.add_argument(
-        "--decimal", choices=("float64", "error"), default=None, help="decimals: store as double or refuse"
-    )
-    parser.add_argument(
-        "--null-floats", choices=("error", "nan"), default=None, help="null float scalars: bad input or NaN"
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> TableOptions:
-    """``conf/convert_table.yaml`` < ``table:`` section of ``--config`` < flags."""
-    return load_options(
-        TableOptions,
-        "convert_table.yaml",
-        config_path=args.config,
-        section="table",
-        overrides={
-            "float32": args.float32,
-            "image_column": args.image_column,
-            "image_size": args.image_size,
-            "image_fit": args.image_fit,
-            "decimal": args.decimal,
-            "null_floats": args.null_floats,
-            "read_as": "sql" if args.sql else "parquet" if args.parquet else None,
-        },
-    )
 
 
 def split_options(options: dict[str, Any]) -> tuple[TableOptions, ConvertConfig]:
