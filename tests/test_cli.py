@@ -306,3 +306,16 @@ def test_fit_choices_are_the_converters():
 
     for name, flag in (("convert images", "--fit"), ("convert table", "--image-fit")):
         assert tuple(LEAVES[name]._option_string_actions[flag].choices) == tuple(FITS)
+
+
+@pytest.mark.parametrize(("verbose", "shown"), [(0, ["ours"]), (1, ["theirs", "ours"])])
+def test_third_party_warnings_reach_the_terminal_only_with_v(verbose, shown):
+    import warnings
+
+    from pipeline.cli.app import configure_logging
+
+    with warnings.catch_warnings(record=True) as caught:
+        configure_logging(verbose)
+        warnings.warn_explicit("theirs", FutureWarning, "x.py", 1, module="pyarrow.pandas_compat")
+        warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="pipeline.loader.loader")
+    assert [str(w.message) for w in caught] == shown

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.cli.app import add_verbosity_flags, configure_logging, run
 from pipeline.cli.flags import HelpFormatter
+from pipeline.quiet import quiet_third_party_warnings
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -66,6 +67,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (also the console script's entry point)."""
+    quiet_third_party_warnings()  # the named ones, from the start; -v/-q decide about the rest
     args = _parse(build_parser(), argv)
     configure_logging(args.verbose, args.quiet)
     return run(args.handler, args)

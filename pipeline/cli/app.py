@@ -36,7 +36,7 @@ from types import FrameType
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.quiet import quiet_third_party_warnings
+from pipeline.quiet import quiet_all_third_party_warnings
 
 __all__ = [
     "EXIT_FAILED",
@@ -128,9 +128,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
         warnings.resetwarnings()
         warnings.simplefilter("default")
     else:
-        quiet_third_party_warnings()
-        for module in ("pyspark", "pyarrow", "petastorm", "pandas", "torch", "h5py", "PIL", "botocore"):
-            warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+        quiet_all_third_party_warnings()
 
 
 def _not_from_py4j(record: logging.LogRecord) -> bool:
