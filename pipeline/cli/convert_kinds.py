@@ -30,20 +30,20 @@ class Kind:
         return getattr(importlib.import_module(module), name)
 
 
+FITS = ("center-crop", "resize", "pad")
+"""``--fit`` / ``--image-fit`` (``pipeline.convert.imaging.FITS``; not imported here: it loads Pillow)."""
+
+
+def _choice(
+    p: argparse._ActionsContainer, d: ConfDefaults, flag: str, choices: tuple[str, ...], text: str, field: str
+) -> None:
+    p.add_argument(flag, choices=choices, default=None, help=d.help(text, field))
+
+
 def _images_flags(p: argparse._ActionsContainer, d: ConfDefaults) -> None:
     p.add_argument("--size", type=size, default=None, metavar="HxW", help=d.help("fixed output size", "size"))
-    p.add_argument(
-        "--fit",
-        choices=("center-crop", "resize", "pad"),
-        default=None,
-        help=d.help("how to fit --size", "fit"),
-    )
-    p.add_argument(
-        "--encoding",
-        choices=("auto", "png", "jpeg"),
-        default=None,
-        help=d.help("stored encoding", "encoding"),
-    )
+    _choice(p, d, "--fit", FITS, "how to fit --size", "fit")
+    _choice(p, d, "--encoding", ("auto", "png", "jpeg"), "stored encoding", "encoding")
     p.add_argument("--quality", type=int, default=None, help=d.help("JPEG quality 1-100", "jpeg_quality"))
     p.add_argument(
         "--jpeg-draft",
@@ -77,19 +77,9 @@ def _text_flags(p: argparse._ActionsContainer, d: ConfDefaults) -> None:
     p.add_argument(
         "--eod-token", default=None, help=d.help("end-of-document token of a tokenizer file", "eod_token")
     )
-    p.add_argument(
-        "--split",
-        choices=("file", "lines"),
-        default=None,
-        help=d.help(".txt: one document per file or per line", "split"),
-    )
+    _choice(p, d, "--split", ("file", "lines"), ".txt: one document per file or per line", "split")
     p.add_argument("--text-field", default=None, help=d.help("text key of .jsonl records", "text_field"))
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default=None,
-        help=d.help("invalid UTF-8: bad input or U+FFFD", "errors"),
-    )
+    _choice(p, d, "--errors", ("strict", "replace"), "invalid UTF-8: bad input or U+FFFD", "errors")
 
 
 def _hdf5_flags(p: argparse._ActionsContainer, d: ConfDefaults) -> None:
@@ -123,24 +113,9 @@ def _table_flags(p: argparse._ActionsContainer, d: ConfDefaults) -> None:
     p.add_argument(
         "--image-size", type=size, default=None, metavar="HxW", help=d.help("fixed image size", "image_size")
     )
-    p.add_argument(
-        "--image-fit",
-        choices=("center-crop", "resize", "pad"),
-        default=None,
-        help=d.help("how to fit --image-size", "image_fit"),
-    )
-    p.add_argument(
-        "--decimal",
-        choices=("float64", "error"),
-        default=None,
-        help=d.help("decimals: store as double or refuse", "decimal"),
-    )
-    p.add_argument(
-        "--null-floats",
-        choices=("error", "nan"),
-        default=None,
-        help=d.help("null float scalars: bad input or NaN", "null_floats"),
-    )
+    _choice(p, d, "--image-fit", FITS, "how to fit --image-size", "image_fit")
+    _choice(p, d, "--decimal", ("float64", "error"), "decimals: store as double or refuse", "decimal")
+    _choice(p, d, "--null-floats", ("error", "nan"), "null float scalars: bad input or NaN", "null_floats")
 
 
 KINDS: dict[str, Kind] = {
