@@ -68,7 +68,8 @@ class PartitionTask:
     """The task function of a conversion (picklable; one instance per job).
 
     Args:
-        plan: Partitions of work items; the task for id ``i`` processes ``plan[i]``.
+        plan: Partitions of work items; the task for id ``i`` processes ``plan[i]`` (a list,
+            or a mapping of the ids this task runs, see :meth:`run_parts`).
         process: The kind's partition function.
         schema: Arrow schema of the rows (``to_arrow_schema(unischema.as_spark_schema())``).
         on_error: ``"fail"`` or ``"skip"``.
@@ -84,7 +85,7 @@ class PartitionTask:
 
     def __init__(
         self,
-        plan: list[list[Any]],
+        plan: Sequence[Sequence[Any]] | Mapping[int, Sequence[Any]],
         process: PartitionFn,
         schema: pa.Schema,
         *,
@@ -107,20 +108,33 @@ class PartitionTask:
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for pid in batch.column(0).to_pylist():
-                with task_defaults(self.storage):
-                    try:
-                        rows = self.run(int(pid))
-                    except OSError:
-                        if os.path.isdir(self.errors_dir):
-                            raise
-                        return  # cancelled: the driver removed the staging folder, nothing to report
+                rows = self._run_in_task(int(pid))
+                if rows is None:
+                    return
                 yield self.stats_batch(int(pid), rows)
 
-    def run_ids(self, pids: Iterable[int]) -> Iterator[dict[str, int]]:
-        """RDD form of :meth:`__call__` (``mapPartitions`` over partition ids): one dict per id."""
-        for pid in pids:
-            with task_defaults(self.storage):
-                rows = self.run(int(pid))
+    def _run_in_task(self, pid: int) -> int | None:
+        """:meth:`run` with the driver's storage settings; ``None`` when the job was cancelled."""
+        with task_defaults(self.storage):
+            try:
+                return self.run(pid)
+            except OSError:
+                if os.path.isdir(self.errors_dir):
+                    raise
+                return None  # cancelled: the driver removed the staging folder, nothing to report
+
+    def run_parts(self, parts: Iterable[tuple[int, Sequence[Any]]]) -> Iterator[dict[str, int]]:
+        """RDD form of :meth:`__call__`: ``mapPartitions`` over ``(partition id, items)`` pairs.
+
+        Each Spark task receives only its own items (``sc.parallelize(list(enumerate(plan)))``),
+        so the plan is never shipped whole to every task. Yields one :data:`STATS_SCHEMA` dict
+        per pair.
+        """
+        for pid, items in parts:
+            self.plan = {int(pid): items}  # this task's items only
+            rows = self._run_in_task(int(pid))
+            if rows is None:
+                return
             yield self.stats_batch(int(pid), rows).to_pylist()[0]
 
     def stats_batch(self, pid: int, rows: int) -> pa.RecordBatch:

@@ -17,7 +17,7 @@ gives a *partition function* that turns one partition into column batches::
                              plan=plan_partitions(spark, files, [f.size for f in files], settings),
                              process=process, settings=settings, input_bytes=total)
 
-``sc.parallelize(range(n), n).mapPartitions(...)`` runs exactly one task per partition; each
+``sc.parallelize(list(enumerate(plan)), n).mapPartitions(...)`` runs exactly one task per partition; each
 task writes its own Parquet file with pyarrow (:mod:`pipeline.convert.tasks`), so the output has
 one file per non-empty partition (``part-00000.parquet``, ...), in plan order. Values must already be
 in their stored form: bytes for image and ndarray codecs (``field.codec.encode(field, value)``),
@@ -194,7 +194,7 @@ def write_petastorm(
             its rows should follow :data:`~pipeline.convert.tasks.STATS_SCHEMA`
             (:meth:`PartitionTask.stats_batch`); with only ``partition`` and ``rows`` the
             files' footers are read. Defaults to ``None``: one task per partition of ``plan``
-            of an RDD of partition ids.
+            of an RDD of ``(partition id, items)``.
         final_schema: Called once the job has finished, returns the ``Unischema`` to record when
             the tasks measured part of it (``convert table``'s array shapes); its Arrow schema must
             be ``schema``'s. Defaults to ``None`` (``schema``).
@@ -220,7 +220,7 @@ def write_petastorm(
         errors_dir = stage.root / "errors"
         stage.data_dir.mkdir()
         task = PartitionTask(
-            [list(p) for p in plan],
+            [list(p) for p in plan] if frame_for is not None else [],  # else: items travel with the RDD
             process,
             arrow_schema,
             on_error=settings.on_error,
@@ -231,8 +231,9 @@ def write_petastorm(
         )
         if frame_for is not None:
             frame = frame_for(task)
-        else:  # an RDD of partition ids: no SQL planning, the first job of a session starts sooner
-            frame = spark.sparkContext.parallelize(range(len(plan)), len(plan)).mapPartitions(task.run_ids)
+        else:  # an RDD of (id, items): no SQL planning before the first task; each task gets its items
+            parts = [(pid, list(items)) for pid, items in enumerate(plan)]
+            frame = spark.sparkContext.parallelize(parts, len(parts)).mapPartitions(task.run_parts)
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
         try:
