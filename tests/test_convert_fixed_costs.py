@@ -68,3 +68,31 @@ def test_metadata_reads_the_footer_when_a_task_returns_only_rows(tmp_path):
     files = _written_files(tmp_path, [{"partition": 3, "rows": 6}])
     size = (tmp_path / "part-00003.parquet").stat().st_size
     assert [(f.name, f.rows, f.row_groups, f.size) for f in files] == [("part-00003.parquet", 6, 2, size)]
+
+
+def _numbers(items, errors):
+    yield {"x": list(items)}
+
+
+def test_a_task_gets_only_its_items_and_returns_the_facts_of_its_file(tmp_path):
+    import pickle
+
+    from pipeline.convert.tasks import PartitionTask
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "errors").mkdir()
+    task = PartitionTask(
+        [],  # the writer's RDD form: no plan in the task function itself
+        _numbers,
+        pa.schema([("x", pa.int64())]),
+        on_error="fail",
+        data_dir=str(tmp_path / "data"),
+        errors_dir=str(tmp_path / "errors"),
+        compression="none",
+        row_group_bytes=1 << 20,
+    )
+    assert len(pickle.dumps(task)) < 4096
+    (facts,) = list(task.run_parts([(3, [5, 6, 7])]))
+    written = tmp_path / "data" / "part-00003.parquet"
+    assert facts == {"partition": 3, "rows": 3, "row_groups": 1, "file_bytes": written.stat().st_size}
+    assert pq.read_table(written).column("x").to_pylist() == [5, 6, 7]
