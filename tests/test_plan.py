@@ -158,3 +158,16 @@ def test_reader_batches_cover_every_row_once_per_epoch(sizes, world, seed, batch
         else:
             assert set(rows) == set(range(total))
             assert sum(rows.values()) - total == rows_per_rank(total, world, False) * world - total
+
+
+@pytest.mark.parametrize("max_rows", [1, 7, 1024])
+def test_large_row_groups_split_into_items_of_at_most_max_rows_in_the_same_row_order(max_rows):
+    sizes = [5000, 3, 0, 1200, 77]
+    for rank, world in [(0, 1), (1, 3)]:
+        whole = epoch_plan(sizes, seed=4, epoch=2, rank=rank, world_size=world)
+        split = epoch_plan(sizes, seed=4, epoch=2, rank=rank, world_size=world, max_item_rows=max_rows)
+        assert all(1 <= it.rows <= max_rows for it in split)
+        rows = lambda items: [(it.piece, r) for it in items for r in range(it.start, it.stop)]  # noqa: E731
+        assert rows(split) == rows(whole)
+    with pytest.raises(ValueError, match="max_item_rows"):
+        epoch_plan(sizes, seed=0, epoch=0, max_item_rows=0)

@@ -43,7 +43,11 @@ class ReaderConfig:
     """Workers that read and decode row groups; ``None`` = the usable cores
     (:func:`pipeline.reader.workers_cores.usable_cores`); 0 = inline."""
     read_ahead: int = 2
-    """Row groups in flight per worker (bounds memory; results are reordered into plan order)."""
+    """Work items in flight per worker (bounds memory; results are reordered into plan order)."""
+    item_rows: int = 1024
+    """Most rows in one work item: a larger row group is decoded as several items by several
+    workers (its Parquet data is read once and shared), so that a dataset of few large row groups
+    -- what Spark writes -- still keeps every worker busy and the first batch comes early."""
     workers_type: str = "auto"
     """``"thread"``, ``"process"`` or ``"auto"`` (processes for a Python ``TransformSpec`` func)."""
     start_method: str = "fork"
@@ -59,6 +63,7 @@ class ReaderConfig:
         )
         _check(self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         _check(self.read_ahead >= 1, f"read_ahead must be >= 1, got {self.read_ahead}")
+        _check(self.item_rows >= 1, f"item_rows must be >= 1, got {self.item_rows}")
         _check(
             self.workers_type in WORKERS_TYPES,
             f"workers_type must be one of {', '.join(WORKERS_TYPES)}, got {self.workers_type!r}",

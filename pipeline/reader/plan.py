@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -64,6 +65,7 @@ def epoch_plan(
     world_size: int = 1,
     shuffle: bool = True,
     drop_last: bool = False,
+    max_item_rows: int | None = None,
 ) -> list[WorkItem]:
     """The work items rank ``rank`` reads in epoch ``epoch``, in reading order.
 
@@ -75,6 +77,8 @@ def epoch_plan(
         world_size: Number of ranks. Defaults to ``1``.
         shuffle: Permute the row groups; ``False`` keeps the stored order. Defaults to ``True``.
         drop_last: Drop the uneven tail instead of padding by wrapping around. Defaults to ``False``.
+        max_item_rows: Split items into consecutive pieces of at most this many rows (the
+            order of rows is unchanged). Defaults to ``None`` (one item per row-group slice).
 
     Returns:
         Work items whose row counts sum to :func:`rows_per_rank`.
@@ -103,7 +107,20 @@ def epoch_plan(
         take = min(end - begin, total - lap_begin)
         items.extend(_slice(order, starts, epoch, lap_begin, lap_begin + take))
         begin += take
+    if max_item_rows is not None:
+        if max_item_rows < 1:
+            raise ValueError(f"max_item_rows must be >= 1, got {max_item_rows}")
+        items = [part for item in items for part in _split(item, max_item_rows)]
     return items
+
+
+def _split(item: WorkItem, max_rows: int) -> list[WorkItem]:
+    """``item`` as consecutive items of at most ``max_rows`` rows, sized as evenly as possible."""
+    if item.rows <= max_rows:
+        return [item]
+    parts = -(-item.rows // max_rows)
+    bounds = [item.start + (item.rows * k) // parts for k in range(parts + 1)]
+    return [WorkItem(epoch=item.epoch, piece=item.piece, start=a, stop=b) for a, b in pairwise(bounds)]
 
 
 def _slice(order: np.ndarray, starts: np.ndarray, epoch: int, lo: int, hi: int) -> list[WorkItem]:

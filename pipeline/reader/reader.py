@@ -150,6 +150,7 @@ class Reader:
             world_size=self.world_size,
             shuffle=self.config.shuffle,
             drop_last=self.drop_last,
+            max_item_rows=self.config.item_rows,
         )
 
     def _row_rng(self, epoch: int) -> np.random.Generator | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,16 @@ class DatasetSource:
         self._masks: list[np.ndarray] | None = None
         if self.options.predicate is not None:
             self._masks = [self._predicate_mask(rg, stored) for rg in self.row_groups]
+        self._recent = RecentTables()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_recent"] = None  # locks and futures stay in this process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._recent = RecentTables()
 
     @property
     def sizes(self) -> list[int]:
@@ -137,7 +149,12 @@ class DatasetSource:
             decode_column(self._in_specs[name], field, table.column(name), out[name], rows, cancel)
 
     def _table(self, item: WorkItem) -> pa.Table:
-        table = self._read_table(self.row_groups[item.piece], list(self.schema.fields))
+        rg = self.row_groups[item.piece]
+        columns = list(self.schema.fields)
+        if item.rows < self.sizes[item.piece]:  # a part of a split row group: read it once for all parts
+            table = self._recent.get(item.piece, lambda: self._read_table(rg, columns))
+        else:
+            table = self._read_table(rg, columns)
         if self._masks is not None:
             table = table.filter(pa.array(self._masks[item.piece]))
         return table.slice(item.start, item.rows)
@@ -163,6 +180,44 @@ class DatasetSource:
             dtype=bool,
             count=rg.rows,
         )
+
+
+class RecentTables:
+    """The last few row groups read, shared by the workers that decode parts of one row group.
+
+    A large row group is split into several work items (``item_rows``); the first worker to ask
+    reads it, the others wait for that read instead of reading the same bytes again. Bounded to
+    ``capacity`` tables (least recently used out); a failed read is not kept.
+
+    Args:
+        capacity: Tables kept. Defaults to ``4``.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Any, Future[pa.Table]] = OrderedDict()
+
+    def get(self, key: Any, read: Any) -> pa.Table:
+        """The table under ``key``, calling ``read()`` once if it is not held."""
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = Future()
+                while len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+        if owner:
+            try:
+                entry.set_result(read())
+            except BaseException as exc:
+                entry.set_exception(exc)
+                with self._lock:
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
+        return entry.result()
 
 
 def _predicate_values(field: Any, column: pa.ChunkedArray) -> np.ndarray:
