@@ -189,7 +189,7 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         .config("spark.driver.bindAddress", config.bind_address)
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.ui.enabled", str(config.ui).lower())
-        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.ui.showConsoleProgress", "false")  # conversions draw their own line
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.pyspark.python", python)

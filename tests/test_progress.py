@@ -73,3 +73,24 @@ def test_progress_follows_a_real_job_group_to_the_end(spark):
     lines = out.getvalue().split("\r")
     assert lines[-1].startswith("converting images: 4/4 tasks, 4.0 KiB/4.0 KiB")
     assert out.getvalue().endswith("\n")
+
+
+@pytest.mark.spark
+def test_convert_draws_progress_unless_json(spark, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.cli import main as cli_main
+
+    src = tmp_path / "src"
+    for i in range(6):
+        (src / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(src / f"c{i % 2}" / f"{i}.png")
+    monkeypatch.setenv("PIPELINE_PROGRESS", "1")
+    assert cli_main(["convert", "images", str(src), str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "\rconverting images: " in err and " tasks, " in err
+    assert cli_main(["convert", "images", str(src), str(tmp_path / "b"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "converting images" not in captured.err
+    assert captured.out.count("\n") == 1  # --json: the result line only

@@ -174,6 +174,20 @@ def _interrupted(signum: int) -> int:
     return 128 + signum
 
 
+@contextlib.contextmanager
+def _no_progress() -> Iterator[None]:
+    """Under ``--json`` no progress line is drawn (conversions, training): ``PIPELINE_PROGRESS=0``."""
+    previous = os.environ.get("PIPELINE_PROGRESS")
+    os.environ["PIPELINE_PROGRESS"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PIPELINE_PROGRESS", None)
+        else:
+            os.environ["PIPELINE_PROGRESS"] = previous
+
+
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """Run ``handler(args)`` as a command: signals, errors, exit status, ``--json`` output.
 
@@ -186,7 +200,11 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     # With --json, stdout holds the result only: anything printed meanwhile (TorchDistributor
     # echoes the ranks' output) goes to stderr.
-    with signals.installed(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with (
+        signals.installed(),
+        contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+        _no_progress() if as_json else contextlib.nullcontext(),
+    ):
         try:
             result = handler(args)
         except Interrupted as exc:

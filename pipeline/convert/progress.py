@@ -67,7 +67,8 @@ class ConversionProgress:
         spark: The SparkSession running the job.
         group: The job group the conversion's job runs in.
         what: The kind of input, for the line (``"images"``, ``"text"``, ...).
-        total_tasks: Tasks of the job (partitions of the plan).
+        total_tasks: Tasks of the job when known before it starts (partitions of the plan), else
+            ``0``: Spark's own count is used once the job runs.
         total_bytes: Input bytes, for the byte count, rate and ETA. ``0`` shows tasks only.
         stream: Where to draw. Defaults to ``None`` (stderr).
         interval: Seconds between redraws. Defaults to ``0.5``.
@@ -120,23 +121,30 @@ class ConversionProgress:
 
     def completed_tasks(self) -> int:
         """Completed tasks of the group's jobs so far, from Spark's status tracker."""
+        return self.task_counts()[0]
+
+    def task_counts(self) -> tuple[int, int]:
+        """``(completed, total)`` tasks of the group's stages; total falls back to ``total_tasks``."""
         tracker = self._spark.sparkContext.statusTracker()
-        done = 0
+        done = total = 0
         for job_id in tracker.getJobIdsForGroup(self._group):
             job = tracker.getJobInfo(job_id)
             for stage_id in job.stageIds if job is not None else ():
                 stage = tracker.getStageInfo(stage_id)
                 if stage is not None:
                     done += stage.numCompletedTasks
-        return done
+                    total += stage.numTasks
+        return done, max(total, self._total_tasks)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._draw(self.completed_tasks())
+                done, total = self.task_counts()
             except Exception as exc:  # the tracker is best effort: never fail the conversion
                 log.debug("progress: %s", exc)
                 return
+            self._total_tasks = total
+            self._draw(done)
 
     def _draw(self, done: int) -> None:
         line = format_progress(

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedRecord
 from pipeline.convert.listing import choose_partitions, split_by_bytes
+from pipeline.convert.progress import ConversionProgress
 from pipeline.convert.provenance import build_provenance, provenance_metadata
 from pipeline.convert.staging import StagedOutput
 from pipeline.convert.tasks import PartitionFn, PartitionTask
@@ -236,8 +237,17 @@ def write_petastorm(
             frame = spark.sparkContext.parallelize(parts, len(parts)).mapPartitions(task.run_parts)
         group = f"pipeline-convert-{stage.root.name}"
         spark.sparkContext.setJobGroup(group, f"pipeline convert {kind}: {source}", interruptOnCancel=True)
+        progress = ConversionProgress(
+            spark,
+            group,
+            what=kind,
+            total_tasks=0 if frame_for is not None else len(plan),
+            total_bytes=input_bytes,
+        )
         try:
-            returned = [row if isinstance(row, dict) else row.asDict() for row in frame.collect()]
+            with progress:
+                rows_out = frame.collect()
+            returned = [row if isinstance(row, dict) else row.asDict() for row in rows_out]
             written = sum(row["rows"] for row in returned)
             log.debug("Spark write done after %.2f s", time.perf_counter() - started)
             if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
