@@ -8,7 +8,8 @@ One generated table (written once as Parquet under ``--work``): ``id``, an int `
 sides start from ``spark.read.parquet(table)`` and, in one run, report:
 
 * conversion seconds: ``spark_dataset(df)`` (a cold cache) vs ``make_spark_converter(df)``
-  (petastorm's default: doubles cast to float32; ours is run with ``float32=True`` to match);
+  (petastorm's default: doubles cast to float32; ours is run with ``float32=True`` to match),
+  each after a warm-up conversion of 1,000 rows in its own Spark session;
 * loader samples/s over one epoch at ``--batch-size``: ``handle.open_loader`` vs
   ``converter.make_torch_dataloader(num_epochs=1)``, each reading every column;
 * the second, cached ``spark_dataset(df)`` call of a new Python process (a restarted notebook),
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +47,7 @@ PETASTORM_SIDE = textwrap.dedent(
     spark = (SparkSession.builder.master(master).config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "4g")
              .config(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + cache).getOrCreate())
+    make_spark_converter(spark.range(1000).selectExpr("id", "rand() AS x")).delete()  # warm-up, as ours
     df = spark.read.parquet(table)
     start = time.perf_counter()
     converter = make_spark_converter(df)
@@ -125,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-table-"))
     table, cache = work / "table", work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    for stale in (cache, work / "warm"):  # both conversions run, with --work too
+        shutil.rmtree(stale, ignore_errors=True)
     out: dict = {"rows": args.rows, "features": args.features, "array_len": args.array_len,
                  "batch_size": args.batch_size, "master": args.master}  # fmt: skip
+    out["load_average_1m_before"] = os.getloadavg()[0]
     try:
         with spark_session(
             SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g")
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    out["load_average_1m_after"] = os.getloadavg()[0]
     for key, value in out.items():
         print(f"{key:28s} {value:,.2f}" if isinstance(value, float) else f"{key:28s} {value}")
     if args.json:

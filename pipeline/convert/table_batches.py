@@ -1,4 +1,8 @@
-"""What each Spark task of ``convert table`` runs: Arrow batches of the DataFrame -> stored batches.
+"""The Python tasks of ``convert table``: Arrow batches of the DataFrame -> stored batches.
+
+They run for tables with an image column, and for tables where some row holds a null its field
+cannot store (they name or skip those rows); otherwise Spark writes the files itself
+(:mod:`pipeline.convert.table_jvm`).
 
 :class:`DataFrameTask` is the ``mapInArrow`` function over the (projected) DataFrame itself: one
 task per partition of the DataFrame, each writing its own ``part-<partition>.parquet`` through
