@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out["load_average_1m_before"] = os.getloadavg()[0]
     try:
         with spark_session(
-            SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g")
+            SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g", quick_jvm=False)
         ) as spark:
             if not table.exists():
                 make_table(spark, table, args.rows, args.features, args.array_len)
