@@ -70,8 +70,8 @@ class SparkConfig:
     quick_jvm: bool = True
     """Local masters only: the driver JVM compiles with the C1 JIT alone
     (``-XX:TieredStopAtLevel=1``), which starts Spark in about 60% of the time -- most of a short
-    command's fixed cost. Set ``false`` for long jobs whose work runs in the JVM (a large
-    ``convert table``)."""
+    command's fixed cost. ``pipeline convert table``, whose work runs in the JVM, turns it off
+    (it slows JVM-heavy jobs 2-3x); set ``false`` for other long JVM-heavy work."""
     extra: dict[str, str] = field(default_factory=dict)
     """Any other ``spark.*`` settings, passed through as they are."""
 
