@@ -128,6 +128,27 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"test left running: {' and '.join(problems)}", pytrace=False)
 
 
+def _spark_alive() -> bool | None:
+    """``None`` without a SparkContext in this process, else whether its JVM still answers."""
+    sc_class = sys.modules.get("pyspark") and sys.modules["pyspark"].SparkContext
+    sc = getattr(sc_class, "_active_spark_context", None) if sc_class else None
+    if sc is None:
+        return None
+    try:
+        return not sc._jsc.sc().isStopped()
+    except Exception:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def keeps_spark_alive() -> Iterator[None]:
+    """Fail the test that stops or kills the shared SparkSession (instead of the tests after it)."""
+    before = _spark_alive()
+    yield
+    if before and not _spark_alive():
+        pytest.fail("test stopped the shared SparkSession (or its JVM died)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """One local[2] SparkSession for the whole run, UI off, always stopped."""
