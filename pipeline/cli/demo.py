@@ -94,4 +94,14 @@ def _print_report(result: Any, stages: dict[str, float], total: float) -> None:
         print(f"  {name:12s} {seconds:7.1f} s{note}")
     print(f"  {'total':12s} {total:7.1f} s")
     print(f"held-out accuracy: {result.accuracy:.4f}")
+    last = (training.get("history") or [{}])[-1]
+    if "data_samples_per_s" in last:  # the loader's own figures (loader.stats()) of the last epoch
+        print(
+            f"data loader (rank 0, last epoch): {last['data_samples_per_s']:,.0f} samples/s, "
+            f"training waited {last['data_wait_fraction']:.0%} of the time, bound by {last['data_bound_by']}"
+        )
     print(f"metrics: {training['metrics']}\nloss curve: {training['loss_curve']}")
+    print(
+        "the demo always trains afresh; `pipeline train images` checkpoints on SIGTERM/Ctrl-C and "
+        "every --checkpoint-every steps, and the same command resumes mid-epoch (docs/training.md)"
+    )
