@@ -176,6 +176,10 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         config = replace(config, **changes)  # type: ignore[arg-type]
 
     active = SparkSession.getActiveSession()
+    if active is None and _running_context() is not None:
+        # A session of this process whose JVM thread-local "active" mark this thread does not
+        # see (another thread made it, or py4j gave this thread a new JVM thread): still not ours.
+        active = SparkSession.builder.getOrCreate()
     if active is not None:
         log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
         yield active
@@ -224,6 +228,19 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         spark.stop()
         if main_thread and caller_sigint is not None:
             signal.signal(signal.SIGINT, caller_sigint)
+
+
+def _running_context() -> object | None:
+    """The SparkContext running in this process, if any (whatever thread started it)."""
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return None
+    try:
+        return None if sc._jsc.sc().isStopped() else sc
+    except Exception:  # its JVM is gone: nothing to reuse
+        return None
 
 
 def _driver_java_options(config: SparkConfig) -> str | None:

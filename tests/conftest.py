@@ -140,6 +140,15 @@ def _spark_alive() -> bool | None:
         return False
 
 
+@pytest.fixture(autouse=True, scope="module")
+def keeps_spark_alive_in_module() -> Iterator[None]:
+    """The same for module-scoped fixtures (set up before any test's own fixtures)."""
+    before = _spark_alive()
+    yield
+    if before and not _spark_alive():
+        pytest.fail("a module-scoped fixture stopped the shared SparkSession", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def keeps_spark_alive() -> Iterator[None]:
     """Fail the test that stops or kills the shared SparkSession (instead of the tests after it)."""
