@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SparkConfig",
+    "active_session",
     "cancel_job_group",
     "check_java",
     "load_spark_config",
@@ -175,11 +176,7 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
     if changes:
         config = replace(config, **changes)  # type: ignore[arg-type]
 
-    active = SparkSession.getActiveSession()
-    if active is None and _running_context() is not None:
-        # A session of this process whose JVM thread-local "active" mark this thread does not
-        # see (another thread made it, or py4j gave this thread a new JVM thread): still not ours.
-        active = SparkSession.builder.getOrCreate()
+    active = active_session()
     if active is not None:
         log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
         yield active
@@ -228,6 +225,21 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         spark.stop()
         if main_thread and caller_sigint is not None:
             signal.signal(signal.SIGINT, caller_sigint)
+
+
+def active_session() -> SparkSession | None:
+    """The SparkSession running in this process, whatever thread started it, else ``None``.
+
+    ``SparkSession.getActiveSession()`` alone answers per JVM thread: a session made by another
+    thread, or seen after py4j gave this thread a new JVM thread, would look absent (and a
+    builder would then "create" -- and its owner stop -- the running one).
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is None and _running_context() is not None:
+        active = SparkSession.builder.getOrCreate()
+    return active
 
 
 def _running_context() -> object | None:

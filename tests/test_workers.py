@@ -58,11 +58,17 @@ def slow(row):
 
 
 def workers() -> list[psutil.Process]:
-    """This process's reader worker processes (not multiprocessing's resource tracker)."""
+    """This process's reader worker processes (not multiprocessing's resource tracker, nor a Spark
+    JVM of the test session or a Spark Python daemon: killing those is not this file's business)."""
     found = []
     for child in psutil.Process().children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+            cmdline = " ".join(child.cmdline())
+            if (
+                child.status() != psutil.STATUS_ZOMBIE
+                and child.name() != "java"
+                and not any(m in cmdline for m in ("resource_tracker", "pyspark.daemon", "spark_daemon"))
+            ):
                 found.append(child)
         except psutil.Error:
             pass

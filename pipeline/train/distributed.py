@@ -218,9 +218,9 @@ def resolve_use_gpu(use_gpu: bool | None, *, local_mode: bool, spark: SparkSessi
         return use_gpu
     if local_mode:
         return gpu_count() > 0
-    from pyspark.sql import SparkSession
+    from pipeline.spark import active_session
 
-    session = spark or SparkSession.getActiveSession()
+    session = spark or active_session()
     amount = session.conf.get("spark.task.resource.gpu.amount", "0") if session else "0"
     return float(amount or 0) > 0
 
@@ -295,9 +295,10 @@ def run_distributed(
         ValueError: ``num_processes`` is not a positive integer.
     """
     from pyspark.ml.torch.distributor import TorchDistributor
-    from pyspark.sql import SparkSession
 
-    session = spark or SparkSession.getActiveSession()
+    from pipeline.spark import active_session
+
+    session = spark or active_session()
     if session is None:
         raise PipelineError(
             "run_distributed needs an active SparkSession for TorchDistributor",
