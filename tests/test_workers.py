@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import psutil
@@ -57,17 +58,33 @@ def slow(row):
     return row
 
 
+_EARLIER: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_children() -> Iterator[None]:
+    """Children that existed before the test (an orphan this subreaper inherited, say)."""
+    _EARLIER.clear()
+    _EARLIER.update(p.pid for p in psutil.Process().children())
+    yield
+    _EARLIER.clear()
+
+
 def workers() -> list[psutil.Process]:
-    """This process's reader worker processes (not multiprocessing's resource tracker, nor a Spark
-    JVM of the test session or a Spark Python daemon: killing those is not this file's business)."""
+    """This process's reader worker processes: forked copies of this process (same command
+    line) or multiprocessing's spawned ones -- not its resource tracker, a Spark JVM, a Spark
+    Python daemon or another test's orphan that this subreaper inherited."""
+    own = psutil.Process().cmdline()
     found = []
     for child in psutil.Process().children():
         try:
-            cmdline = " ".join(child.cmdline())
+            cmdline = child.cmdline()
+            text = " ".join(cmdline)
             if (
-                child.status() != psutil.STATUS_ZOMBIE
-                and child.name() != "java"
-                and not any(m in cmdline for m in ("resource_tracker", "pyspark.daemon", "spark_daemon"))
+                child.pid not in _EARLIER
+                and child.status() != psutil.STATUS_ZOMBIE
+                and (cmdline == own or "multiprocessing" in text)
+                and not any(m in text for m in ("resource_tracker", "forkserver"))
             ):
                 found.append(child)
         except psutil.Error:
