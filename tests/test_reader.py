@@ -177,9 +177,9 @@ def test_row_buffer_memory_is_fixed_by_the_settings_not_the_dataset(tmp_path):
 def test_fixed_length_arrays_stored_as_spark_lists():
     """ScalarCodec(ArrayType) fields with a fixed shape, as `convert text --seq-len` writes them."""
     import pyarrow as pa
-    from pipeline.format import ScalarCodec, UnischemaField
     from pyspark.sql.types import ArrayType, IntegerType
 
+    from pipeline.format import ScalarCodec, UnischemaField
     from pipeline.reader.decode import decode_column, spec_from_unischema
 
     field = UnischemaField("tokens", np.int32, (3,), ScalarCodec(ArrayType(IntegerType())), False)
@@ -195,8 +195,8 @@ def test_image_decoding_matches_the_codec_and_stops_when_cancelled():
     import threading
 
     import pyarrow as pa
-    from pipeline.format import CompressedImageCodec, UnischemaField
 
+    from pipeline.format import CompressedImageCodec, UnischemaField
     from pipeline.reader.decode import ReadCancelled, decode_column, spec_from_unischema
 
     field = UnischemaField("image", np.uint8, (8, 8, 3), CompressedImageCodec("png"), False)
@@ -260,8 +260,8 @@ def _jpeg_variants(h: int, w: int) -> list[bytes]:
 def test_jpeg_fast_path_gives_petastorms_pixels(shape):
     """Colour JPEGs decoded by libjpeg-turbo straight to RGB equal petastorm's cv2 decode."""
     import pyarrow as pa
-    from pipeline.format import CompressedImageCodec, UnischemaField
 
+    from pipeline.format import CompressedImageCodec, UnischemaField
     from pipeline.reader.decode import _jpeg_into, decode_column, spec_from_unischema
 
     h, w = shape
