@@ -300,12 +300,26 @@ def cancel_job_group(spark: SparkSession, group: str, *, timeout_s: float = 30.0
     context.setLogLevel("OFF")
     try:
         context.cancelJobGroup(group)
-        tracker = context.statusTracker()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            stages = [tracker.getStageInfo(stage) for stage in tracker.getActiveStageIds()]
-            if not any(info is not None and info.numActiveTasks > 0 for info in stages):
-                return
+        while time.monotonic() < deadline and _group_tasks_running(context, group):
             time.sleep(0.05)
     finally:
         context.setLogLevel(level)
+
+
+def _group_tasks_running(context: object, group: str) -> bool:
+    """Whether a task of a job in ``group`` still runs.
+
+    A cancelled stage leaves the active stages at once, while its tasks run on until their
+    executor has killed them (its Python worker after ``spark.python.task.killTimeout``); the
+    stage's own count of active tasks drops only then. Counting the active stages' tasks only
+    returned early, and a task killed after the log level was restored printed an ``ERROR``.
+    """
+    tracker = context.statusTracker()  # type: ignore[attr-defined]
+    for job in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job)
+        for stage in info.stageIds if info is not None else ():
+            stage_info = tracker.getStageInfo(stage)
+            if stage_info is not None and stage_info.numActiveTasks > 0:
+                return True
+    return False
