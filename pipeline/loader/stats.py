@@ -23,11 +23,14 @@ several threads at once adds up the threads' time, like CPU time.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import threading
 import time
 from typing import Any
+
+from pipeline.reader.workers import time_reads
 
 __all__ = ["STAGES", "LoaderStats", "bound_by", "process_rss_bytes", "time_source_reads"]
 
@@ -51,21 +54,10 @@ def time_source_reads(source: Any, stats: LoaderStats) -> None:
     """Count the Parquet reads of ``source`` (a ``DatasetSource``) as stage ``read``.
 
     The reader times each work item as a whole (read + decode); this wraps the source's
-    row-group read on this one object so the two can be told apart.
+    row-group read on this one object so the two can be told apart
+    (:func:`pipeline.reader.workers.time_reads`, which worker processes use too).
     """
-    inner = getattr(source, "_read_table", None)
-    if inner is None or getattr(inner, "_timed", False):
-        return
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            stats.add("read", time.perf_counter() - t0)
-
-    timed._timed = True  # type: ignore[attr-defined]
-    source._read_table = timed
+    time_reads(source, functools.partial(stats.add, "read"))
 
 
 class LoaderStats:

@@ -24,11 +24,14 @@ too. Threads leave the global generators alone: they belong to the training loop
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
 import random
 import sys
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -46,11 +49,14 @@ __all__ = [
     "ThreadWorkers",
     "choose_workers_type",
     "has_python_transform",
+    "inheritable",
     "read_item",
     "resolve_workers_type",
     "seed_task",
     "task_rng",
+    "time_reads",
     "unsendable",
+    "untimed",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,21 +111,32 @@ def resolve_workers_type(
     return "thread", "decoding releases the GIL"
 
 
-def unsendable(recipe: Any, start_method: str) -> str | None:
+def inheritable(source: Any) -> bool:
+    """Whether a forked worker may use the parent's ``source`` object as it is: a plain local
+    dataset (object-store clients are not safe to use across a fork)."""
+    from pipeline.storage import is_remote_filesystem
+
+    fs = getattr(source, "_fs", None)
+    return type(source).__name__ == "DatasetSource" and fs is not None and not is_remote_filesystem(fs)
+
+
+def unsendable(recipe: Any, start_method: str, *, inherits: bool = True) -> str | None:
     """Why ``recipe`` cannot reach ``start_method`` workers, or ``None`` when it can.
 
-    ``fork`` workers inherit it. ``spawn``/``forkserver`` workers unpickle it, which imports the
-    modules of its functions: a function of an interactive session's ``__main__`` (a notebook,
-    ``python -c``) cannot be found there.
+    ``fork`` workers inherit it when ``inherits`` (a local dataset); those of a remote dataset
+    get the source pickled (object-store clients are not safe across a fork), so its options
+    must pickle. ``spawn``/``forkserver`` workers unpickle it, which imports the modules of its
+    functions: a function of an interactive session's ``__main__`` (a notebook, ``python -c``)
+    cannot be found there.
     """
-    if start_method == "fork":
+    if start_method == "fork" and inherits:
         return None
     try:
         pickle.dumps(recipe)
     except Exception as exc:
         return f"they cannot be pickled ({exc})"
     main = sys.modules.get("__main__")
-    if main is not None and not getattr(main, "__file__", None):
+    if start_method != "fork" and main is not None and not getattr(main, "__file__", None):
         for value in (
             getattr(recipe.options.transform, "func", None),
             recipe.options.transform,
@@ -134,8 +151,44 @@ def choose_workers_type(config: Any, source: Any, recipe: Any, workers: int) -> 
     """:func:`~pipeline.reader.workers.resolve_workers_type` for a :class:`ReaderConfig`."""
     why_not = None
     if config.workers_type != "thread" and workers:
-        why_not = unsendable(recipe, config.start_method)
+        why_not = unsendable(recipe, config.start_method, inherits=inheritable(source))
     return resolve_workers_type(config.workers_type, source, workers, why_not)
+
+
+def time_reads(source: Any, record: Callable[[float], None]) -> None:
+    """Make every Parquet read of ``source`` (its ``_read_table``) report its seconds to ``record``.
+
+    The reader times a work item as a whole (read + decode); this wraps the row-group read of
+    this one source object so that the two can be told apart (``loader.stats()``'s ``read``
+    stage, in the loader's thread workers and in each worker process). A source already timed is
+    left as it is; :func:`untimed` gives a copy without the wrapper.
+    """
+    inner = getattr(source, "_read_table", None)
+    if inner is None or getattr(inner, "_timed", False):
+        return
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - t0)
+
+    timed._timed = True  # type: ignore[attr-defined]
+    source._read_table = timed
+
+
+def untimed(source: Any) -> Any:
+    """A copy of ``source`` without the :func:`time_reads` wrapper (``source`` itself if untimed).
+
+    The copy goes through the source's ``__getstate__``/``__setstate__``: locks and caches of the
+    original (its shared row-group reads) are not shared with it.
+    """
+    if "_read_table" not in getattr(source, "__dict__", {}):
+        return source
+    clone = copy.copy(source)
+    clone.__dict__.pop("_read_table", None)
+    return clone
 
 
 def task_seed(seed: int, item: WorkItem) -> np.random.SeedSequence:
@@ -219,8 +272,6 @@ class ThreadWorkers:
 
     def run(self, item: WorkItem, buffer: RowBuffer, rows: np.ndarray) -> None:
         """Read ``item`` into ``rows`` of ``buffer`` now, in this thread."""
-        import time
-
         t0 = time.perf_counter()
         read_item(self.source, item, buffer.columns, rows, self._cancel, seed=self.seed, global_rngs=False)
         if self.stats is not None:

@@ -3,13 +3,16 @@
 The parent allocates the row buffer's fixed-shape columns in shared memory
 (:mod:`pipeline.reader.shm`) and starts a ``concurrent.futures.ProcessPoolExecutor`` with an
 explicit ``multiprocessing`` context (``fork`` by default, as torch's ``DataLoader`` on Linux;
-``spawn`` and ``forkserver`` work too). Each ``spawn``/``forkserver`` worker opens the dataset
-itself from a picklable :class:`SourceRecipe` on its first item (a ``fork`` worker uses the
-parent's source object when the dataset is local),
-maps the buffer's segments, and for each work item seeds its generators
+``spawn`` and ``forkserver`` work too). The workers do not open the dataset again: a ``fork``
+worker of a local dataset uses (a copy of) the parent's source object, any other worker
+unpickles the parent's source (:class:`SourceRecipe`), footers and predicate masks included.
+Before forking, the parent imports what the decoders import lazily (OpenCV, pandas), so that
+forked workers do not each import it at their first item. On its first item a worker maps the
+buffer's segments; for each work item it seeds its generators
 (:func:`pipeline.reader.workers.seed_task`), reads, decodes and transforms the rows into the
-rows the parent reserved. Only the item, its row numbers, the values of non-fixed fields
-(strings, token lists) and two timings cross the pipe; decoded images never are pickled.
+rows the parent reserved. Work crosses the pipes one work item at a time (up to ``item_rows``
+rows): the item, its row numbers, the values of non-fixed fields (strings, token lists) and two
+timings; decoded images are never pickled.
 
 Errors: a worker's exception is re-raised by :meth:`ProcessWorkers.finish` in the consumer with
 the worker's traceback (``__cause__``) and notes naming the file, row group and the worker's
@@ -25,6 +28,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,14 +38,15 @@ from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.errors import PipelineError
 from pipeline.reader.config import ReadOptions
-from pipeline.reader.decode import FieldSpec, ReadCancelled
+from pipeline.reader.decode import FieldSpec, ReadCancelled, decode_column, spec_from_unischema
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.shm import SharedColumns, attach_columns
 from pipeline.reader.shuffle import RowBuffer
-from pipeline.reader.workers import read_item
+from pipeline.reader.workers import inheritable, read_item, time_reads, untimed
 
 __all__ = ["ProcessWorkers", "SourceRecipe", "WorkerDied"]
 
@@ -57,7 +62,15 @@ class WorkerDied(PipelineError):
 
 @dataclass(frozen=True)
 class SourceRecipe:
-    """How a worker process opens the dataset (picklable): ``open_source``'s arguments."""
+    """What worker processes read (picklable): the loader's dataset and loading options.
+
+    ``url``, ``options`` and the cache settings describe the dataset (``open_loader``'s
+    arguments; :func:`~pipeline.reader.workers.unsendable` checks that they pickle). The workers
+    do not open it again: :class:`ProcessWorkers` gives them the parent's open source, as the
+    object itself to ``fork`` workers of a local dataset (``inherited``), pickled otherwise
+    (``pickled``: listing, footers and predicate masks travel with it, and object-store clients
+    are made anew in each worker).
+    """
 
     url: str
     options: ReadOptions
@@ -65,53 +78,44 @@ class SourceRecipe:
     cache_limit: int | None = None
     cache_dir: str | None = None
     inherited: Any = dataclasses.field(default=None, compare=False)
-    """The parent's open source, used as it is by ``fork`` workers (set by :class:`ProcessWorkers`)."""
+    """The parent's source, used by ``fork`` workers (set by :class:`ProcessWorkers`; never pickled)."""
+    pickled: bytes | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The parent's source, pickled (set by :class:`ProcessWorkers`)."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "inherited": None}  # spawn/forkserver workers open their own
+        return {**self.__dict__, "inherited": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def open(self) -> Any:
+        """The worker's own source object."""
         if self.inherited is not None:
-            # a copy without the parent's stats wrapper, whose lock may have been held at the fork
-            source = copy.copy(self.inherited)
-            source.__dict__.pop("_read_table", None)
-            return source
-        from pipeline.access.source import open_source
-
-        return open_source(
-            self.url, self.options, cache=self.cache, cache_limit=self.cache_limit, cache_dir=self.cache_dir
-        )
+            # a copy: no lock or cache of the parent's (one may have been held at the fork)
+            return copy.copy(self.inherited)
+        if self.pickled is None:
+            raise RuntimeError("SourceRecipe.open: no source was given to the workers")
+        return pickle.loads(self.pickled)
 
 
-def _inheritable(source: Any) -> bool:
-    """Whether a forked worker may use the parent's ``source`` object: a plain local dataset
-    (object-store clients are not safe to use across a fork)."""
-    from pipeline.storage import is_remote_filesystem
-
-    fs = getattr(source, "_fs", None)
-    return type(source).__name__ == "DatasetSource" and fs is not None and not is_remote_filesystem(fs)
-
-
-class _ReadTimer:
-    """Seconds spent in the source's Parquet reads (stage ``read``), in a worker."""
-
-    def __init__(self, source: Any) -> None:
-        self.seconds = 0.0
-        inner = getattr(source, "_read_table", None)
-        if inner is None:
-            return
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t0
-
-        source._read_table = timed
+def _warm_decoders(source: Any) -> None:
+    """Import, in this (parent) process, the modules that decoding the source's fields imports
+    lazily (OpenCV; pandas, under pyarrow's ``to_numpy``): ``fork`` workers then inherit them
+    instead of importing them at their first work item in every loader (0.3-0.5 s per worker on
+    this project's 2-core machine). Decodes an empty column of each field; best effort."""
+    for name, field in getattr(getattr(source, "schema", None), "fields", {}).items():
+        spec = spec_from_unischema(field)
+        codec = getattr(field, "codec", None)
+        try:
+            if codec is not None and type(codec).__name__ != "ScalarCodec":
+                empty = pa.array([], type=pa.binary())
+            elif not spec.shape and spec.dtype.kind in "biuf":
+                empty = pa.array(np.empty(0, dtype=spec.dtype))
+            else:
+                continue
+            decode_column(spec, field, empty)
+        except Exception:  # a warm-up only: the workers decode (and report errors) for real
+            log.debug("warming the decoder of field %r failed", name, exc_info=True)
 
 
 @dataclass
@@ -127,7 +131,11 @@ class _Worker:
     source: Any = None
     out: dict[str, np.ndarray] | None = None
     handles: list[Any] = dataclasses.field(default_factory=list)
-    timer: _ReadTimer | None = None
+    read_s: float = 0.0
+    """Seconds of Parquet reads of the current item (stage ``read``)."""
+
+    def add_read(self, seconds: float) -> None:
+        self.read_s += seconds
 
 
 _WORKER: _Worker | None = None  # in worker processes only
@@ -151,11 +159,11 @@ def _work(item: WorkItem, rows: np.ndarray) -> tuple[dict[str, np.ndarray], floa
             raise ReadCancelled
         if state.source is None:  # errors here reach the consumer like any read error
             state.source = state.recipe.open()
-            state.timer = _ReadTimer(state.source)
+            time_reads(state.source, state.add_read)
             columns, state.handles = attach_columns(state.layouts)
             state.out = {**columns, **{n: np.empty(state.capacity, dtype=object) for n in state.objects}}
-        assert state.out is not None and state.timer is not None
-        state.timer.seconds = 0.0
+        assert state.out is not None
+        state.read_s = 0.0
         read_item(state.source, item, state.out, rows, state.cancel, seed=state.seed, global_rngs=True)
         objects = {name: state.out[name][rows] for name in state.objects}
         for name in state.objects:
@@ -163,7 +171,7 @@ def _work(item: WorkItem, rows: np.ndarray) -> tuple[dict[str, np.ndarray], floa
     except BaseException as exc:
         exc.add_note(f"in reader worker process {os.getpid()}")
         raise
-    return objects, state.timer.seconds, time.perf_counter() - t0
+    return objects, state.read_s, time.perf_counter() - t0
 
 
 class ProcessWorkers:
@@ -186,8 +194,11 @@ class ProcessWorkers:
         if start_method not in multiprocessing.get_all_start_methods():
             log.info("start method %r is not available here: spawning reader workers", start_method)
             start_method = "spawn"
-        if start_method == "fork" and _inheritable(source):  # no need to list and open it again
-            recipe = dataclasses.replace(recipe, inherited=source)
+        if start_method == "fork" and inheritable(source):  # the object itself: nothing to reopen
+            recipe = dataclasses.replace(recipe, inherited=untimed(source))
+        else:  # listing, footers and predicate masks travel with it; fresh object-store clients
+            recipe = dataclasses.replace(recipe, pickled=pickle.dumps(untimed(source)))
+        self._warm = start_method == "fork"
         self.recipe = recipe
         self.source = source
         self.count = max(1, count)
@@ -208,6 +219,8 @@ class ProcessWorkers:
         self._shared.check_space(needed)
         buffer = RowBuffer(specs, capacity, size, rng, allocate=self._shared.allocate)
         objects = [name for name, s in specs.items() if s.kind != "fixed"]
+        if self._warm:
+            _warm_decoders(self.source)
         self._pool = ProcessPoolExecutor(
             self.count,
             mp_context=self._ctx,
