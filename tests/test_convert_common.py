@@ -258,6 +258,60 @@ def test_writer_makes_a_petastorm_dataset_with_provenance_and_a_skip_report(spar
     }
 
 
+def toy_task(tmp_path: Path, on_error: str):
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipeline.convert.tasks import PartitionTask
+
+    schema = toy_schema()
+    return PartitionTask(
+        [],
+        functools.partial(toy_process, schema=schema),
+        to_arrow_schema(schema.as_spark_schema()),
+        on_error=on_error,
+        data_dir=str(tmp_path),
+        compression="none",
+        row_group_bytes=1 << 20,
+    )
+
+
+def test_a_task_returns_its_skipped_records_and_fails_with_the_record_in_its_error(tmp_path):
+    """No side channel: skipped records travel in the task's result row; under on_error=fail the
+    task's exception carries the record, which the driver finds again in Spark's error text."""
+    import traceback
+
+    from pipeline.convert.task_failures import task_failure
+    from pipeline.convert.tasks import TaskFailure
+
+    (row,) = toy_task(tmp_path, "skip").run_parts([(2, [4, 5, 6, 10])])
+    assert (row["partition"], row["rows"]) == (2, 2)
+    assert [json.loads(r) for r in row["skipped"]] == [
+        {"source": "toy://0", "reason": "multiple of five", "record": 5},
+        {"source": "toy://1", "reason": "multiple of five", "record": 10},
+    ]
+    assert os.listdir(tmp_path) == ["part-00002.parquet"]
+
+    with pytest.raises(TaskFailure) as info:
+        list(toy_task(tmp_path, "fail").run_parts([(3, [1, 2, 3, 4, 6, 7, 8, 9, 15])]))
+    assert os.listdir(tmp_path) == ["part-00002.parquet"]  # the failed task left no file behind
+    # what the driver's collect() raises: the Python traceback inside Spark's own message
+    trace = "".join(traceback.format_exception(info.value))
+    spark_error = (
+        "An error occurred while calling o81.collectAndServe.\n: org.apache.spark.SparkException: Job "
+        "aborted due to stage failure: Task 3 in stage 7.0 failed 1 times, most recent failure: Lost "
+        f"task 3.0 (TID 9): org.apache.spark.api.python.PythonException: {trace}\n\tat org.apache..."
+    )
+    error = task_failure(RuntimeError(spark_error))
+    assert isinstance(error, InputError)
+    assert error.message == "bad input: toy://1 (record 15): multiple of five"
+    assert "--on-error skip" in error.hint
+
+    lost = "org.apache.spark.SparkException: Job aborted: executor 3 lost"
+    other = task_failure(RuntimeError(f"{lost}\n\tat x"))
+    assert not isinstance(other, InputError)
+    assert other.message == f"the conversion failed in Spark: {lost}"
+
+
 @pytest.mark.spark
 def test_writer_fail_mode_raises_one_input_error_and_writes_nothing(spark, tmp_path):
     with pytest.raises(InputError) as info:

@@ -4,7 +4,6 @@ Layout while a job runs (``DEST = out/train``)::
 
     out/.train.staging-<host>-<pid>-<id>/
         data/      what Spark and the metadata step write; becomes DEST on commit
-        errors/    per-task bad-input records written by executors (never part of DEST)
 
 Only :meth:`StagedOutput.commit` makes DEST appear, with one rename. A failure or interrupt
 removes the staging folder; a killed process leaves it behind, DEST untouched, and the next run
@@ -192,7 +191,7 @@ class StagedOutput:
         if self.remote is not None:
             self.remote.remove_leftovers()
         self._local_dest.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / "errors").mkdir(parents=True)
+        self.root.mkdir(parents=True)
         return self
 
     def commit(self) -> None:

@@ -6,7 +6,8 @@ cannot store (they name or skip those rows); otherwise Spark writes the files it
 
 :class:`DataFrameTask` is the ``mapInArrow`` function over the (projected) DataFrame itself: one
 task per partition of the DataFrame, each writing its own ``part-<partition>.parquet`` through
-:class:`~pipeline.convert.tasks.PartitionTask` (atomic rename, bad-input records, row groups).
+:class:`~pipeline.convert.tasks.PartitionTask` (atomic rename, row groups, skipped records in its
+result row, bad input under ``on_error="fail"`` as a :class:`~pipeline.convert.tasks.TaskFailure`).
 :func:`convert_batches` applies the type policy of :mod:`pipeline.convert.spark_types` to each
 batch with Arrow compute; only image columns are touched row by row.
 """
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 
 from pipeline.convert.common import RecordErrors
 from pipeline.convert.spark_types import ColumnRule
-from pipeline.convert.tasks import PartitionTask, has_failures
+from pipeline.convert.tasks import PartitionTask
 
 __all__ = ["DataFrameTask", "ImageRule", "convert_batches"]
 
@@ -60,14 +61,11 @@ class DataFrameTask(PartitionTask):
         context = TaskContext.get()
         pid = context.partitionId() if context is not None else 0
         self._input = batches
-        rows = self.run(pid)
-        yield self.stats_batch(pid, rows)
+        self.run(pid)
+        yield self.stats_batch(pid)
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
-        for batch in self.process(self._input, errors, pid, self.schema):  # type: ignore[call-arg]
-            yield batch
-            if self.on_error == "fail" and has_failures(self.errors_dir):
-                return
+        yield from self.process(self._input, errors, pid, self.schema)  # type: ignore[call-arg]
 
 
 def _has_null_values(array: pa.Array) -> bool:

@@ -1,23 +1,28 @@
 """What runs inside each Spark task of a conversion: process one partition, write its Parquet file.
 
 :class:`PartitionTask` is the function of the conversion's Spark job (``mapPartitions`` over an
-RDD of partition ids, :meth:`PartitionTask.run_ids`, or ``mapInArrow``). For every partition id
+RDD of partition ids, :meth:`PartitionTask.run_parts`, or ``mapInArrow``). For every partition id
 it receives, it runs the kind's partition function, writes the batches with pyarrow into
 ``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one
-small row ``(partition, rows, row_groups, file_bytes)`` to the driver, which writes the
-dataset's metadata from these rows without opening the files again. Writing in the task keeps
-the image bytes out of the JVM (no Arrow -> row -> parquet-mr round trip); a retried or speculative attempt writes a temporary
-file and renames it, so the last attempt wins and no half-written file is ever visible.
+small row (:data:`STATS_SCHEMA`: rows, row groups, bytes of its file and the records it skipped)
+to the driver, which writes the dataset's metadata and ``_skipped.jsonl`` from these rows without
+opening the files again. Writing in the task keeps the image bytes out of the JVM (no Arrow ->
+row -> parquet-mr round trip); a retried or speculative attempt writes a temporary file and
+renames it, so the last attempt wins and no half-written file is ever visible.
 
-Bad input never raises into Spark (that would log a JVM stack trace and retry the task): the
-record goes to ``<staging>/errors/failed-<id>.jsonl`` and the task ends; skipped records go to
-``skipped-<id>.jsonl``. The driver reads them back (:mod:`pipeline.convert.writer`).
+Bad input under ``on_error="fail"`` (and any error the kind did not expect) ends the task with
+:class:`TaskFailure`: its message carries the record as one marked JSON line, Spark fails the job
+(and stops its other tasks), and the driver finds the record in Spark's error
+(:func:`failure_in`) to name the input. Nothing travels outside the task's result or its error,
+so this works on a cluster without a shared disk.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -30,21 +35,52 @@ from pipeline.storage import effective_config, task_defaults
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATS_SCHEMA", "PartitionFn", "PartitionTask", "has_failures", "write_records"]
+__all__ = ["FAILURE_MARK", "STATS_SCHEMA", "PartitionFn", "PartitionTask", "TaskFailure", "failure_in"]
 
 PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
 """``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
-STATS_SCHEMA = "partition long, rows long, row_groups long, file_bytes long"
-"""What each task returns to the driver (Spark DDL): rows, row groups and bytes of its file."""
+STATS_SCHEMA = "partition long, rows long, row_groups long, file_bytes long, skipped array<string>"
+"""What each task returns to the driver (Spark DDL): rows, row groups and bytes of its file, and
+the records it skipped (:meth:`SkippedRecord.to_json` lines)."""
+
+_STATS_ARROW = pa.schema(
+    [
+        ("partition", pa.int64()),
+        ("rows", pa.int64()),
+        ("row_groups", pa.int64()),
+        ("file_bytes", pa.int64()),
+        ("skipped", pa.list_(pa.field("element", pa.string()))),
+    ]
+)
+
+FAILURE_MARK = "pipeline-task-failure:"
+"""Starts the line of a :class:`TaskFailure` message that holds the record as JSON."""
+
+_FAILURE_LINE = re.compile(re.escape(FAILURE_MARK) + r" (\{.*\})")
 
 
-def write_records(errors_dir: str, name: str, records: Sequence[SkippedRecord]) -> None:
-    """Write bad-input records as JSON lines to ``errors_dir/name.jsonl`` (atomically)."""
-    tmp = os.path.join(errors_dir, f".{name}.{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write("".join(r.to_json() + "\n" for r in records))
-    os.replace(tmp, os.path.join(errors_dir, f"{name}.jsonl"))
+class TaskFailure(Exception):
+    """Ends a task on bad input (``on_error="fail"``) or an error the kind did not expect.
+
+    The message is :data:`FAILURE_MARK` and the record as one JSON line; Spark carries it to the
+    driver inside the job's error, where :func:`failure_in` finds it again.
+    """
+
+    def __init__(self, record: SkippedRecord) -> None:
+        super().__init__(f"{FAILURE_MARK} {record.to_json()}")
+        self.record = record
+
+
+def failure_in(text: str) -> SkippedRecord | None:
+    """The record of the first :class:`TaskFailure` found in an error's text, else ``None``."""
+    for match in _FAILURE_LINE.finditer(text):
+        try:
+            fields = json.loads(match.group(1))
+            return SkippedRecord(str(fields["source"]), str(fields["reason"]), fields.get("record"))
+        except (ValueError, KeyError, TypeError):
+            continue  # the mark inside something else (e.g. a source line of a traceback)
+    return None
 
 
 def _describe_items(items: Sequence[Any]) -> str:
@@ -57,13 +93,6 @@ def _describe_items(items: Sequence[Any]) -> str:
     return f"{name}{more}"
 
 
-def has_failures(errors_dir: str) -> bool:
-    """Whether some task already recorded bad input (under ``on_error="fail"``), or the job is over."""
-    if not os.path.isdir(errors_dir):
-        return True  # the driver removed the staging folder: the job was cancelled (Ctrl-C, SIGTERM)
-    return any(name.startswith("failed-") for name in os.listdir(errors_dir))
-
-
 class PartitionTask:
     """The task function of a conversion (picklable; one instance per job).
 
@@ -74,7 +103,6 @@ class PartitionTask:
         schema: Arrow schema of the rows (``to_arrow_schema(unischema.as_spark_schema())``).
         on_error: ``"fail"`` or ``"skip"``.
         data_dir: Local folder for the Parquet files.
-        errors_dir: Local folder for bad-input records.
         compression: pyarrow codec name (``"none"``, ``"snappy"``, ``"gzip"``, ``"zstd"``).
         row_group_bytes: Target uncompressed size of a row group.
 
@@ -91,7 +119,6 @@ class PartitionTask:
         *,
         on_error: str,
         data_dir: str,
-        errors_dir: str,
         compression: str,
         row_group_bytes: int,
     ) -> None:
@@ -100,7 +127,6 @@ class PartitionTask:
         self.schema = schema
         self.on_error = on_error
         self.data_dir = data_dir
-        self.errors_dir = errors_dir
         self.compression = compression
         self.row_group_bytes = row_group_bytes
         self.storage = effective_config().to_dict()
@@ -108,10 +134,9 @@ class PartitionTask:
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for pid in batch.column(0).to_pylist():
-                rows = self._run_in_task(int(pid))
-                if rows is None:
+                if self._run_in_task(int(pid)) is None:
                     return
-                yield self.stats_batch(int(pid), rows)
+                yield self.stats_batch(int(pid))
 
     def _run_in_task(self, pid: int) -> int | None:
         """:meth:`run` with the driver's storage settings; ``None`` when the job was cancelled."""
@@ -119,11 +144,11 @@ class PartitionTask:
             try:
                 return self.run(pid)
             except OSError:
-                if os.path.isdir(self.errors_dir):
+                if os.path.isdir(self.data_dir):
                     raise
                 return None  # cancelled: the driver removed the staging folder, nothing to report
 
-    def run_parts(self, parts: Iterable[tuple[int, Sequence[Any]]]) -> Iterator[dict[str, int]]:
+    def run_parts(self, parts: Iterable[tuple[int, Sequence[Any]]]) -> Iterator[dict[str, Any]]:
         """RDD form of :meth:`__call__`: ``mapPartitions`` over ``(partition id, items)`` pairs.
 
         Each Spark task receives only its own items (``sc.parallelize(list(enumerate(plan)))``),
@@ -132,16 +157,23 @@ class PartitionTask:
         """
         for pid, items in parts:
             self.plan = {int(pid): items}  # this task's items only
-            rows = self._run_in_task(int(pid))
-            if rows is None:
+            if self._run_in_task(int(pid)) is None:
                 return
-            yield self.stats_batch(int(pid), rows).to_pylist()[0]
+            yield self.stats_batch(int(pid)).to_pylist()[0]
 
-    def stats_batch(self, pid: int, rows: int) -> pa.RecordBatch:
+    def stats_batch(self, pid: int) -> pa.RecordBatch:
         """The row (:data:`STATS_SCHEMA`) returned to the driver after :meth:`run` of ``pid``."""
-        groups, size = self.written if rows else (0, 0)
+        rows, groups, size = self.written
+        skipped = [r.to_json() for r in self.skipped]
         return pa.RecordBatch.from_pydict(
-            {"partition": [pid], "rows": [rows], "row_groups": [groups], "file_bytes": [size]}
+            {
+                "partition": [pid],
+                "rows": [rows],
+                "row_groups": [groups],
+                "file_bytes": [size],
+                "skipped": [skipped],
+            },
+            schema=_STATS_ARROW,
         )
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
@@ -149,21 +181,26 @@ class PartitionTask:
         for columns in self.process(self.plan[pid], errors):
             arrays = [pa.array(columns[n], type=self.schema.field(n).type) for n in names]
             yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-            if self.on_error == "fail" and has_failures(self.errors_dir):
-                return  # another task hit bad input: the job fails anyway
 
     def run(self, pid: int) -> int:
         """Process partition ``pid`` and write its file; returns the number of rows written.
 
-        ``self.written`` is then ``(row_groups, file_bytes)`` of that file.
+        ``self.written`` is then ``(rows, row_groups, file_bytes)`` of that file and
+        ``self.skipped`` the records skipped under ``on_error="skip"``.
+
+        Raises:
+            TaskFailure: Bad input under ``on_error="fail"``, or an error the kind did not expect
+                (its record names the partition's inputs). No file is left behind.
         """
         errors = RecordErrors(self.on_error)
-        self.written = (0, 0)
+        self.written = (0, 0, 0)
+        self.skipped: list[SkippedRecord] = []
         groups = 0
         tmp = os.path.join(self.data_dir, f".part-{pid:05d}.{uuid.uuid4().hex}.tmp")
         writer: pq.ParquetWriter | None = None
         pending: list[pa.RecordBatch] = []
         held = rows = 0
+        failure: SkippedRecord | None = None
 
         def flush() -> None:
             nonlocal writer, pending, held, rows, groups
@@ -185,24 +222,23 @@ class PartitionTask:
                     flush()
             flush()
         except BadInput as exc:
-            write_records(self.errors_dir, f"failed-{pid:05d}", [exc.record])
-            rows = 0
+            failure = exc.record
         except Exception as exc:  # not a known kind of bad input: fail the job naming the inputs
-            if not os.path.isdir(self.errors_dir):
-                raise  # the job was cancelled and its staging folder removed (see __call__)
+            if not os.path.isdir(self.data_dir):
+                raise  # the job was cancelled and its staging folder removed (see _run_in_task)
             where = _describe_items(self.plan[pid])
             log.error("unexpected error converting %s", where, exc_info=True)
-            reason = f"unexpected {type(exc).__name__}: {exc}"[:500]
-            write_records(self.errors_dir, f"failed-{pid:05d}", [SkippedRecord(where, reason)])
-            rows = 0
+            failure = SkippedRecord(where, f"unexpected {type(exc).__name__}: {exc}"[:500])
         finally:
             if writer is not None:
                 writer.close()
-        if rows:
-            self.written = (groups, os.path.getsize(tmp))
+        if failure is not None or not rows:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if failure is not None:
+                raise TaskFailure(failure) from None
+        else:
+            self.written = (rows, groups, os.path.getsize(tmp))
             os.replace(tmp, os.path.join(self.data_dir, f"part-{pid:05d}.parquet"))
-        elif os.path.exists(tmp):
-            os.remove(tmp)
-        if errors.skipped:
-            write_records(self.errors_dir, f"skipped-{pid:05d}", errors.skipped)
+        self.skipped = errors.skipped
         return rows

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pipeline.convert.listing import choose_partitions, split_by_bytes
 from pipeline.convert.progress import ConversionProgress
 from pipeline.convert.provenance import build_provenance, provenance_metadata
 from pipeline.convert.staging import StagedOutput
+from pipeline.convert.task_failures import quiet_task_failures, task_failure
 from pipeline.convert.tasks import PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
@@ -51,9 +51,6 @@ from pipeline.spark import cancel_job_group
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
 log = logging.getLogger(__name__)
-
-
-_SKIP_HINT = "fix or remove it, or pass --on-error skip to skip bad input and list it in DEST/_skipped.jsonl"
 
 
 def plan_partitions(
@@ -105,12 +102,9 @@ def _written_files(data_dir: Path, returned: Sequence[Mapping[str, Any]]) -> lis
     return sorted(files, key=lambda f: f.name)
 
 
-def _read_records(errors_dir: Path, prefix: str) -> list[SkippedRecord]:
-    records = []
-    for path in sorted(errors_dir.glob(f"{prefix}-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                records.append(SkippedRecord(**json.loads(line)))
+def _skipped_records(returned: Sequence[Mapping[str, Any]]) -> list[SkippedRecord]:
+    """The records the tasks skipped, from their result rows (``tasks.STATS_SCHEMA``), sorted."""
+    records = [SkippedRecord(**json.loads(line)) for row in returned for line in row.get("skipped") or ()]
     return sorted(records, key=lambda r: (r.source, str(r.record)))
 
 
@@ -119,28 +113,6 @@ def _skipped_report(stage: StagedOutput) -> str:
     if getattr(stage, "remote", None) is None:
         return str(Path(stage.dest) / "_skipped.jsonl")
     return f"{stage.url}/_skipped.jsonl"
-
-
-def _task_failure(exc: BaseException | None, errors_dir: Path) -> PipelineError:
-    """Turn bad input (or a failed Spark job) into one clean error naming the input if it was the cause."""
-    failed = _read_records(errors_dir, "failed")
-    text = "" if exc is None else str(exc)
-    if failed:
-        first = failed[0]
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        if first.reason.startswith("unexpected "):  # not a known kind of bad input: skipping won't help
-            return InputError(
-                f"conversion failed on {first.describe()}{more}",
-                hint="this input is not handled by the converter; remove it, and please report it "
-                "(run with -vv for the traceback)",
-            )
-        return InputError(f"bad input: {first.describe()}{more}", hint=_SKIP_HINT)
-    log.debug("Spark job failed", exc_info=exc)
-    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception)\b.*:", ln)]
-    reason = lines[-1] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
-    return PipelineError(
-        f"the conversion failed in Spark: {reason[:500]}", hint="run with -vv for Spark's full log"
-    )
 
 
 def write_petastorm(
@@ -163,8 +135,8 @@ def write_petastorm(
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
-    Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet``); collect
-    skipped records into ``_skipped.jsonl``; write ``_common_metadata`` in one write with the
+    Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet`` and returns the
+    records it skipped); write the skipped records into ``_skipped.jsonl``; write ``_common_metadata`` in one write with the
     Petastorm format's keys (the Unischema pickle petastorm reads, the per-file row-group index;
     :mod:`pipeline.format`) and the provenance, from the rows, row groups and bytes each task
     returned (no data file is opened again); move into DEST. Nothing appears at DEST unless every step succeeded. No
@@ -218,7 +190,6 @@ def write_petastorm(
     arrow_schema = to_arrow_schema(spark_schema)
     codec = auto_compression if settings.compression == "auto" else settings.compression
     with StagedOutput(dest, overwrite=settings.overwrite, source=source) as stage:
-        errors_dir = stage.root / "errors"
         stage.data_dir.mkdir()
         task = PartitionTask(
             [list(p) for p in plan] if frame_for is not None else [],  # else: items travel with the RDD
@@ -226,7 +197,6 @@ def write_petastorm(
             arrow_schema,
             on_error=settings.on_error,
             data_dir=str(stage.data_dir),
-            errors_dir=str(errors_dir),
             compression=codec,
             row_group_bytes=settings.row_group_mb * 1024 * 1024,
         )
@@ -245,15 +215,17 @@ def write_petastorm(
             total_bytes=input_bytes,
         )
         try:
-            with progress:
-                rows_out = frame.collect()
+            with progress, quiet_task_failures(spark):
+                try:
+                    rows_out = frame.collect()
+                except Exception:  # a task failed: Spark stops the others; wait for them, quietly
+                    cancel_job_group(spark, group)
+                    raise
             returned = [row if isinstance(row, dict) else row.asDict() for row in rows_out]
             written = sum(row["rows"] for row in returned)
+            skipped = _skipped_records(returned)
             log.debug("Spark write done after %.2f s", time.perf_counter() - started)
-            if _read_records(errors_dir, "failed"):  # bad input (fail mode) or an unexpected error
-                raise _task_failure(None, errors_dir)
             if not written:
-                skipped = _read_records(errors_dir, "skipped")
                 raise InputError(
                     f"no rows were converted from {source}"
                     + (
@@ -265,15 +237,14 @@ def write_petastorm(
                 )
         except PipelineError:
             raise
-        except Exception as exc:
-            raise _task_failure(exc, errors_dir) from None
+        except Exception as exc:  # bad input under on_error="fail" (the task's record), or Spark
+            raise task_failure(exc) from None
         except BaseException:  # Ctrl-C / SIGTERM: stop our tasks before the staging folder goes
             cancel_job_group(spark, group)  # and wait for its tasks: they write into the staging folder
             raise
         finally:
             spark.sparkContext._jsc.clearJobGroup()  # also clears the description
 
-        skipped = _read_records(errors_dir, "skipped")
         if skipped:
             (stage.data_dir / "_skipped.jsonl").write_text("".join(r.to_json() + "\n" for r in skipped))
             for record in skipped[:20]:
