@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -319,3 +320,30 @@ def test_third_party_warnings_reach_the_terminal_only_with_v(verbose, shown):
         warnings.warn_explicit("theirs", FutureWarning, "x.py", 1, module="pyarrow.pandas_compat")
         warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="pipeline.loader.loader")
     assert [str(w.message) for w in caught] == shown
+
+
+@pytest.mark.parametrize(
+    ("verbose", "quiet", "shown"),
+    [
+        (0, False, {"theirs error", "ours info", "ours warning"}),
+        (0, True, {"theirs error", "ours warning"}),
+        (1, False, {"theirs warning", "theirs error", "ours debug", "ours info", "ours warning"}),
+        (2, False, {"theirs info", "theirs warning", "theirs error", "ours debug", "ours info", "ours warning"}),
+    ],
+)
+def test_third_party_log_records_reach_the_terminal_from_error_up_unless_v(verbose, quiet, shown):
+    """numexpr's 'NumExpr defaulting to 2 threads.' (INFO) once reached every conversion's terminal."""
+    code = textwrap.dedent(
+        f"""
+        import logging
+        from pipeline.cli.app import configure_logging
+        configure_logging({verbose}, {quiet})
+        theirs, ours = logging.getLogger("numexpr.utils"), logging.getLogger("pipeline.convert.x")
+        theirs.info("theirs info"); theirs.warning("theirs warning"); theirs.error("theirs error")
+        ours.debug("ours debug"); ours.info("ours info"); ours.warning("ours warning")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    messages = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if ": " in line]
+    assert len(messages) == len(set(messages)) and set(messages) == shown, proc.stderr

@@ -114,11 +114,16 @@ def add_verbosity_flags(parser: argparse.ArgumentParser, *, default: Any = None)
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Log to stderr at INFO (``-q``: WARNING, ``-v``: DEBUG); third-party warnings only with ``-v``."""
+    """Log to stderr: this package at INFO (``-q``: WARNING, ``-v``: DEBUG); other packages'
+    records only from ERROR up (``-v``: WARNING, ``-vv``: everything), and the same for Python
+    warnings (third-party ones only with ``-v``)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING if verbose else logging.ERROR,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
+    logging.getLogger("pipeline").setLevel(level)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
     if verbose < 2:
