@@ -328,7 +328,11 @@ def test_third_party_warnings_reach_the_terminal_only_with_v(verbose, shown):
         (0, False, {"theirs error", "ours info", "ours warning"}),
         (0, True, {"theirs error", "ours warning"}),
         (1, False, {"theirs warning", "theirs error", "ours debug", "ours info", "ours warning"}),
-        (2, False, {"theirs info", "theirs warning", "theirs error", "ours debug", "ours info", "ours warning"}),
+        (
+            2,
+            False,
+            {"theirs info", "theirs warning", "theirs error", "ours debug", "ours info", "ours warning"},
+        ),
     ],
 )
 def test_third_party_log_records_reach_the_terminal_from_error_up_unless_v(verbose, quiet, shown):
