@@ -11,9 +11,11 @@ Bad input is handled inside Spark tasks through :class:`RecordErrors`: a kind ca
 ``errors.bad(source, reason, record=...)`` for each bad file or record and carries on; with
 ``on_error="skip"`` it is counted and listed in ``DEST/_skipped.jsonl``. With ``"fail"`` that call
 raises :class:`BadInput`, which the framework catches in the task (a kind must let it propagate:
-never call ``errors.bad`` inside a ``try`` that catches ``Exception``); the task ends without an
-exception into Spark (no JVM stack trace, no retries), other tasks stop at their next batch,
-and the driver raises one clean :class:`~pipeline.errors.InputError` naming the input.
+never call ``errors.bad`` inside a ``try`` that catches ``Exception``); the task then fails with
+:class:`~pipeline.convert.tasks.TaskFailure`, whose message carries the record, Spark stops the
+job's other tasks, and the driver raises one clean :class:`~pipeline.errors.InputError` naming
+the input (Spark's own report of the failed task is turned off meanwhile: no JVM stack trace).
+Skipped records travel back to the driver in the tasks' result rows.
 """
 
 from __future__ import annotations
