@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from pipeline.errors import DatasetError, PipelineError
-from pipeline.train.distributed import TrainingError, _rank_failure, run_distributed, setup
+from pipeline.train.distributed import (
+    TrainingError,
+    _error_records,
+    _rank_failure,
+    _RankCall,
+    run_distributed,
+    setup,
+)
+from pipeline.train.process_group import USE_GPU_ENV
+from pipeline.train.rank_reports import InboxAddress, ReportInbox, send_report
 from tests.conftest import REPO
 
 
@@ -54,6 +63,18 @@ def fail_on_rank_one() -> None:
         dist.barrier()
 
 
+def fail_on_rank_one_after_rank_zero_returned() -> int:
+    """Rank 0 returns (and TorchDistributor gets its output file) before rank 1 fails."""
+    import time
+
+    with setup() as ctx:
+        rank = ctx.rank
+    if rank == 1:
+        time.sleep(1.0)
+        raise ValueError("rank one failed after rank zero returned")
+    return rank
+
+
 def missing_dataset() -> None:
     with setup():
         raise DatasetError("file:///nowhere does not exist", hint="check the path")
@@ -85,23 +106,49 @@ def test_setup_asking_for_a_missing_gpu_is_a_clear_error():
         pass
 
 
-def test_rank_error_is_recovered_from_the_task_output_alone():
-    """On a cluster only the task's output reaches the driver: the marked line is enough."""
-    line = (
-        'PIPELINE_RANK_ERROR {"rank": 1, "time": 1.0, "host": "w1", "module": "builtins", '
-        '"type": "KeyError", "message": "\'label\'", "hint": null, "traceback": "Traceback ...\\nKeyError"}'
-    )
-    err = _rank_failure(RuntimeError(f"Command failed with return code 1: ...\n{line}\n..."), None)
+def _record(rank: int, time: float, type_: str, message: str) -> dict:
+    return {
+        "rank": rank, "time": time, "host": f"w{rank}", "module": "builtins", "type": type_,
+        "message": message, "hint": None, "traceback": f"Traceback ...\n{type_}: {message}",
+    }  # fmt: skip
+
+
+def test_the_root_cause_is_the_earliest_failure_that_is_not_a_peer_going_away():
+    peer = _record(0, 1.0, "RuntimeError", "[gloo] Connection closed by peer")
+    cause = _record(1, 2.0, "KeyError", "'label'")
+    err = _rank_failure({0: peer, 1: cause}, "TorchDistributor failed during training.")
     assert isinstance(err, TrainingError)
     assert err.rank == 1
-    assert "rank 1 failed on w1: KeyError" in str(err)
-    assert "Traceback from rank 1" in str(err)
-    streamed = _rank_failure(
-        RuntimeError("TorchDistributor failed during training."), None, f"[rank1]: x\n{line}"
-    )
-    assert streamed.rank == 1 and "KeyError" in str(streamed)
-    silent = _rank_failure(RuntimeError("killed"), None)
-    assert silent.rank is None and "no rank recorded" in str(silent)
+    assert "rank 1 failed on w1: KeyError: 'label' (ranks [0] failed too)" in str(err)
+    assert "Traceback from rank 1" in str(err) and err.remote_traceback == cause["traceback"]
+    assert err.launcher_output == "TorchDistributor failed during training."
+    earlier = _record(1, 0.5, "ValueError", "bad shape")
+    assert _rank_failure({0: _record(0, 1.0, "KeyError", "x"), 1: earlier}, "").rank == 1
+    silent = _rank_failure({}, "killed")
+    assert silent.rank is None and "no rank reported" in str(silent)
+
+
+def test_a_rank_reports_its_value_or_its_error_to_the_inbox(monkeypatch):
+    """In this process, no launcher: what _RankCall sends is what the driver turns into a result
+    or an error; a PipelineError keeps its class and hint; a report without the token is refused."""
+    from pyspark import cloudpickle
+
+    monkeypatch.setenv(USE_GPU_ENV, "0")  # _RankCall sets it; monkeypatch puts it back
+    monkeypatch.delenv("RANK", raising=False)
+    with ReportInbox() as inbox:
+        assert _RankCall(lambda: {"loss": 0.5}, False, 20, inbox.address)() is None
+        with pytest.raises(DatasetError):
+            _RankCall(missing_dataset, False, 20, inbox.address)()
+        forged = InboxAddress(inbox.address.host, inbox.address.port, b"x" * 16)
+        with pytest.raises(ConnectionError, match=r"(did not confirm|cannot send) .*result report"):
+            send_report(forged, "result", 0, cloudpickle.dumps("forged"))
+    assert cloudpickle.loads(inbox.results[0]) == {"loss": 0.5}
+    err = _rank_failure(_error_records(inbox.errors), "TorchDistributor failed during training.")
+    assert isinstance(err, DatasetError)
+    assert str(err).startswith("rank 0: file:///nowhere does not exist")
+    assert err.hint == "check the path"
+    with pytest.raises(RuntimeError, match="not open"):
+        _ = inbox.address
 
 
 @pytest.mark.spark
@@ -126,16 +173,40 @@ def test_a_failing_rank_surfaces_its_traceback_in_the_driver(spark, importable_t
     assert err.launcher_output  # what TorchDistributor itself said, kept for debugging
 
 
-def test_a_user_error_in_a_rank_keeps_its_class_and_hint(tmp_path):
-    """A rank's DatasetError (recorded in the exchange folder) is re-raised as a DatasetError."""
-    from pipeline.train.distributed import _RankCall
+@pytest.mark.spark
+def test_a_rank_failing_after_rank_zero_returned_fails_the_run(spark, importable_tests):
+    """TorchDistributor returns normally here (rank 0 wrote its output file; pyspark's torchrun
+    wrapper exits 0 whatever torchrun says): the failure still reaches the driver."""
+    with pytest.raises(TrainingError) as info:
+        run_distributed(fail_on_rank_one_after_rank_zero_returned, num_processes=2, use_gpu=False)
+    assert info.value.rank == 1
+    assert "ValueError: rank one failed after rank zero returned" in str(info.value)
 
-    with pytest.raises(DatasetError):
-        _RankCall(missing_dataset, False, str(tmp_path), 20)()
-    err = _rank_failure(RuntimeError("TorchDistributor failed during training."), str(tmp_path))
-    assert isinstance(err, DatasetError)
-    assert str(err).startswith("rank 0: file:///nowhere does not exist")
-    assert err.hint == "check the path"
+
+@pytest.fixture
+def shipped_by_value():
+    """Barrier tasks run in Spark's Python workers, which do not see this test's PYTHONPATH:
+    ship this module's functions by value, as a notebook's would be."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.mark.spark
+def test_cluster_mode_returns_rank_zeros_value_and_reports_a_failing_rank(spark, shipped_by_value):
+    """local_mode=False: the ranks run as barrier tasks (here on the local master's executor)
+    and report to the driver the same way."""
+    result = run_distributed(fit_line, num_processes=2, use_gpu=False, local_mode=False)
+    assert (result["rank"], result["world_size"], result["weights_agree"]) == (0, 2, True)
+    with pytest.raises(TrainingError) as info:
+        run_distributed(fail_on_rank_one, num_processes=2, use_gpu=False, local_mode=False)
+    assert info.value.rank == 1
+    assert "in fail_on_rank_one" in info.value.remote_traceback
 
 
 def test_gpu_discovery_script_lists_nvidia_smi_indices(tmp_path):

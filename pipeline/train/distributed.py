@@ -15,26 +15,41 @@ With GPUs on the driver (``local_mode=True``) there is one process per GPU and t
 NCCL; otherwise N CPU processes use gloo. The same function runs unchanged with
 ``local_mode=False``, one process per Spark task on the cluster's executors.
 
-An exception in any rank is recorded by the wrapper that runs the function (a JSON file in a
-folder shared with the driver in local mode, a marked line in the task output on a cluster) and
-re-raised in the driver as :class:`TrainingError` carrying that rank's traceback, rather than
-``TorchDistributor``'s "Command [...] failed with return code 1".
+Each rank's outcome reaches the driver through one channel, a
+:class:`~pipeline.train.rank_reports.ReportInbox` that the driver opens for the run (in local
+mode on 127.0.0.1, on a cluster at ``spark.driver.host``): rank 0 sends its return value, a
+failing rank a record of its exception (type, message, hint, host, traceback, time). The driver
+returns rank 0's value, or raises :class:`TrainingError` with the root-cause rank's traceback (a
+:class:`~pipeline.errors.PipelineError` from a rank keeps its class and hint).
+
+Why not what ``TorchDistributor`` itself returns and raises (read in pyspark 4.3's ``pyspark/ml/torch``):
+
+* **Results.** Every rank process runs the script ``TorchDistributor`` generates, and each one
+  pickles *its own* return value into the same ``output.pickle``. In local mode (and on an
+  executor running several GPU ranks) ``run`` returns the value of whichever rank wrote last,
+  not rank 0's. Ranks could be made to agree only with one more collective after the user's
+  function has torn its process group down.
+* **Errors.** ``pyspark.ml.torch.torch_run_process_wrapper`` exits 0 whatever ``torchrun``
+  returned, so ``run`` raises only "TorchDistributor failed during training" (or, when another
+  rank had already written ``output.pickle``, returns as if nothing failed). The ranks' output,
+  tracebacks included, goes to the driver's ``sys.stdout`` (local mode) or through its log
+  stream to ``sys.stderr`` (cluster), never into the exception; reading it back would mean
+  replacing the driver's ``sys.stdout``/``sys.stderr`` for the whole process.
+
+So the ranks report over a socket of their own, and ``TorchDistributor``'s return value is not
+used (each rank hands it ``None``). Its exception is kept as :attr:`TrainingError.launcher_output`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import shutil
 import socket
-import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import pipeline.errors as errors
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.train.process_group import FAILED_AT, USE_GPU_ENV, DistContext, gpu_count, setup
+from pipeline.train.rank_reports import InboxAddress, ReportInbox, send_report
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -59,10 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ERROR_MARK = "PIPELINE_RANK_ERROR"
-_ERROR_LINE = re.compile(_ERROR_MARK + r" (\{.*\})")
-_RESULT_FILE = "result-rank0.pkl"
-_MARKER_TRACEBACK_CHARS = 2500
 # Errors a rank gets because another rank went away: reported after the root cause.
 _PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed out", re.IGNORECASE)
 
@@ -74,7 +86,8 @@ class TrainingError(RuntimeError):
         rank: The failing rank (the earliest failure when several ranks failed), or ``None``
             when no rank recorded an error (e.g. a process was killed).
         remote_traceback: The failing rank's formatted traceback, or ``""``.
-        launcher_output: What ``TorchDistributor`` reported (the tail of the processes' output).
+        launcher_output: What ``TorchDistributor`` raised, or ``""`` when it returned (it says
+            little: the ranks' own output goes to the driver's stdout/stderr).
     """
 
     def __init__(self, message: str, *, rank: int | None, remote_traceback: str, launcher_output: str):
@@ -100,21 +113,19 @@ class DistributedConfig:
             raise ConfigError(f"num_processes must be >= 1, got {self.num_processes}")
 
 
-# ------------------------------------------------- in each rank: run the function, record a failure
+# ------------------------------------------------- in each rank: run the function, report the outcome
 
 
 class _RankCall:
-    """Runs the user's function in a rank; records a failure where the driver can find it."""
+    """Runs the user's function in a rank; reports rank 0's value or a failure to the driver."""
 
-    def __init__(
-        self, fn: Callable[..., Any], use_gpu: bool, exchange_dir: str | None, log_level: int
-    ) -> None:
+    def __init__(self, fn: Callable[..., Any], use_gpu: bool, log_level: int, inbox: InboxAddress) -> None:
         self.fn = fn
         self.use_gpu = use_gpu
-        self.exchange_dir = exchange_dir
         self.log_level = log_level
+        self.inbox = inbox
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
         os.environ[USE_GPU_ENV] = "1" if self.use_gpu else "0"
         rank = int(os.environ.get("RANK", "0"))
         if not logging.getLogger().handlers:  # a fresh torchrun process: log like the driver does
@@ -122,18 +133,20 @@ class _RankCall:
             logging.getLogger("pipeline").setLevel(self.log_level)
         try:
             result = self.fn(*args, **kwargs)
+            if rank == 0:
+                from pyspark import cloudpickle
+
+                send_report(self.inbox, "result", rank, cloudpickle.dumps(result))
         except BaseException as exc:
-            self._record(rank, exc)
+            self._report_failure(rank, exc)
             raise
         finally:
             _destroy_process_group()
-        if rank == 0 and self.exchange_dir is not None:
-            from pyspark import cloudpickle
+        # The driver has rank 0's value already; TorchDistributor pickles what every rank returns
+        # into one shared file, so hand it nothing to race on.
+        return None
 
-            Path(self.exchange_dir, _RESULT_FILE).write_bytes(cloudpickle.dumps(result))
-        return result
-
-    def _record(self, rank: int, exc: BaseException) -> None:
+    def _report_failure(self, rank: int, exc: BaseException) -> None:
         record = {
             "rank": rank,
             "time": getattr(exc, FAILED_AT, time.time()),
@@ -144,51 +157,16 @@ class _RankCall:
             "hint": getattr(exc, "hint", None),
             "traceback": traceback.format_exc(),
         }
-        if self.exchange_dir is not None:
-            Path(self.exchange_dir, f"error-rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
-        # On a cluster the driver only sees the task output, streamed line by line and cut at
-        # 4000 characters: one marked line, with the traceback's end if it is long.
-        short = {**record, "traceback": record["traceback"][-_MARKER_TRACEBACK_CHARS:]}
-        print(f"{_ERROR_MARK} {json.dumps(short)}", file=sys.stderr, flush=True)
-
-
-class _MarkerCapture:
-    """Wraps ``sys.stdout``/``sys.stderr`` in the driver: forwards everything, keeps marked lines.
-
-    On a cluster the ranks' output reaches the driver only through ``TorchDistributor``'s log
-    stream, which writes it to the driver's ``sys.stderr``; the failure itself arrives as
-    "TorchDistributor failed during training" without it.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._partial = ""
-        self.lines: list[str] = []
-
-    def write(self, text: str) -> int:
-        if _ERROR_MARK in text or self._partial:
-            *complete, self._partial = (self._partial + text).split("\n")
-            self.lines.extend(line for line in complete if _ERROR_MARK in line)
-            if _ERROR_MARK not in self._partial:
-                self._partial = ""
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def _capture_rank_markers() -> Iterator[list[str]]:
-    """Collect marked lines written to ``sys.stdout``/``sys.stderr`` while the block runs."""
-    out, err = _MarkerCapture(sys.stdout), _MarkerCapture(sys.stderr)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
-    lines: list[str] = []
-    try:
-        yield lines
-    finally:
-        sys.stdout, sys.stderr = saved
-        lines.extend(out.lines + err.lines + [p for p in (out._partial, err._partial) if p])
+        try:
+            send_report(self.inbox, "error", rank, json.dumps(record).encode())
+        except OSError as send_error:  # the rank's own traceback still reaches its output
+            log.warning(
+                "rank %d could not report its failure to the driver at %s:%d: %s",
+                rank,
+                self.inbox.host,
+                self.inbox.port,
+                send_error,
+            )
 
 
 def _destroy_process_group() -> None:
@@ -275,7 +253,7 @@ def run_distributed(
 
     Args:
         fn: A picklable function (module-level, or anything cloudpickle handles). It calls
-            :func:`setup` to join the process group.
+            :func:`setup` to join the process group. Its value on rank 0 must be picklable.
         *args: Positional arguments of ``fn``.
         num_processes: Processes (ranks). Defaults to ``None``: the number of GPUs when GPUs are
             used in local mode, else 2.
@@ -316,7 +294,6 @@ def run_distributed(
             "(pipeline.train.distributed), or pass use_gpu=False",
         )
 
-    exchange_dir = tempfile.mkdtemp(prefix="pipeline-ranks-") if local_mode else None
     mode = "local" if local_mode else f"cluster {session.sparkContext.master}"
     log.info(
         "training on %d %s process(es) (%s, %s)",
@@ -325,51 +302,61 @@ def run_distributed(
         "nccl" if gpu else "gloo",
         mode,
     )
-    try:
-        distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=gpu)
-        rank_call = _RankCall(fn, gpu, exchange_dir, logging.getLogger("pipeline").getEffectiveLevel())
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=gpu)
+    launcher_error: Exception | None = None
+    with ReportInbox("127.0.0.1" if local_mode else _driver_host(session)) as inbox:
+        level = logging.getLogger("pipeline").getEffectiveLevel()
         try:
-            with _capture_rank_markers() as streamed:
-                output = distributor.run(rank_call, *args, **kwargs)
+            distributor.run(_RankCall(fn, gpu, level, inbox.address), *args, **kwargs)
         except Exception as exc:
-            raise _rank_failure(exc, exchange_dir, "\n".join(streamed)) from None
-        if exchange_dir is not None:
-            result = Path(exchange_dir, _RESULT_FILE)
-            if result.exists():
-                from pyspark import cloudpickle
+            launcher_error = exc
+    records = _error_records(inbox.errors)
+    # TorchDistributor also returns normally when a rank failed after another wrote its output
+    if launcher_error is not None or records:
+        raise _rank_failure(records, str(launcher_error or "")) from None
+    if 0 not in inbox.results:
+        raise TrainingError(
+            "distributed training ended without rank 0's result reaching the driver",
+            rank=None,
+            remote_traceback="",
+            launcher_output="",
+        )
+    from pyspark import cloudpickle
 
-                return cloudpickle.loads(result.read_bytes())
-        return output
-    finally:
-        if exchange_dir is not None:
-            shutil.rmtree(exchange_dir, ignore_errors=True)
+    return cloudpickle.loads(inbox.results[0])
 
 
-def _rank_failure(exc: Exception, exchange_dir: str | None, streamed: str = "") -> Exception:
-    """Turn TorchDistributor's failure into an error that shows the failing rank's traceback.
+def _driver_host(session: SparkSession) -> str:
+    """The address executors reach the driver at (what TorchDistributor's log stream uses)."""
+    try:
+        host = session.conf.get("spark.driver.host", None)
+    except Exception:  # Spark Connect without the setting
+        host = None
+    return host or socket.gethostname()
 
-    Rank records come from the exchange folder (local mode), then from marked lines in the
-    streamed rank output and in the exception's text (cluster mode).
-    """
-    launcher_output = str(exc)
-    records: dict[int, dict[str, Any]] = {}
-    if exchange_dir is not None:
-        for path in sorted(Path(exchange_dir).glob("error-rank*.json")):
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-                records[int(record["rank"])] = record
-            except (OSError, ValueError, KeyError):
-                continue
-    for match in _ERROR_LINE.finditer(streamed + "\n" + launcher_output):
+
+def _error_records(reports: dict[int, bytes]) -> dict[int, dict[str, Any]]:
+    records = {}
+    for rank, body in reports.items():
         try:
-            record = json.loads(match.group(1))
-            records.setdefault(int(record["rank"]), record)
-        except (ValueError, KeyError):
-            continue
+            records[rank] = json.loads(body)
+        except ValueError:
+            log.warning("rank %d sent an unreadable error report", rank)
+    return records
+
+
+def _rank_failure(records: dict[int, dict[str, Any]], launcher_output: str) -> Exception:
+    """The error to raise for failed ranks: the root cause's, with its traceback.
+
+    Args:
+        records: ``rank -> record`` of every rank that reported a failure.
+        launcher_output: What ``TorchDistributor`` raised (``""`` when it returned).
+    """
     if not records:
         return TrainingError(
-            "distributed training failed and no rank recorded an exception (a process was killed "
-            f"or could not start); launcher output:\n{launcher_output[-4000:]}",
+            "distributed training failed and no rank reported an exception (a process was killed, "
+            "could not start, or could not reach the driver: on a cluster the executors must reach "
+            f"spark.driver.host); TorchDistributor said:\n{launcher_output[-4000:]}",
             rank=None,
             remote_traceback="",
             launcher_output=launcher_output,
