@@ -13,21 +13,21 @@ evaluates on the held-out set, checkpoints and writes ``metrics.json`` + ``loss_
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.dataset import normalize_url, read_provenance
-from pipeline.errors import ConfigError, DatasetError
-from pipeline.train.coverage import log_epoch_coverage
-from pipeline.train.distributed import DistributedConfig, run_distributed, setup
-from pipeline.train.loop import Task, fit
+from pipeline.errors import DatasetError
+from pipeline.train.distributed import setup
+from pipeline.train.job_base import TrainJobConfig, fit_job, run_job
+from pipeline.train.loop import Task
 from pipeline.train.models import SmallCNN, images_to_float
-from pipeline.train.run import absolute_paths, prepare_run_dir
 
 __all__ = [
     "ImageTrainConfig",
@@ -42,46 +42,24 @@ _MUST_MATCH = ("train_url", "num_classes", "width", "dropout", "batch_size", "lr
 
 
 @dataclass(frozen=True)
-class ImageTrainConfig:
-    """Settings of the image classifier job (``conf/train_images.yaml``)."""
+class ImageTrainConfig(TrainJobConfig):
+    """Settings of the image classifier job (``conf/train_images.yaml``); the shared ones are
+    :class:`~pipeline.train.job_base.TrainJobConfig`'s."""
 
     train_url: str = "data/demo/datasets/train"
     """Training dataset (fields ``image`` uint8 HxWx3 and ``label`` int64). Defaults to ``"data/demo/datasets/train"``."""
-    eval_url: str | None = None
-    """Held-out dataset evaluated after each epoch on rank 0. Defaults to ``None`` (none)."""
     run_dir: str = "runs/images"
     """Checkpoint, ``metrics.json`` and ``loss_curve.png``. Defaults to ``"runs/images"``."""
     epochs: int = 15
     """Epochs to train in total (a resumed run trains only the missing ones). Defaults to ``15``."""
-    batch_size: int = 32
-    """Rows per batch on each rank. Defaults to ``32``."""
-    lr: float = 0.003
-    """Peak AdamW learning rate (1 warm-up epoch, then cosine decay). Defaults to ``0.003``."""
-    weight_decay: float = 0.0001
-    """AdamW weight decay. Defaults to ``0.0001``."""
     width: int = 32
     """Channels of the CNN's first block. Defaults to ``32``."""
     dropout: float = 0.1
     """Dropout before the classifier head. Defaults to ``0.1``."""
     num_classes: int | None = None
     """Classes; ``None`` reads ``class_names`` from the dataset's provenance. Defaults to ``None``."""
-    seed: int = 0
-    """Seed of the weights, the data order (per epoch) and dropout (per epoch and rank). Defaults to ``0``."""
-    workers: int = 2
-    """Loader threads per rank. Defaults to ``2``."""
-    checkpoint_every: int | None = None
-    """Also checkpoint every N steps (mid-epoch); ``None`` = after each epoch only. Defaults to ``None``."""
-    resume: bool = True
-    """Continue from ``run_dir/checkpoint.pt`` when it exists. Defaults to ``True``."""
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    """Processes, GPUs, local or cluster mode."""
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "width"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+    _SIZES: ClassVar[tuple[str, ...]] = ("width",)
 
 
 def _class_count(config: ImageTrainConfig) -> int:
@@ -161,35 +139,19 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
         model = SmallCNN(num_classes, width=config.width, dropout=config.dropout).to(ctx.device)
         evaluate = None
         if config.eval_url:
-            eval_url = config.eval_url
-
-            def evaluate(m: nn.Module) -> dict[str, float]:
-                return evaluate_images(m, eval_url, ctx.device, 256)
-
+            evaluate = partial(evaluate_images, url=config.eval_url, device=ctx.device, batch_size=256)
         task = Task("image classifier", ["image", "label"], _image_step, evaluate)
-        if ctx.is_main:  # say up front whether each epoch uses every sample
-            log_epoch_coverage(config.train_url, ctx.world_size, config.batch_size, drop_last=task.drop_last)
-        return fit(ctx, config, model, task, must_match=_MUST_MATCH)
+        return fit_job(ctx, config, model, task, must_match=_MUST_MATCH)
 
 
 def run_image_training(config: ImageTrainConfig, *, spark: Any = None) -> dict[str, Any]:
     """Train through ``TorchDistributor`` as ``config.distributed`` says; return rank 0's summary.
 
     Paths are made absolute first (ranks may run elsewhere); with ``resume`` off an old
-    checkpoint in ``run_dir`` is removed.
+    checkpoint in ``run_dir`` is removed (:func:`~pipeline.train.job_base.run_job`).
 
     Args:
         config: The job's settings.
         spark: The session for ``TorchDistributor``. Defaults to ``None`` (the active one).
     """
-    config = absolute_paths(config)
-    prepare_run_dir(config.run_dir, resume=config.resume)
-    dist = config.distributed
-    return run_distributed(
-        train_images,
-        config,
-        num_processes=dist.num_processes,
-        use_gpu=dist.use_gpu,
-        local_mode=dist.local_mode,
-        spark=spark,
-    )
+    return run_job(train_images, config, spark=spark)

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.dataset import read_provenance
-from pipeline.errors import ConfigError, DatasetError
-from pipeline.train.coverage import log_epoch_coverage
-from pipeline.train.distributed import DistributedConfig, run_distributed, setup
-from pipeline.train.loop import Task, fit
+from pipeline.errors import DatasetError
+from pipeline.train.distributed import setup
+from pipeline.train.job_base import TrainJobConfig, fit_job, run_job
+from pipeline.train.loop import Task
 from pipeline.train.metrics import RunningSums
 from pipeline.train.models import TinyCausalLM
-from pipeline.train.run import absolute_paths, prepare_run_dir
 
 __all__ = ["TextTrainConfig", "run_text_training", "train_text"]
 
@@ -36,21 +36,16 @@ _MUST_MATCH = ("train_url", "vocab_size", "max_len", "d_model", "n_layers", "n_h
 
 
 @dataclass(frozen=True)
-class TextTrainConfig:
-    """Settings of the causal language model job (``conf/train_text.yaml``)."""
+class TextTrainConfig(TrainJobConfig):
+    """Settings of the causal language model job (``conf/train_text.yaml``); the shared ones are
+    :class:`~pipeline.train.job_base.TrainJobConfig`'s."""
 
     train_url: str = "data/corpus/train"
     """Training dataset with a ``tokens`` field. Defaults to ``"data/corpus/train"``."""
-    eval_url: str | None = None
-    """Held-out dataset evaluated after each epoch on rank 0. Defaults to ``None`` (none)."""
     run_dir: str = "runs/text"
     """Checkpoint, ``metrics.json`` and ``loss_curve.png``. Defaults to ``"runs/text"``."""
-    epochs: int = 5
-    """Epochs to train in total (a resumed run trains only the missing ones). Defaults to ``5``."""
     batch_size: int = 16
     """Sequences per batch on each rank. Defaults to ``16``."""
-    lr: float = 0.003
-    """Peak AdamW learning rate (1 warm-up epoch, then cosine decay). Defaults to ``0.003``."""
     weight_decay: float = 0.01
     """AdamW weight decay. Defaults to ``0.01``."""
     d_model: int = 64
@@ -63,23 +58,8 @@ class TextTrainConfig:
     """Longest sequence the model accepts (position embeddings). Defaults to ``512``."""
     vocab_size: int | None = None
     """Token ids; ``None`` reads the tokenizer's ``vocab_size`` from the provenance. Defaults to ``None``."""
-    seed: int = 0
-    """Seed of the weights, the data order (per epoch) and dropout. Defaults to ``0``."""
-    workers: int = 2
-    """Loader threads per rank. Defaults to ``2``."""
-    checkpoint_every: int | None = None
-    """Also checkpoint every N steps (mid-epoch); ``None`` = after each epoch only. Defaults to ``None``."""
-    resume: bool = True
-    """Continue from ``run_dir/checkpoint.pt`` when it exists. Defaults to ``True``."""
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    """Processes, GPUs, local or cluster mode."""
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "d_model", "n_layers", "n_heads", "max_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+    _SIZES: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len")
 
 
 def _vocab_size(config: TextTrainConfig) -> int:
@@ -172,10 +152,9 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
         ).to(ctx.device)
         evaluate = None
         if config.eval_url:
-            eval_url = config.eval_url
-
-            def evaluate(m: nn.Module) -> dict[str, float]:
-                return evaluate_text(m, eval_url, ctx.device, config.batch_size)
+            evaluate = partial(
+                evaluate_text, url=config.eval_url, device=ctx.device, batch_size=config.batch_size
+            )
 
         task = Task(
             "causal LM",
@@ -187,9 +166,7 @@ def train_text(config: TextTrainConfig) -> dict[str, Any]:
             loader_on_device=False,  # CPU batches; _inputs_and_targets does pin_memory() + non_blocking
             clip_grad_norm=1.0,
         )
-        if ctx.is_main:  # say up front whether each epoch uses every sample
-            log_epoch_coverage(config.train_url, ctx.world_size, config.batch_size, drop_last=task.drop_last)
-        return fit(ctx, config, model, task, must_match=_MUST_MATCH)
+        return fit_job(ctx, config, model, task, must_match=_MUST_MATCH)
 
 
 def run_text_training(config: TextTrainConfig, *, spark: Any = None) -> dict[str, Any]:
@@ -199,14 +176,4 @@ def run_text_training(config: TextTrainConfig, *, spark: Any = None) -> dict[str
         config: The job's settings.
         spark: The session for ``TorchDistributor``. Defaults to ``None`` (the active one).
     """
-    config = absolute_paths(config)
-    prepare_run_dir(config.run_dir, resume=config.resume)
-    dist = config.distributed
-    return run_distributed(
-        train_text,
-        config,
-        num_processes=dist.num_processes,
-        use_gpu=dist.use_gpu,
-        local_mode=dist.local_mode,
-        spark=spark,
-    )
+    return run_job(train_text, config, spark=spark)
