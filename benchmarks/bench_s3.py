@@ -1,18 +1,28 @@
 """Loader throughput from local disk vs an S3 server with added latency, side by side.
 
 Starts moto's S3 server and a latency-adding TCP proxy on 127.0.0.1 (both from ``tests/``),
-writes one Petastorm dataset locally, uploads it, then reads it:
+writes one Petastorm dataset locally per ``--rows`` size, uploads it, then reads it:
 
 * ``local``: ``open_loader`` on the local folder (second run: the page cache is warm);
-
-Every figure is one epoch from ``open_loader`` on (opening included).
 * ``s3_cold``: ``open_loader`` on ``s3://`` through the proxy (``--latency-ms`` per request);
 * ``s3_cache_fill`` / ``s3_warm``: ``open_loader`` through the disk cache of
-  ``pipeline.access`` (a first loader fills it, a second one reads the data from local disk;
-  listing and file sizes still come from the store);
+  ``pipeline.access`` (a first loader fills it; the second, on a new cached filesystem as a new
+  process would open, reads the data from local disk; the listing still comes from the store);
 * ``petastorm``: petastorm's ``make_reader`` on the same ``s3://`` URL through the proxy, in the
   petastorm environment (``.venv-petastorm`` with ``s3fs``, which petastorm needs for ``s3://``;
   skipped when the environment is missing).
+
+Each run starts at ``open_loader`` and reports: ``open_s`` (``open_loader`` returned),
+``first_batch_s``, ``seconds`` (the first epoch, opening included) and its ``samples_per_s``;
+the runs other than the cache fill read a second epoch, whose rate is ``steady_per_s`` (no
+opening, the reader already under way; in ``s3_cold`` it reads the store again). ``requests`` counts the requests the proxy
+saw during the run (``--trace`` prints them, with their times); ``vs_local`` and
+``steady_vs_local`` are ratios to the local run of the same size.
+
+The S3 server shares the machine's cores with the loader and reads a whole object for every
+ranged GET (moto 5.2), so its CPU time per request bounds the S3 figures here; objects are kept
+in its memory (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``) and data files hold ``--file-rows`` rows
+(8 MiB at the defaults), as a store serving ranges in O(range) would not need.
 
 Run small::
 
@@ -77,24 +87,96 @@ def write_dataset(folder: Path, rows: int, dim: int, row_group_rows: int, files:
 
 
 def run_loader(
-    url: str, *, filesystem: Any = None, epochs: int = 1, workers: int | None, batch: int
-) -> list[float]:
-    """Seconds of each epoch, from ``open_loader`` on (open time is in the first)."""
+    url: str, *, filesystem: Any = None, workers: int | None, batch: int, epochs: int = 1
+) -> dict[str, float]:
+    """``epochs`` epochs from ``open_loader`` on: wall-clock marks (see the module docstring)."""
     import pipeline
 
-    times = []
     started = time.perf_counter()
+    wall = time.time()
+    first_batch, rows, ends = None, 0, []
     with pipeline.open_loader(
         url, batch_size=batch, shuffle=False, num_epochs=epochs, workers=workers, filesystem=filesystem
     ) as loader:
-        epoch, rows = 0, 0
+        opened = time.perf_counter() - started
+        epoch = 0
         for b in loader:
-            if loader.epoch != epoch:
-                times.append(time.perf_counter() - started)
-                started, epoch = time.perf_counter(), loader.epoch
+            if first_batch is None:
+                first_batch = time.perf_counter() - started
+            if loader.epoch != epoch:  # the first batch of the next epoch
+                ends.append(time.perf_counter() - started)
+                epoch = loader.epoch
             rows += len(b["label"])
-        times.append(time.perf_counter() - started)
-    return times
+    ends.append(time.perf_counter() - started)
+    assert first_batch is not None and len(ends) == epochs
+    per_epoch = rows // epochs
+    out = {
+        "open_s": round(opened, 3),
+        "first_batch_s": round(first_batch, 3),
+        "seconds": round(ends[0], 3),
+        "samples_per_s": round(per_epoch / ends[0], 1),
+        "wall_start": wall,
+        "wall_end": wall + ends[0],
+    }
+    if epochs > 1:  # the later epochs: no opening, the reader already under way
+        out["steady_per_s"] = round(per_epoch * (epochs - 1) / (ends[-1] - ends[0]), 1)
+    return out
+
+
+def read_proxy_log(path: Path) -> list[dict[str, Any]]:
+    """The proxy's records (``tests/s3_proxy.py``): requests with their first/last response byte."""
+    if not path.exists():
+        return []
+    conns: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "req" in rec:
+            conns[rec["conn"]] = {"t": rec["t"], "req": rec["req"], "range": rec.get("range"), "bytes": 0}
+        elif rec["conn"] in conns:
+            c = conns[rec["conn"]]
+            c.setdefault("first", rec["t"])
+            c["last"], c["bytes"] = rec["t"], c["bytes"] + rec["bytes"]
+    return sorted(conns.values(), key=lambda c: c["t"])
+
+
+def requests_of(log: list[dict[str, Any]], run: dict[str, float]) -> list[dict[str, Any]]:
+    return [r for r in log if run["wall_start"] <= r["t"] <= run["wall_end"]]
+
+
+def waves(reqs: list[dict[str, Any]]) -> int:
+    """Sequential round trips among ``reqs``: a request sent after one of the current wave had
+    answered (so that it may have waited for it) starts the next wave."""
+    count, wave_end = 0, float("-inf")
+    for r in reqs:
+        done = r.get("last", r["t"])
+        if r["t"] >= wave_end:
+            count, wave_end = count + 1, done
+        else:
+            wave_end = min(wave_end, done)
+    return count
+
+
+def summarize_requests(reqs: list[dict[str, Any]], run: dict[str, float]) -> dict[str, Any]:
+    """Requests of a run: count, bytes, those before ``open_loader`` returned (and how many
+    sequential round trips they took), those before the first batch."""
+    opened = run["wall_start"] + run["open_s"]
+    first = run["wall_start"] + run["first_batch_s"]
+    during_open = [r for r in reqs if r["t"] < opened]
+    return {
+        "requests": len(reqs),
+        "bytes": sum(r["bytes"] for r in reqs),
+        "open_requests": len(during_open),
+        "open_round_trips": waves(during_open),
+        "before_first_batch": sum(r["t"] < first for r in reqs),
+    }
+
+
+def print_trace(name: str, reqs: list[dict[str, Any]], run: dict[str, float]) -> None:
+    print(f"-- {name}: open {run['open_s']} s, first batch {run['first_batch_s']} s, end {run['seconds']} s")
+    for r in reqs:
+        sent = r["t"] - run["wall_start"]
+        took = r.get("last", r["t"]) - r["t"]
+        print(f"   {sent:7.3f} +{took:6.3f} {r['bytes']:>9} {r['req'][:70]} {r['range'] or ''}")
 
 
 _PETASTORM = """
@@ -128,77 +210,150 @@ def run_petastorm(proxy: str, url: str, workers: int) -> dict[str, Any]:
     return {"rows": int(rows), "seconds": float(seconds)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--dim", type=int, default=1024, help="float32 values per row (4 KiB at 1024)")
-    parser.add_argument("--row-group-rows", type=int, default=256)
-    parser.add_argument("--files", type=int, default=4)
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=None, help="reader threads (default: CPU cores)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-
+def bench_size(
+    args: argparse.Namespace,
+    rows: int,
+    endpoint: str,
+    slow_endpoint: str,
+    tmp: Path,
+    log: Path,
+    petastorm: bool,
+) -> dict[str, Any]:
+    """Every run at one dataset size."""
     from pipeline.access.cachedfs import cached_filesystem
     from pipeline.storage import StorageConfig, upload_file
     from pipeline.storage.resolve import s3_filesystem
 
-    results: dict[str, Any] = {"config": vars(args)}
-    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
-        local = Path(tmp) / "ds"
-        local.mkdir()
-        write_dataset(local, args.rows, args.dim, args.row_group_rows, args.files)
-        server, endpoint = start_moto()
+    creds = {"access_key_id": KEY, "secret_access_key": KEY, "region": "us-east-1"}
+    local = tmp / f"ds-{rows}"
+    local.mkdir()
+    files = max(1, -(-rows // args.file_rows))
+    write_dataset(local, rows, args.dim, args.row_group_rows, files)
+    direct = s3_filesystem(StorageConfig(endpoint_url=endpoint, **creds))
+    prefix = f"bench/ds-{rows}"
+    for f in sorted(local.iterdir()):
+        upload_file(str(f), direct, f"{prefix}/{f.name}", url=f"s3://{prefix}")
+    slow = s3_filesystem(StorageConfig(endpoint_url=slow_endpoint, **creds))
+    out: dict[str, Any] = {
+        "rows": rows,
+        "files": files,
+        "mib": round(sum(f.stat().st_size for f in local.iterdir()) / 2**20, 1),
+    }
+    opts = {"workers": args.workers, "batch": args.batch_size}
+
+    run_loader(str(local), **opts)  # warm the page cache
+    out["local"] = run_loader(str(local), epochs=2, **opts)
+    out["s3_cold"] = run_loader(prefix, filesystem=slow, epochs=2, **opts)  # epoch 2 reads the store again
+    cache_dir = tmp / f"cache-{rows}"
+    fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
+    out["s3_cache_fill"] = run_loader(path, filesystem=fill_fs, **opts)
+    warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
+    out["s3_warm"] = run_loader(path, filesystem=warm_fs, epochs=2, **opts)
+    if petastorm:
+        out["petastorm_make_reader"] = run_petastorm(
+            slow_endpoint, f"s3://{prefix}", args.workers or os.cpu_count() or 1
+        )
+        if "seconds" in out["petastorm_make_reader"]:
+            out["petastorm_make_reader"]["samples_per_s"] = round(
+                rows / out["petastorm_make_reader"]["seconds"], 1
+            )
+    time.sleep(0.2)  # the proxy's last log lines
+    proxy_log = read_proxy_log(log)
+    base = out["local"]
+    for name in ("local", "s3_cold", "s3_cache_fill", "s3_warm"):
+        run = out[name]
+        if name != "local":
+            reqs = requests_of(proxy_log, run)
+            run.update(summarize_requests(reqs, run))
+            if args.trace:
+                print_trace(f"{name}, {rows} rows", reqs, run)
+            run["vs_local"] = round(run["samples_per_s"] / base["samples_per_s"], 2)
+            if "steady_per_s" in run:
+                run["steady_vs_local"] = round(run["steady_per_s"] / base["steady_per_s"], 2)
+        del run["wall_start"], run["wall_end"]
+    petastorm = out.get("petastorm_make_reader", {})
+    if "samples_per_s" in petastorm:
+        petastorm["vs_local"] = round(petastorm["samples_per_s"] / base["samples_per_s"], 2)
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    head = (
+        "run",
+        "open s",
+        "1st batch s",
+        "epoch s",
+        "samples/s",
+        "vs local",
+        "steady/s",
+        "steady vs local",
+        "requests",
+        "open requests (round trips)",
+    )
+    print(" | ".join(head))
+    for size in results["sizes"]:
+        print(f"-- {size['rows']} rows, {size['files']} files, {size['mib']} MiB")
+        for name in ("local", "s3_cold", "s3_cache_fill", "s3_warm"):
+            r = size[name]
+            cells = (
+                name,
+                r["open_s"],
+                r["first_batch_s"],
+                r["seconds"],
+                r["samples_per_s"],
+                r.get("vs_local", 1.0),
+                r.get("steady_per_s", "-"),
+                r.get("steady_vs_local", "-" if name != "local" else 1.0),
+                r.get("requests", "-"),
+                f"{r['open_requests']} ({r['open_round_trips']})" if "open_requests" in r else "-",
+            )
+            print(" | ".join(str(c) for c in cells))
+        if "petastorm_make_reader" in size:
+            print(f"petastorm_make_reader: {size['petastorm_make_reader']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[8192, 65536], help="dataset sizes, one run each"
+    )
+    parser.add_argument("--dim", type=int, default=1024, help="float32 values per row (4 KiB at 1024)")
+    parser.add_argument("--row-group-rows", type=int, default=256)
+    parser.add_argument(
+        "--file-rows", type=int, default=2048, help="rows per data file (8 MiB at the defaults)"
+    )
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="reader threads (default: CPU cores, more on S3)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-petastorm", dest="petastorm", action="store_false", help="skip make_reader")
+    parser.add_argument("--trace", action="store_true", help="print every request of the S3 runs")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {"config": vars(args), "load_before": os.getloadavg(), "sizes": []}
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp_name:
+        tmp = Path(tmp_name)
+        log = tmp / "proxy.log"
+        server, endpoint = start_moto({"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(1 << 30)})  # objects in RAM
         proxy = None
+        os.environ["PIPELINE_S3_PROXY_LOG"] = str(log)  # read by tests/s3_proxy.py
         try:
             create_bucket(endpoint, "bench")
-            direct = s3_filesystem(
-                StorageConfig(
-                    endpoint_url=endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1"
-                )
-            )
-            for f in sorted(local.iterdir()):
-                upload_file(str(f), direct, f"bench/ds/{f.name}", url="s3://bench/ds")
             proxy, slow_endpoint = start_latency_proxy(endpoint, args.latency_ms)
-            slow = s3_filesystem(
-                StorageConfig(
-                    endpoint_url=slow_endpoint, access_key_id=KEY, secret_access_key=KEY, region="us-east-1"
-                )
-            )
-            rows = args.rows
-
-            def rate(seconds: float) -> float:
-                return round(rows / seconds, 1)
-
-            run_loader(str(local), workers=args.workers, batch=args.batch_size)  # warm the page cache
-            t_local = run_loader(str(local), workers=args.workers, batch=args.batch_size)
-            results["local"] = {"seconds": t_local[0], "samples_per_s": rate(t_local[0])}
-            t_cold = run_loader("bench/ds", filesystem=slow, workers=args.workers, batch=args.batch_size)
-            results["s3_cold"] = {"seconds": t_cold[0], "samples_per_s": rate(t_cold[0])}
-            cache_fs, path = cached_filesystem("bench/ds", filesystem=slow, cache_dir=Path(tmp) / "cache")
-            t_fill = run_loader(path, filesystem=cache_fs, workers=args.workers, batch=args.batch_size)
-            t_warm = run_loader(path, filesystem=cache_fs, workers=args.workers, batch=args.batch_size)
-            results["s3_cache_fill"] = {"seconds": t_fill[0], "samples_per_s": rate(t_fill[0])}
-            results["s3_warm"] = {"seconds": t_warm[0], "samples_per_s": rate(t_warm[0])}
-            results["petastorm_make_reader"] = run_petastorm(
-                slow_endpoint, "s3://bench/ds", args.workers or os.cpu_count() or 1
-            )
-            if "seconds" in results["petastorm_make_reader"]:
-                results["petastorm_make_reader"]["samples_per_s"] = rate(
-                    results["petastorm_make_reader"]["seconds"]
-                )
+            for i, rows in enumerate(args.rows):
+                petastorm = args.petastorm and i == 0  # once: it fails the same way at every size
+                results["sizes"].append(bench_size(args, rows, endpoint, slow_endpoint, tmp, log, petastorm))
         finally:
+            os.environ.pop("PIPELINE_S3_PROXY_LOG", None)
             if proxy is not None:
                 stop(proxy)
             stop(server)
-    base = results["local"]["samples_per_s"]
-    for name in ("s3_cold", "s3_cache_fill", "s3_warm", "petastorm_make_reader"):
-        if "samples_per_s" in results[name]:
-            results[name]["vs_local"] = round(results[name]["samples_per_s"] / base, 2)
+    results["load_after"] = os.getloadavg()
     if not args.json:
-        for name, value in results.items():
-            print(f"{name:24s} {value}")
+        print_table(results)
+        print(f"load average before {results['load_before']}, after {results['load_after']}")
     print(json.dumps(results, default=str))
     return 0
 

@@ -6,19 +6,30 @@
 ``read``/``read_at`` on an opened file becomes one cache entry keyed by the file's path, size,
 mtime and the byte range. The filesystem pickles (store filesystem + cache folder and limit),
 so DataLoader workers and Spark executors reopen it by themselves.
+
+Round trips: opening a file takes its size and mtime from the latest listing of its folder (the
+listing an open of the dataset makes anyway), so a warm open reads ``_common_metadata`` and the
+footers from the cache without a ``HEAD`` per file; a file not seen in a listing costs one
+``HEAD``, made once however many threads open it. Each listing replaces what the previous one
+said, so a rewritten file gets a new key, never the old entries. The store is opened once per
+file (and size and mtime) and its handle shared by the reads that miss; a file whose size on the
+store is no longer the listed one is an error, not an entry.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.access.disk import DEFAULT_DISK_LIMIT, DiskCache, default_cache_dir
-from pipeline.storage import resolve
+from pipeline.storage import is_remote_filesystem, resolve
+from pipeline.storage.readahead import note_round_trip
 
 __all__ = ["CachingHandler", "cached_filesystem"]
 
@@ -55,7 +66,20 @@ class CachingHandler(pafs.FileSystemHandler):
     def __init__(self, inner: pafs.FileSystem, cache: DiskCache) -> None:
         self.inner = inner
         self.cache = cache
-        self._infos: dict[str, pafs.FileInfo] = {}  # one HEAD per file and process, not per read
+        # native remote files: positional reads are thread-safe, one store handle per file serves all
+        self._share = is_remote_filesystem(inner) and not isinstance(inner, pafs.PyFileSystem)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._infos: dict[str, pafs.FileInfo] = {}  # path -> latest listing or HEAD of it
+        self._heads: dict[str, Future[pafs.FileInfo]] = {}  # HEADs in flight
+        self._stores: dict[tuple[Any, ...], Future[pa.NativeFile]] = {}  # shared store handles
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's connections and locks are not ours
+            self._reset()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"inner": self.inner, "cache": self.cache}
@@ -79,19 +103,79 @@ class CachingHandler(pafs.FileSystemHandler):
     def normalize_path(self, path: str) -> str:
         return self.inner.normalize_path(path)
 
+    def _remember(self, infos: list[pafs.FileInfo]) -> None:
+        self._check_pid()
+        with self._lock:
+            for info in infos:
+                if info.type == pafs.FileType.File:
+                    self._infos[info.path] = info
+                else:
+                    self._infos.pop(info.path, None)
+
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self.inner.get_file_info(paths)
+        infos = self.inner.get_file_info(paths)
+        self._remember(infos)
+        return infos
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return self.inner.get_file_info(selector)
+        started = time.perf_counter()
+        infos = self.inner.get_file_info(selector)
+        note_round_trip(self.inner, time.perf_counter() - started)  # sizes the reader's threads
+        self._remember(infos)
+        return infos
+
+    def _info(self, path: str) -> pafs.FileInfo:
+        """The listed size and mtime of ``path``, else one ``HEAD`` (shared by concurrent callers)."""
+        self._check_pid()
+        with self._lock:
+            info = self._infos.get(path)
+            if info is not None:
+                return info
+            head = self._heads.get(path)
+            owner = head is None
+            if head is None:
+                head = self._heads[path] = Future()
+        if owner:
+            try:
+                started = time.perf_counter()
+                info = self.inner.get_file_info(path)
+                note_round_trip(self.inner, time.perf_counter() - started)
+                head.set_result(info)
+                self._remember([info])
+            except BaseException as exc:
+                head.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._heads.pop(path, None)
+        return head.result()
 
     def open_input_file(self, path: str) -> pa.NativeFile:
-        info = self._infos.get(path)
-        if info is None:
-            info = self._infos[path] = self.inner.get_file_info(path)
+        info = self._info(path)
         if info.type != pafs.FileType.File:
             raise FileNotFoundError(f"{path} is not a file on {self.inner.type_name}")
         return pa.PythonFile(_CachedFile(self, path, info), mode="r")
+
+    def read_store(self, path: str, identity: tuple[Any, ...], size: int, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start`` of ``path`` on the store, whose size must still be ``size``."""
+        if not self._share:
+            with self.inner.open_input_file(path) as fh:
+                return _checked(fh, path, size).read_at(length, start)
+        self._check_pid()
+        with self._lock:
+            entry = self._stores.get(identity)
+            owner = entry is None
+            if entry is None:
+                entry = self._stores[identity] = Future()
+        if owner:  # one open (HEAD) per file, outside the lock
+            try:
+                entry.set_result(_checked(self.inner.open_input_file(path), path, size))
+            except BaseException as exc:
+                entry.set_exception(exc)
+                with self._lock:
+                    if self._stores.get(identity) is entry:
+                        del self._stores[identity]
+                raise
+        return entry.result().read_at(length, start)
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         return self.open_input_file(path)
@@ -135,8 +219,6 @@ class _CachedFile:
         mtime = info.mtime_ns if info.mtime_ns is not None else ""
         self._identity = (handler.inner.type_name, path, self._size, mtime)
         self._pos = 0
-        self._store: pa.NativeFile | None = None
-        self._lock = threading.Lock()
         self.closed = False
 
     def readable(self) -> bool:
@@ -167,13 +249,19 @@ class _CachedFile:
         return data
 
     def _fetch(self, start: int, length: int) -> bytes:
-        with self._lock:
-            if self._store is None:
-                self._store = self._handler.inner.open_input_file(self._path)
-            return self._store.read_at(length, start)
+        return self._handler.read_store(self._path, self._identity, self._size, start, length)
 
     def close(self) -> None:
         self.closed = True
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+
+
+def _checked(fh: pa.NativeFile, path: str, size: int) -> pa.NativeFile:
+    """``fh``, unless the file is no longer ``size`` bytes (rewritten since it was listed)."""
+    actual = fh.size()
+    if actual != size:
+        fh.close()
+        raise OSError(
+            f"{path} is {actual} bytes on the store, {size} when listed: it was rewritten while "
+            "being read; open the dataset again"
+        )
+    return fh

@@ -3,14 +3,17 @@
 Three things make a row group cost one round trip instead of several, and keep enough of them
 in flight:
 
-* :class:`RemoteReads` opens each remote file once (one ``HEAD``) and shares the handle between
-  reader threads (positional reads are thread-safe), and turns on ``pre_buffer``: the column
-  chunks of a row group are fetched as coalesced ranged reads, concurrently;
+* :class:`RemoteReads` opens each remote file once (one ``HEAD``, however many threads ask at
+  the same moment) and shares the handle between the footer read and the reader threads
+  (positional reads are thread-safe), and turns on ``pre_buffer``: the column chunks of a row
+  group are fetched as coalesced ranged reads, concurrently;
 * :func:`parallel_map` reads the footers of all files at once when a dataset is opened;
 * :func:`read_threads`: the reader's thread count for a remote dataset, from
-  ``StorageConfig.read_threads`` or the measured round-trip time (``cpu + latency / 2 ms``,
-  at most 64): each thread waits on the network most of the time, so more threads than cores
-  keep the cores busy decoding.
+  ``StorageConfig.read_threads`` or the round-trip time (``cpu + latency / 2 ms``, at most 64):
+  each thread waits on the network most of the time, so more threads than cores keep the cores
+  busy decoding. The round trip is the one the open already made (:func:`note_round_trip`: a
+  file's ``HEAD``, a listing), so that no request is spent on measuring it; only a filesystem
+  that made none yet is probed with one ``HEAD``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -30,7 +33,15 @@ import pyarrow.fs as pafs
 
 from pipeline.storage.config import StorageConfig, load_storage_config
 
-__all__ = ["RemoteReads", "is_remote_filesystem", "measure_latency", "parallel_map", "read_threads"]
+__all__ = [
+    "RemoteReads",
+    "is_remote_filesystem",
+    "measure_latency",
+    "note_round_trip",
+    "observed_latency",
+    "parallel_map",
+    "read_threads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_READ_THREADS = 64
+ROUND_TRIP_MAX_AGE_S = 60.0
+"""A round trip observed longer ago than this is measured again."""
+
+_ROUND_TRIPS: dict[int, tuple[Any, list[float], float]] = {}  # id(fs) -> (fs, last samples, monotonic)
+_ROUND_TRIPS_LOCK = threading.Lock()
+_KEPT_FILESYSTEMS = 16
 
 
 def is_remote_filesystem(fs: pafs.FileSystem) -> bool:
@@ -63,7 +80,40 @@ def parallel_map(
         return list(pool.map(fn, items))
 
 
-def measure_latency(fs: pafs.FileSystem, path: str, samples: int = 2) -> float:
+def _store_of(fs: Any) -> Any:
+    """The filesystem whose requests cross the network: a cache's store, else ``fs`` itself."""
+    handler = getattr(fs, "handler", None) if isinstance(fs, pafs.PyFileSystem) else None
+    inner = getattr(handler, "inner", None)
+    return _store_of(inner) if inner is not None else fs
+
+
+def note_round_trip(fs: pafs.FileSystem, seconds: float) -> None:
+    """Record the seconds of one request (a ``HEAD``, a listing page) made on ``fs``.
+
+    :func:`read_threads` sizes the reader from these instead of measuring again.
+    """
+    store = _store_of(fs)
+    now = time.monotonic()
+    with _ROUND_TRIPS_LOCK:
+        entry = _ROUND_TRIPS.get(id(store))
+        samples = entry[1][-4:] if entry is not None and entry[0] is store else []
+        _ROUND_TRIPS[id(store)] = (store, [*samples, seconds], now)  # keeps store alive: ids stay unique
+        if len(_ROUND_TRIPS) > _KEPT_FILESYSTEMS:
+            oldest = min(_ROUND_TRIPS, key=lambda k: _ROUND_TRIPS[k][2])
+            del _ROUND_TRIPS[oldest]
+
+
+def observed_latency(fs: pafs.FileSystem, max_age_s: float = ROUND_TRIP_MAX_AGE_S) -> float | None:
+    """Median of the round trips recently noted for ``fs`` (or its cache's store), else ``None``."""
+    store = _store_of(fs)
+    with _ROUND_TRIPS_LOCK:
+        entry = _ROUND_TRIPS.get(id(store))
+    if entry is None or entry[0] is not store or time.monotonic() - entry[2] > max_age_s:
+        return None
+    return statistics.median(entry[1])
+
+
+def measure_latency(fs: pafs.FileSystem, path: str, samples: int = 1) -> float:
     """Median seconds of a metadata request (``get_file_info``, one ``HEAD`` for a file) on ``path``."""
     times = []
     for _ in range(samples):
@@ -83,16 +133,25 @@ def read_threads(
     """Reader threads for a dataset at ``path`` on ``fs``.
 
     Local: ``cpu_threads``. Remote: ``config.read_threads`` when set, else
-    ``cpu_threads + ceil(latency_ms / 2)`` at most 64 (20 ms -> cpu + 10).
+    ``cpu_threads + ceil(latency_ms / 2)`` at most 64 (20 ms -> cpu + 10), the latency being
+    the round trips that opening the dataset made (:func:`observed_latency`), or one ``HEAD``
+    when there were none.
     """
     if not is_remote_filesystem(fs):
         return cpu_threads
     cfg = config or load_storage_config()
     if cfg.read_threads is not None:
         return cfg.read_threads
-    latency = measure_latency(fs, f"{path.rstrip('/')}/_common_metadata")  # a file: a single HEAD
+    latency = observed_latency(fs)
+    how = "observed"
+    if latency is None:
+        latency = measure_latency(fs, f"{path.rstrip('/')}/_common_metadata")  # a file: a single HEAD
+        note_round_trip(fs, latency)
+        how = "measured"
     threads = min(MAX_READ_THREADS, cpu_threads + math.ceil(latency * 1000 / 2))
-    log.info("remote dataset %s: %.1f ms per request -> %d reader threads", path, latency * 1000, threads)
+    log.info(
+        "remote dataset %s: %.1f ms per request (%s) -> %d reader threads", path, latency * 1000, how, threads
+    )
     return max(cpu_threads, threads)
 
 
@@ -110,7 +169,7 @@ class RemoteReads:
         self.pre_buffer = self.remote and (config or load_storage_config()).pre_buffer
         # one handle per file, shared: only for native remote files, whose read_at is thread-safe
         self._share = self.remote and not isinstance(fs, pafs.PyFileSystem)
-        self._handles: dict[str, pa.NativeFile] = {}
+        self._handles: dict[str, Future[pa.NativeFile]] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,16 +186,27 @@ class RemoteReads:
                 yield fh
             return
         with self._lock:
-            fh = self._handles.get(path)
-        if fh is None:
-            fh = self.fs.open_input_file(path)  # outside the lock: one round trip
-            with self._lock:
-                fh = self._handles.setdefault(path, fh)
-        yield fh
+            entry = self._handles.get(path)
+            owner = entry is None
+            if entry is None:
+                entry = self._handles[path] = Future()
+        if owner:  # one HEAD per file, outside the lock; the other threads wait for it
+            started = time.perf_counter()
+            try:
+                entry.set_result(self.fs.open_input_file(path))
+            except BaseException as exc:
+                entry.set_exception(exc)
+                with self._lock:
+                    if self._handles.get(path) is entry:
+                        del self._handles[path]  # a failed open is tried again next time
+                raise
+            note_round_trip(self.fs, time.perf_counter() - started)
+        yield entry.result()
 
     def close(self) -> None:
         """Close the shared handles."""
         with self._lock:
-            handles, self._handles = list(self._handles.values()), {}
-        for fh in handles:
-            fh.close()
+            entries, self._handles = list(self._handles.values()), {}
+        for entry in entries:
+            if entry.done() and entry.exception() is None:
+                entry.result().close()
