@@ -112,5 +112,4 @@ class CachedSource:
         cancel: threading.Event | None = None,
     ) -> None:
         """Like :meth:`read`, writing row ``i`` into ``out[name][rows[i]]``."""
-        for name, column in self.read(item).columns.items():
-            out[name][rows] = column
+        self.read(item).copy_into(out, rows)

@@ -54,6 +54,11 @@ class Chunk:
     columns: dict[str, np.ndarray]
     rows: int
 
+    def copy_into(self, out: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Write row ``i`` of the chunk into ``out[name][rows[i]]`` for every column."""
+        for name, column in self.columns.items():
+            out[name][rows] = column
+
 
 class DatasetSource:
     """The row groups of a dataset and how to read them.
@@ -140,9 +145,7 @@ class DatasetSource:
         ``cancel``, when set, stops long decode loops early (``ReadCancelled``).
         """
         if self._spec is not None:  # the transform needs the whole chunk first
-            chunk = self.read(item)
-            for name, column in chunk.columns.items():
-                out[name][rows] = column
+            self.read(item).copy_into(out, rows)
             return
         table = self._table(item)
         for name, field in self.schema.fields.items():
