@@ -186,6 +186,39 @@ def ceiling(url: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+def fair_ceiling(url: str) -> float:
+    """The work no loader can skip, in one thread: images/s on one core of Parquet read + decode +
+    augment into a row buffer + one copy of each row into a shuffled batch tensor (the collate
+    every loader pays; the main process does it here)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.dataset import list_dataset_files, read_unischema
+    from pipeline.reader.decode import decode_column, spec_from_unischema
+
+    files = list_dataset_files(url)
+    field = read_unischema(files).fields["image"]
+    spec = spec_from_unischema(field)
+    rng = np.random.default_rng(0)
+    start, n = time.perf_counter(), 0
+    for path in files.files:
+        with files.filesystem.open_input_file(path) as fh:
+            parquet = pq.ParquetFile(fh)
+            for group in range(parquet.num_row_groups):
+                column = parquet.read_row_group(group, columns=["image"]).column(0)
+                images = decode_column(spec, field, column)
+                rows = np.empty((len(images), 3, augment.CROP, augment.CROP), dtype=np.float32)
+                for i, image in enumerate(images):
+                    rows[i] = augment.augment_image(image, rng)
+                order = rng.permutation(len(rows))
+                for lo in range(0, len(rows), 64):
+                    take = order[lo : lo + 64]
+                    batch = torch.from_numpy(np.empty((len(take), *rows.shape[1:]), dtype=np.float32))
+                    np.take(rows, take, axis=0, out=batch.numpy())
+                n += len(images)
+    return n / (time.perf_counter() - start)
+
+
 def cpu_per_row(url: str, rows: int) -> None:
     """CPU microseconds per row of the parent and of the live worker processes (psutil), for
     threads and processes, two rounds (the first pays imports); ``--cpu-per-row``."""
@@ -267,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per path; the best is kept (default 3)")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--petastorm-side", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs of the spread-fixed-costs line (default 3)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     parser.add_argument(
         "--cpu-per-row",
@@ -303,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     one_core = max(ceiling(url) for _ in range(args.repeat))
     figures["ceiling: decode + augment, 1 core"] = one_core
     figures[f"ceiling: decode + augment x {WORKERS} cores"] = one_core * WORKERS
+    fair = max(fair_ceiling(url) for _ in range(args.repeat))
+    figures[f"ceiling: read + decode + augment + batch copy x {WORKERS} cores"] = fair * WORKERS
+    figures[f'this loader, "process", {args.epochs} epochs (fixed costs spread)'] = max(
+        ours(url, "process", epochs=args.epochs).samples_per_s for _ in range(args.repeat)
+    )
 
     mine = figures['this loader, workers_type="process"']
     others = [v for k, v in figures.items() if not k.startswith(("this loader", "ceiling"))]
@@ -314,9 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         "process / best alternative": mine / best_other,
         "process / ceiling": mine / figures[f"ceiling: decode + augment x {WORKERS} cores"],
         "process / thread": mine / figures['this loader, workers_type="thread"'],
+        "process / fair ceiling": mine
+        / figures[f"ceiling: read + decode + augment + batch copy x {WORKERS} cores"],
     }
     print(f"\nprocesses / best alternative: {ratios['process / best alternative']:.2f}x (aim >= 1.4)")
     print(f"processes / {WORKERS}-core ceiling: {ratios['process / ceiling']:.2f}x (aim >= 0.8)")
+    print(
+        f"processes / {WORKERS}-core ceiling with the unavoidable work: {ratios['process / fair ceiling']:.2f}x"
+    )
     digests = {w: order_digest(url, w) for w in (1, 2, 4)}
     same = len(set(digests.values())) == 1
     print(f"batch digest by worker processes: {digests} -> {'identical' if same else 'DIFFERENT'}")

@@ -23,7 +23,7 @@ from pipeline.reader.plan import WorkItem
 from pipeline.reader.source import DatasetSource
 from pipeline.reader.workers import task_rng, time_reads, untimed
 from pipeline.reader.workers_cores import cgroup_cpu_limit, usable_cores
-from pipeline.reader.workers_process import WorkerDied
+from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe, WorkerDied
 from tests.datasets import write_format_dataset
 
 ROWS = 90  # 9 row groups of 10 rows in 2 files
@@ -349,3 +349,27 @@ def test_the_parents_source_reaches_workers_without_its_read_timer(url):
     clone = pickle.loads(pickle.dumps(untimed(source)))
     assert clone.read(WorkItem(0, 0, 0, 10)).rows == 10 and len(seen) == 1
     assert clone.sizes == source.sizes and untimed(clone) is clone
+
+
+def test_wind_down_lets_the_workers_exit_before_close(url):
+    """The reader says when no item will follow: the workers exit while it drains its buffer."""
+    source = DatasetSource(url)
+    pool = ProcessWorkers(SourceRecipe(source.url, source.options), source, 2, seed=0, start_method="fork")
+    mine = f"pipeline_{os.getpid()}_"
+    try:
+        buffer = pool.buffer(source.specs, capacity=20, size=0, rng=None)
+        item = WorkItem(0, 0, 0, 10)
+        rows = buffer.reserve(10)
+        pool.finish(pool.submit(item, buffer, rows), item, buffer, rows)
+        assert buffer.columns["id"][rows].tolist() == DatasetSource(url).read(item).columns["id"].tolist()
+        assert workers()
+        pool.wind_down()
+        deadline = time.monotonic() + 30
+        while workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not workers()
+        assert any(name.startswith(mine) for name in os.listdir("/dev/shm"))  # close() unlinks it
+        buffer.columns.clear()
+    finally:
+        pool.close()
+    assert not any(name.startswith(mine) for name in os.listdir("/dev/shm"))

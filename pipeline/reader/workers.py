@@ -3,7 +3,8 @@
 Both kinds have the same small interface for the reader (:class:`ThreadWorkers`, and
 :class:`~pipeline.reader.workers_process.ProcessWorkers`): ``buffer`` makes the row buffer,
 ``submit`` starts a work item writing into its reserved rows, ``finish`` waits for it (and
-re-raises its error), ``run`` reads one inline, ``close`` stops everything. The reader keeps the
+re-raises its error), ``run`` reads one inline, ``wind_down`` says that no item will follow (worker
+processes exit while the reader drains its buffer), ``close`` stops everything. The reader keeps the
 order: items become live in plan order whatever order workers finish in, so the batches do not
 depend on the kind or the number of workers.
 
@@ -291,6 +292,11 @@ class ThreadWorkers:
             self.run(item, buffer, rows)
         else:
             handle.result()
+
+    def wind_down(self) -> None:
+        """No item will be submitted any more: the threads end once idle (:meth:`close` joins them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def close(self) -> None:
         """Stop running decodes within a few rows, drop queued items, join the threads."""

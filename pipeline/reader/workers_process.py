@@ -277,6 +277,13 @@ class ProcessWorkers:
             "shuffle_buffer or workers; a crash in native code of the transform shows in the worker's stderr",
         )
 
+    def wind_down(self) -> None:
+        """No item will be submitted any more: the workers exit now, while the parent drains the
+        row buffer, instead of in :meth:`close` (which still joins them and unlinks the memory)."""
+        if self._pool is not None:
+            self._processes.update(getattr(self._pool, "_processes", None) or {})
+            self._pool.shutdown(wait=False)
+
     def close(self) -> None:
         """Stop the workers (SIGTERM, then SIGKILL after a few seconds) and unlink the shared memory."""
         self._cancel.set()
