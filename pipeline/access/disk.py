@@ -20,6 +20,9 @@ Guarantees:
   entry again and only then reads the store, so N processes missing the same range read it once.
 * **Bounded**: after each write the least recently used entries (a hit touches the file's mtime)
   are deleted until the entries fit ``limit`` bytes; an entry larger than the limit is not kept.
+  The processes keep a running total of the entries' bytes in the eviction lock file, so that a
+  write scans the folder only when the total may exceed the limit (a scan then makes it exact
+  again), not at every write.
 * **Stale-proof**: keys hash the file's path, size and mtime with the range, so a rewritten
   file never hits the old entries (which age out of the LRU).
 """
@@ -123,7 +126,7 @@ class DiskCache:
             if length + _TRAILER.size <= self.limit:
                 self._write(key, data)
         if length + _TRAILER.size <= self.limit:
-            self.evict()
+            self.evict(added=length + _TRAILER.size)
         return data
 
     def _load(self, key: str, length: int) -> bytes | None:
@@ -160,11 +163,11 @@ class DiskCache:
     @contextmanager
     def _locked(self, name: str) -> Any:
         """An exclusive ``flock`` on ``locks/name``: excludes other processes and other threads
-        (each call opens its own file description)."""
+        (each call opens its own file description). Yields the lock file's descriptor."""
         fd = os.open(self.directory / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield fd
         finally:
             os.close(fd)  # releases the lock
 
@@ -192,21 +195,44 @@ class DiskCache:
         """Bytes of all entries on disk now."""
         return sum(size for _, size, _ in self.entries())
 
-    def evict(self) -> None:
-        """Delete least recently used entries until all fit the limit (one process at a time)."""
-        with self._locked("evict"):
+    def evict(self, added: int | None = None) -> None:
+        """Delete least recently used entries until all fit the limit (one process at a time).
+
+        Args:
+            added: Bytes of the entry just written. The running total in the lock file plus
+                ``added`` decides whether the folder is scanned: only when it may exceed the
+                limit, or when there is no total yet. Defaults to ``None`` (scan).
+        """
+        with self._locked("evict") as fd:
+            known = _read_total(fd)
+            if added is not None and known is not None and known + added <= self.limit:
+                _write_total(fd, known + added)
+                return
             entries = self.entries()
             total = sum(size for _, size, _ in entries)
-            if total <= self.limit:
-                return
-            for _, size, path in sorted(entries, key=lambda e: e[0]):
-                path.unlink(missing_ok=True)
-                self.stats.evicted += 1
-                total -= size
-                if total <= self.limit:
-                    break
+            if total > self.limit:
+                for _, size, path in sorted(entries, key=lambda e: e[0]):
+                    path.unlink(missing_ok=True)
+                    self.stats.evicted += 1
+                    total -= size
+                    if total <= self.limit:
+                        break
+            _write_total(fd, total)  # exact again; entries deleted by others only make it high (safe)
 
-    def clear(self) -> None:
+    def clear(self) -> None:  # the running total stays high until the next write scans: safe
         """Delete every entry."""
         for _, _, path in self.entries():
             path.unlink(missing_ok=True)
+
+
+def _read_total(fd: int) -> int | None:
+    """The running total of entry bytes kept in the eviction lock file, or ``None``."""
+    raw = os.pread(fd, 20, 0)
+    try:
+        return int(raw.decode("ascii").strip()) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _write_total(fd: int, total: int) -> None:
+    os.pwrite(fd, b"%020d" % max(0, total), 0)  # fixed width: no truncate (slow on some filesystems)
