@@ -10,6 +10,8 @@ error.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from typing import Any
 
@@ -27,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="the end-to-end demo (make demo): digits -> Spark conversion -> training -> accuracy",
         description="Write scikit-learn's digits as an image folder, convert it with Spark, train a small "
-        "CNN through TorchDistributor and report the held-out accuracy. Defaults shown come from conf/.",
+        "CNN through TorchDistributor (stopped midway as by SIGTERM, then resumed) and report the held-out "
+        "accuracy and the loader's figures. Defaults shown come from conf/.",
     )
     d = ConfDefaults(_CONFIG, "demo.yaml")
     p.add_argument("--epochs", type=int, default=None, help=d.help("training epochs", "epochs"))
@@ -51,7 +54,10 @@ def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.demo.run import AccuracyTooLow, DemoConfig, run_demo
     from pipeline.spark import spark_session
     from pipeline.train.distributed import TrainingError
+    from pipeline.train.monitor import PROGRESS_ENV
 
+    if sys.stderr.isatty() and not args.json:
+        os.environ[PROGRESS_ENV] = "1"  # the ranks' progress lines, piped through this process
     started = time.perf_counter()
     overrides = {
         "epochs": args.epochs,
@@ -81,27 +87,53 @@ def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_report(result: Any, stages: dict[str, float], total: float) -> None:
-    training = result.training
+    from pipeline.train.loop import loader_line
+
+    training, stopped = result.training, result.preempted
+    history = training.get("history") or []
     print()
     print("== demo: sklearn digits -> Spark conversion -> TorchDistributor training ==")
     print(f"images: {result.counts['train']} train, {result.counts['heldout']} held out (8x8, 10 classes)")
+    epochs = len(history)
     print(
-        f"trained on {training['world_size']} {training['device']} process(es) ({training['backend']}), "
-        f"{training['epochs_trained']} epochs"
+        f"trained on {training['world_size']} {training['device']} process(es) ({training['backend']}), {epochs} epochs"
     )
     for name, seconds in stages.items():
         note = " (reused)" if result.reused.get(name) else ""
         print(f"  {name:12s} {seconds:7.1f} s{note}")
     print(f"  {'total':12s} {total:7.1f} s")
-    print(f"held-out accuracy: {result.accuracy:.4f}")
-    last = (training.get("history") or [{}])[-1]
-    if "data_samples_per_s" in last:  # the loader's own figures (loader.stats()) of the last epoch
+    resumed_in = None
+    if stopped:
+        epoch, step = training["resumed_from_epoch"], training["resumed_from_step"]
+        resumed_in = epoch + 1 if step else None
+        print(f"preemption drill: {stopped['resume']}; the ranks exited 0")
         print(
-            f"data loader (rank 0, last epoch): {last['data_samples_per_s']:,.0f} samples/s, "
-            f"training waited {last['data_wait_fraction']:.0%} of the time, bound by {last['data_bound_by']}"
+            f"resume: the same training launched again continued at epoch {epoch + 1}, step {step + 1}/"
+            f"{training['steps_per_epoch']} (model, optimizer, LR schedule, RNG and loader position from "
+            f"the checkpoint) and trained to epoch {epochs}"
         )
-    print(f"metrics: {training['metrics']}\nloss curve: {training['loss_curve']}")
+    print(f"held-out accuracy: {result.accuracy:.4f}")
+    if history and "data_samples_per_s" in history[-1]:  # rank 0's loader.stats(), per epoch
+        print("epoch  train_loss  eval_accuracy  samples/s  data wait  bound by")
+        for row in history:
+            mark = "*" if row["epoch"] == resumed_in else " "
+            print(
+                f"{row['epoch']:5d}{mark} {row['train_loss']:10.4f}  {row.get('eval_accuracy', float('nan')):13.4f}"
+                f"  {row['data_samples_per_s']:9,.0f}  {row['data_wait_fraction']:9.1%}  {row['data_bound_by']}"
+            )
+        if resumed_in:
+            print(
+                "  * stopped in this epoch and resumed: its samples/s and data wait are those of the resumed part"
+            )
+        totals = {
+            name: sum(row["data"]["stages"].get(name, 0.0) for row in history)
+            for name in history[-1]["data"]["stages"]
+        }
+        print(
+            f"loader stages, rank 0, all {epochs} epochs: "
+            + "  ".join(f"{name} {seconds:.3f} s" for name, seconds in totals.items())
+        )
+        print(f"loader, rank 0, last epoch: {loader_line(history[-1]['data'])}")
     print(
-        "the demo always trains afresh; `pipeline train images` checkpoints on SIGTERM/Ctrl-C and "
-        "every --checkpoint-every steps, and the same command resumes mid-epoch (docs/training.md)"
+        f"metrics: {training['metrics']}\nloss curve: {training['loss_curve']} (loss, and data wait beside it)"
     )

@@ -7,19 +7,27 @@ Stages, each timed:
 2. **convert** -- both folders converted by :func:`pipeline.convert.images.convert_images` on the
    session's Spark, at the digits' fixed size (8x8).
 3. **train** -- :class:`~pipeline.train.models.SmallCNN` trained through ``TorchDistributor``
-   (2 CPU processes, or one per GPU), reading through :func:`pipeline.open_loader`.
-4. **evaluate** -- held-out accuracy of the saved checkpoint, recomputed in the driver.
+   (2 CPU processes, or one per GPU), reading through :func:`pipeline.open_loader`. A
+   preemption drill stops it in the middle of the middle epoch the way SIGTERM does: the ranks
+   finish the step, save a checkpoint (model, optimizer, LR schedule, RNG, loader position) and
+   exit 0.
+4. **resume** -- the same training launched again continues from that checkpoint, at the next
+   batch of the interrupted epoch, and trains to the end (weights equal to those of an
+   uninterrupted run, which ``tests/test_demo.py`` checks on the demo itself).
+5. **evaluate** -- held-out accuracy of the saved checkpoint, recomputed in the driver.
 
-A second run reuses what is still valid: the image folder when its manifest matches, each
-dataset when its provenance says it was converted from that folder with the same row count.
-Training always runs again (from scratch) -- it is what the demo shows.
+With ``run_demo(..., interrupt=False)`` steps 3 and 4 are one uninterrupted
+training. A second run reuses what is still valid: the image folder when its manifest matches,
+each dataset when its provenance says it was converted from that folder with the same row
+count. Training always runs again (from scratch) -- it is what the demo shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,18 +101,29 @@ class DemoResult:
     counts: dict[str, int] = field(default_factory=dict)
     """Images per split."""
     training: dict[str, Any] = field(default_factory=dict)
-    """The training summary (world size, device, history, paths)."""
+    """The training summary (world size, device, history, paths); after the drill, the resumed run's."""
+    preempted: dict[str, Any] = field(default_factory=dict)
+    """The summary of the run the drill stopped (``status``, ``resume``, ``global_step``, ...); ``{}`` without one."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the per-epoch history)."""
         training = {k: v for k, v in self.training.items() if k != "history"}
+        preempted = {k: v for k, v in self.preempted.items() if k not in ("history", "final")}
         return {
             "accuracy": self.accuracy,
             "stages": self.stages,
             "reused": self.reused,
             "counts": self.counts,
             "training": training,
+            "preempted": preempted,
         }
+
+
+@dataclass(frozen=True)
+class _DrillConfig(ImageTrainConfig):
+    """The image job's settings plus the drill: rank 0 asks to stop mid-run as on SIGTERM."""
+
+    preemption_drill: bool = True
 
 
 DIGIT_SIZE = (8, 8)
@@ -126,12 +145,14 @@ def _dataset_is_current(dest: Path, src: str, rows: int) -> bool:
     )
 
 
-def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
-    """Run the four stages on ``spark``; raise if held-out accuracy is below ``min_accuracy``.
+def run_demo(spark: Any, config: DemoConfig, *, interrupt: bool = True) -> DemoResult:
+    """Run the stages on ``spark``; raise if held-out accuracy is below ``min_accuracy``.
 
     Args:
         spark: The SparkSession for conversion and for ``TorchDistributor``.
         config: The demo's settings.
+        interrupt: Stop the training midway as SIGTERM would, then resume it. Defaults to
+            ``True``.
 
     Returns:
         The :class:`DemoResult`.
@@ -180,8 +201,18 @@ def run_demo(spark: Any, config: DemoConfig) -> DemoResult:
         resume=False,
         distributed=config.distributed,
     )
-    result.training = run_image_training(train_config, spark=spark)
+    if interrupt:  # the same settings, plus the drill
+        drill = _DrillConfig(**{f.name: getattr(train_config, f.name) for f in fields(ImageTrainConfig)})
+        result.training = run_image_training(drill, spark=spark)
+    else:
+        result.training = run_image_training(train_config, spark=spark)
     result.stages["train"] = time.perf_counter() - t0
+    if result.training["status"] == "preempted":
+        log.info("%s", result.training["resume"])
+        result.preempted = result.training
+        t0 = time.perf_counter()
+        result.training = run_image_training(dataclasses.replace(train_config, resume=True), spark=spark)
+        result.stages["resume"] = time.perf_counter() - t0
 
     # The saved checkpoint, evaluated again here in the driver: what a user would deploy.
     t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from pipeline.train.preemption import Agreement, StopSignals, gather, rng_state,
 from pipeline.train.process_group import DistContext
 from pipeline.train.run import RunDir, cosine_lr, derive_seed, format_row, prepare_run_dir
 
-__all__ = ["Step", "Task", "fit"]
+__all__ = ["Step", "Task", "fit", "loader_line"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def fit(
         config: The job's settings: ``run_dir``, ``train_url``, ``epochs``, ``batch_size``, ``lr``,
             ``weight_decay``, ``seed``, ``workers`` (and ``eval_url`` for ``task.evaluate``;
             optional ``checkpoint_every``: steps between checkpoints, ``None``/``0`` = per epoch
-            only; optional ``tensorboard_dir``). All of its fields are recorded in checkpoints and
+            only; optional ``tensorboard_dir``; optional ``preemption_drill``: rank 0 asks to stop as
+            on SIGTERM in the middle of the middle epoch, what ``pipeline demo`` shows). All of its fields are recorded in checkpoints and
             ``metrics.json`` (a dataclass, or any object with attributes).
         model: The model, on ``ctx.device``, initialised the same on every rank.
         task: The job's step and evaluation.
@@ -151,6 +152,7 @@ def fit(
         with loader, StopSignals() as signals:
             _restore_loader(loader, restored, ctx.rank, start)
             steps = len(loader)
+            drill = _drill_step(config, steps, epochs, global_step) if ctx.is_main else None
             rank_state = restored.ranks[ctx.rank] if restored is not None and first_step else None
             for epoch in range(start, epochs):
                 step = first_step if epoch == start else 0
@@ -177,6 +179,10 @@ def fit(
                     sums.add(loss=loss_sum.detach(), correct=correct, n=count)
                     step += 1
                     global_step += 1
+                    if global_step == drill:
+                        signals.request(
+                            f"preemption drill at epoch {epoch + 1}/{epochs}, step {step}/{steps}"
+                        )
                     progress.update(epoch=epoch, epochs=epochs, step=step, steps=steps, stats=loader.stats)
                     stop = agreement.any(signals.received is not None)
                     if step < steps and (stop or (every and global_step % every == 0)):
@@ -240,7 +246,7 @@ def fit(
                     if trackers is not None:
                         trackers.log_epoch(row, epoch + 1)
                     log.info("%s: %s", task.title, format_row(row))
-                    log.info("%s: loader on rank 0: %s", task.title, _loader_line(row["data"]))
+                    log.info("%s: loader on rank 0: %s", task.title, loader_line(row["data"]))
                 torch.distributed.barrier()
                 if stop and epoch + 1 < epochs:
                     status, stopped_at = "preempted", (epoch + 1, 0)
@@ -259,6 +265,7 @@ def fit(
         "resumed_from_step": first_step,
         "epochs_trained": (stopped_at[0] if status == "preempted" else epochs) - start,
         "global_step": global_step,
+        "steps_per_epoch": steps,
         "train_seconds": time.perf_counter() - started,
         "final": history[-1] if history else {},
     }
@@ -305,6 +312,17 @@ def run_save(
     )
 
 
+def _drill_step(config: Any, steps: int, epochs: int, done: int) -> int | None:
+    """With ``config.preemption_drill``: the global step after which rank 0 asks to stop as on SIGTERM.
+
+    The middle of the middle epoch (``epochs // 2``, from 0), unless this run starts past it (a resume).
+    """
+    if not getattr(config, "preemption_drill", False):
+        return None
+    at = (epochs // 2) * steps + max(1, steps // 2)
+    return at if at > done else None
+
+
 def _restore_loader(loader: Any, restored: Any, rank: int, start: int) -> None:
     """Put the loader where the checkpoint left it (the start of epoch ``start`` for old checkpoints)."""
     if restored is None:
@@ -317,8 +335,12 @@ def _restore_loader(loader: Any, restored: Any, rank: int, start: int) -> None:
         loader.load_state_dict({**state, "epoch": start, "batches": 0})
 
 
-def _loader_line(figures: Mapping[str, Any]) -> str:
-    """``read 0.02 s  decode 0.00 s ...  queues 1/2 batches, 0 reading, 512 rows buffered  RSS 441 MiB  CPU 28%``."""
+def loader_line(figures: Mapping[str, Any]) -> str:
+    """``read 0.02 s  decode 0.00 s ...  queues 1/2 batches, 0 reading, 512 rows buffered  RSS 441 MiB  CPU 28%``.
+
+    Args:
+        figures: The ``data`` entry of an epoch's row (rank 0's ``loader.stats()`` of that epoch).
+    """
     stages = "  ".join(f"{name} {seconds:.2f} s" for name, seconds in figures["stages"].items())
     queues = figures["queues"]
     return (

@@ -1,6 +1,7 @@
 """Stopping a distributed run cleanly, and the per-rank state a mid-epoch resume needs.
 
-* :class:`StopSignals` turns SIGTERM/SIGINT into a request to stop after the current step.
+* :class:`StopSignals` turns SIGTERM/SIGINT into a request to stop after the current step
+  (:meth:`StopSignals.request` makes the same request without a signal: the demo's drill).
 * :class:`Agreement` makes every rank stop after the same step: after each step the ranks
   all-reduce one flag (on a gloo group, so that an NCCL run does not synchronise the GPU).
 * :func:`rng_state` / :func:`set_rng_state` and :func:`gather` collect what each rank must save.
@@ -44,6 +45,12 @@ class StopSignals:
             return  # SIGTERM again (the process group's and the driver's copy): already stopping
         self.received = signum
         log.warning("%s received: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def request(self, why: str) -> None:
+        """Stop after this step as if SIGTERM had arrived (a preemption drill); logs ``why``."""
+        if self.received is None:
+            self.received = signal.SIGTERM
+            log.warning("%s: stopping as on SIGTERM: finishing this step, then saving a checkpoint", why)
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
