@@ -5,12 +5,18 @@ The ranks are plain processes started here with torchrun's environment (``RANK``
 both training jobs use -- on a tiny image dataset; each step sleeps 30 ms so that a signal
 lands in the middle of an epoch. Run as ``python -m tests.test_resume_train CONFIG.json`` it is
 one such rank.
+
+The whole command too: ``jobs/train_images.py`` (= ``pipeline train images``) gets SIGTERM on its
+driver process in the middle of epoch 2, passes it on to the ranks ``TorchDistributor`` started,
+exits 0 with the command that resumes, and that command ends where an uninterrupted run ends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -228,6 +234,96 @@ def test_a_mid_epoch_checkpoint_refuses_another_world_size(images, tmp_path):
     )
     with pytest.raises(PipelineError, match=r"saved in the middle of epoch 1 by 2 ranks; this run has 1"):
         _rank_main_config(config)
+
+
+JOB_EPOCHS, JOB_STEPS = 3, 50  # 800 rows, 2 ranks, batches of 8
+
+
+@pytest.fixture(scope="module")
+def job_images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("job") / "images", rows=800, row_group_rows=40)
+
+
+def job_args(images: str, run_dir: Path, config: Path) -> list[str]:
+    """``pipeline train images`` flags: 2 CPU ranks, no held-out set, a checkpoint every 10 steps."""
+    return [
+        "--config", str(config), "--train-url", images, "--run-dir", str(run_dir),
+        "--epochs", str(JOB_EPOCHS), "--batch-size", "8", "--workers", "2", "--checkpoint-every", "10",
+        "--num-processes", "2", "--no-gpu", "--master", "local[2]",
+    ]  # fmt: skip
+
+
+def run_job(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PIPELINE_PROGRESS", None)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def epochs_done(run_dir: Path) -> int:
+    try:
+        return len(json.loads((run_dir / "metrics.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_sigterm_to_the_train_command_mid_epoch_exits_0_and_its_resume_command_ends_as_uninterrupted(
+    spark, job_images, tmp_path
+):
+    from pipeline.cli import build_parser
+    from pipeline.cli.train import config_from_args
+    from pipeline.train.image_classifier import run_image_training
+
+    config = tmp_path / "job.yaml"
+    config.write_text("train:\n  num_classes: 4\n  width: 8\n")  # a plain Parquet dataset: no class names
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "train_images.py"),
+        "-q",
+        *job_args(job_images, run_dir, config),
+    ]
+    proc = run_job(cmd, tmp_path)
+    deadline = time.monotonic() + 240
+    while epochs_done(run_dir) < 1:  # epoch 1 done: the signal lands in epoch 2
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "epoch 1 did not finish"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # to the driver only, as `kill -TERM <pid>`
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-4000:] + stdout[-4000:]
+    assert "Traceback" not in stdout + stderr, stderr[-4000:] + stdout[-4000:]
+    epoch, step, global_step = checkpoint_position(run_dir)
+    assert (epoch, step) < (JOB_EPOCHS, 0) and global_step == epoch * JOB_STEPS + step, (epoch, step)
+    stopped = re.search(
+        rf"^preempted at epoch (\d+)/{JOB_EPOCHS}, step (\d+)/{JOB_STEPS}: checkpoint saved in (\S+); "
+        r"run the same command again to resume from there.*\nresume with: (.+)$",
+        stdout,
+        re.M,
+    )
+    assert stopped, stdout[-4000:]
+    assert (int(stopped[1]), int(stopped[2]), stopped[3]) == (epoch + 1, step, str(run_dir / "checkpoint.pt"))
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "preempted"
+
+    resume = run_job([*shlex.split(stopped[4]), "--resume"], tmp_path)  # the command it printed
+    stdout, stderr = resume.communicate(timeout=240)
+    assert resume.returncode == 0, stderr[-4000:] + stdout[-4000:]
+    assert "Traceback" not in stdout + stderr, stderr[-4000:]
+    assert f"resumed after epoch {epoch}" + (f" at step {step}" if step else "") in stdout, stdout[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["resumed_from_epoch"], metrics["resumed_from_step"]) == (
+        "finished",
+        epoch,
+        step,
+    )
+
+    # The reference: the same settings (parsed by the same code), never interrupted, in this process.
+    reference = tmp_path / "reference"
+    args = build_parser().parse_args(["train", "images", *job_args(job_images, reference, config)])
+    summary = run_image_training(config_from_args("images", args), spark=spark)
+    assert (summary["status"], summary["global_step"]) == ("finished", JOB_EPOCHS * JOB_STEPS)
+    assert_same_run(run_dir, reference)
 
 
 def _slow_step(ddp, batch):
