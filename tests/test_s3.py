@@ -61,13 +61,21 @@ SETTINGS = ConvertConfig(partitions=2, row_group_mb=1)
 
 
 @pytest.mark.spark
-def test_images_s3_to_s3_and_back(spark: object, s3_env: str) -> None:
+def test_images_s3_to_s3_and_back(
+    spark: object, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
     from pipeline.convert.images import convert_images
 
     for i in range(6):
         put(f"{s3_env}/imgs/{'cat' if i % 2 else 'dog'}/{i}.jpg", jpeg(i))
     put(f"{s3_env}/imgs/.hidden/x.jpg", jpeg(9))
-    result = convert_images(spark, f"{s3_env}/imgs", f"{s3_env}/out", settings=SETTINGS)
+    driver_tmp = tmp_path / "driver-tmp"  # where a local staging folder would go: never made
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(driver_tmp))
+        result = convert_images(spark, f"{s3_env}/imgs", f"{s3_env}/out", settings=SETTINGS)
+    assert not driver_tmp.exists()  # the tasks wrote to the store, the driver only the metadata
     assert result.output == f"{s3_env}/out"
     assert result.rows == 6 and result.extra["class_names"] == ["cat", "dog"]
     stored = names(f"{s3_env}/out")
@@ -119,23 +127,78 @@ def test_hdf5_s3_to_s3(spark: object, s3_env: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch["label"], np.arange(10))
 
 
+def _numbers(items, errors):
+    for i in items:
+        if i < 0:
+            errors.bad("numbers://", "negative", record=i)
+        yield {"x": [i]}  # one batch per item: a failing item comes after written rows
+
+
+def test_a_task_writes_its_file_straight_to_the_store_under_a_name_of_its_own(
+    s3_env: str, tmp_path: Path
+) -> None:
+    """No driver disk: the task opens DEST's store from plain settings and writes there; a retried
+    attempt writes a second file of another name (the driver commits the one it collected); a
+    failed attempt removes its own file."""
+    import pickle
+
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from pipeline.convert.tasks import PartitionTask, TaskFailure
+    from pipeline.storage.commit import is_attempt_file
+
+    dest = f"{s3_env}/direct"
+    local = tmp_path / "driver-staging"  # never created: the task must not need it
+    task = PartitionTask(
+        [],
+        _numbers,
+        pa.schema([("x", pa.int64())]),
+        on_error="fail",
+        data_dir=str(local),
+        compression="none",
+        row_group_bytes=1,  # a row group per batch: the failing attempt below has begun its file
+        store_url=dest,
+    )
+    shipped = pickle.dumps(task)
+    assert len(shipped) < 4096 and not any(isinstance(v, pafs.FileSystem) for v in vars(task).values())
+    (first,) = pickle.loads(shipped).run_parts([(3, [5, 6, 7])])
+    (again,) = pickle.loads(shipped).run_parts([(3, [5, 6, 7])])  # the same partition, retried
+    assert first["file"] != again["file"]
+    assert all(f["file"].startswith("part-00003-") and is_attempt_file(f["file"]) for f in (first, again))
+    assert names(dest) == sorted([first["file"], again["file"]])
+    fs, root = resolve(dest)
+    with fs.open_input_file(f"{root}/{first['file']}") as fh:
+        assert fh.size() == first["file_bytes"]
+        assert pq.read_table(fh).column("x").to_pylist() == [5, 6, 7]
+    assert (first["rows"], first["row_groups"], first["skipped"]) == (3, 3, [])
+
+    with pytest.raises(TaskFailure, match="negative"):
+        list(pickle.loads(shipped).run_parts([(4, [1, 2, -3])]))
+    assert names(dest) == sorted([first["file"], again["file"]])  # the failed attempt left nothing
+    assert not local.exists()
+
+
 _KILLED_COMMIT = """
-import os, signal, sys
-from pathlib import Path
+import json, os, signal, sys
 import pyarrow as pa, pyarrow.parquet as pq
 from pipeline.convert.staging import StagedOutput
 from pipeline.format.metadata import ROW_GROUPS_PER_FILE_KEY
+from pipeline.storage.commit import attempt_name, new_attempt
 stage = StagedOutput(sys.argv[1], overwrite=sys.argv[2] == "1")
 stage.__enter__()
-stage.data_dir.mkdir()
+remote = stage.remote
 table = pa.table({"x": pa.array(range(int(sys.argv[3])), pa.int64())})
-pq.write_table(table, stage.data_dir / "part-00000.parquet")
-meta = {ROW_GROUPS_PER_FILE_KEY: b'{"part-00000.parquet": 1}'}
-pq.write_metadata(table.schema.with_metadata(meta), stage.data_dir / "_common_metadata")
+name = attempt_name("part-00000.parquet", new_attempt())
+with remote.fs.open_output_stream(f"{remote.prefix}/{name}") as out:  # as a task writes it
+    pq.write_table(table, out)
 if sys.argv[4] == "kill":
-    stage.remote.upload_data(stage.data_dir)   # data files are up, _common_metadata is not
-    os.kill(os.getpid(), signal.SIGKILL)
-stage.commit()
+    os.kill(os.getpid(), signal.SIGKILL)   # the data file is in the store, _common_metadata is not
+meta = {ROW_GROUPS_PER_FILE_KEY: json.dumps({name: 1}).encode()}
+sink = pa.BufferOutputStream()
+pq.write_metadata(table.schema.with_metadata(meta), sink)
+stage.publish(sink.getvalue().to_pybytes(), [name])
 stage.__exit__(None, None, None)
 """
 
@@ -170,6 +233,142 @@ def test_killed_commit_leaves_no_dataset_and_rerun_succeeds(s3_env: str) -> None
     assert _commit(dest, 9, "commit", overwrite=True) == 0
     assert len(read_all(dest)["x"]) == 9
     assert len([n for n in names(dest) if n.endswith(".parquet")]) == 1
+
+
+@pytest.mark.spark
+def test_fail_mode_leaves_nothing_in_the_store(spark: object, s3_env: str) -> None:
+    from pipeline.convert.images import convert_images
+
+    for i in range(5):
+        put(f"{s3_env}/imgs/a/{i}.jpg", jpeg(i))
+    put(f"{s3_env}/imgs/b/broken.jpg", b"\xff\xd8 not a jpeg")
+    with pytest.raises(InputError, match=r"bad input: s3://.*/imgs/b/broken\.jpg"):
+        convert_images(spark, f"{s3_env}/imgs", f"{s3_env}/out", settings=ConvertConfig(partitions=3))
+    assert names(f"{s3_env}/out") == []  # the files of the tasks that succeeded are gone too
+
+
+@pytest.mark.spark
+def test_table_to_s3_through_spark_and_through_the_python_tasks(spark: object, s3_env: str) -> None:
+    """convert table: Spark's own writer (files made on the driver, uploaded under attempt names)
+    and the Python tasks (files written to the store by the tasks, skipped rows in their results)."""
+    import pipeline
+
+    numbers = spark.createDataFrame([(i, float(i)) for i in range(10)], "id long, x double")  # type: ignore[attr-defined]
+    jvm = pipeline.convert_dataframe(numbers.coalesce(2), f"{s3_env}/t-jvm")
+    assert jvm["rows"] == 10 and jvm["output"] == f"{s3_env}/t-jvm"
+    assert sorted(read_all(f"{s3_env}/t-jvm")["id"].tolist()) == list(range(10))
+    nulls = spark.sql("SELECT * FROM VALUES (1, 1.0D), (2, NULL), (3, 3.0D) AS t(id, x)")  # type: ignore[attr-defined]
+    python = pipeline.convert_dataframe(nulls.coalesce(1), f"{s3_env}/t-py", on_error="skip")
+    assert (python["rows"], python["skipped"]) == (2, 1)
+    assert python["skipped_report"] == f"{s3_env}/t-py/_skipped.jsonl"
+    stored = names(f"{s3_env}/t-py")
+    assert stored == sorted(
+        ["_common_metadata", "_skipped.jsonl", *[n for n in stored if n.endswith(".parquet")]]
+    )
+    assert sorted(read_all(f"{s3_env}/t-py")["id"].tolist()) == [1, 3]
+    for dest in ("t-jvm", "t-py"):
+        assert all(len(n.split("-")) == 3 for n in names(f"{s3_env}/{dest}") if n.endswith(".parquet"))
+
+
+_RETRIED = """
+import json, sys
+import numpy as np
+from pyspark import TaskContext
+from pyspark.sql import SparkSession
+from pyspark.sql.types import LongType
+from pipeline.convert.common import ConvertConfig
+from pipeline.convert.writer import write_petastorm
+from pipeline.format import ScalarCodec, Unischema, UnischemaField
+from pipeline.storage import write_bytes, resolve
+
+dest, witness = sys.argv[1], sys.argv[2]
+spark = (SparkSession.builder.master("local[1,2]")  # a failed task is retried once
+         .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1").getOrCreate())
+schema = Unischema("N", [UnischemaField("x", np.int64, (), ScalarCodec(LongType()), False)])
+
+def process(items, errors):
+    yield {"x": list(items)}
+
+def frame_for(task):
+    def run(parts):
+        parts = list(parts)
+        out = list(task.run_parts(parts))
+        if parts[0][0] == 1 and TaskContext.get().attemptNumber() == 0:
+            fs, root = resolve(witness)  # this attempt's file is complete in DEST; the attempt is lost
+            write_bytes(fs, root + "/" + out[0]["file"], b"", url=witness)
+            raise RuntimeError("executor lost after the file was written")
+        return iter(out)
+    parts = [(i, [3 * i, 3 * i + 1, 3 * i + 2]) for i in range(3)]
+    return spark.sparkContext.parallelize(parts, 3).mapPartitions(run)
+
+result = write_petastorm(spark, kind="numbers", source="numbers://", dest=dest, schema=schema,
+                         plan=[[0]] * 3, process=process, settings=ConvertConfig(), input_bytes=9,
+                         frame_for=frame_for)
+print(json.dumps({"rows": result.rows, "files": result.files}))
+spark.stop()
+"""
+
+
+@pytest.mark.spark
+def test_a_retried_task_leaves_no_second_copy(s3_env: str) -> None:
+    """A task attempt that wrote its file and was then lost: its retry writes another file; the
+    committed metadata lists the retry's only and the lost attempt's file is deleted."""
+    import json
+
+    from pipeline.storage.commit import read_index
+
+    dest, witness = f"{s3_env}/retried", f"{s3_env}/witness"
+    proc = subprocess.run(
+        [sys.executable, "-c", _RETRIED, dest, witness], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rows": 9, "files": 3}
+    (lost,) = names(witness)  # the lost attempt did write its file
+    assert lost.startswith("part-00001-")
+    fs, root = resolve(dest)
+    index = read_index(fs, f"{root}/_common_metadata")
+    assert sorted(index) == [n for n in names(dest) if n.endswith(".parquet")] and len(index) == 3
+    assert lost not in names(dest)
+    assert sorted(read_all(dest)["x"].tolist()) == list(range(9))  # every row once
+
+
+@pytest.mark.spark
+def test_sigkill_mid_conversion_leaves_no_dataset_and_the_rerun_succeeds(
+    spark: object, s3_env: str, tmp_path: Path
+) -> None:
+    """``pipeline convert`` killed (the whole process group) once some tasks wrote their files
+    to DEST: nothing opens as a dataset; the next run removes the leftovers and succeeds."""
+    import os
+
+    import pipeline
+    from pipeline.convert.images import convert_images
+
+    for i in range(24):
+        put(f"{s3_env}/imgs/{'cat' if i % 2 else 'dog'}/{i:02d}.jpg", jpeg(i, size=48))
+    dest = f"{s3_env}/killed-mid"
+    cmd = [sys.executable, "-m", "pipeline.cli", "convert", "images", f"{s3_env}/imgs", dest,
+           "--master", "local[1]", "--partitions", "12", "--size", "32x32"]  # fmt: skip
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    log = tmp_path / "convert.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(n.endswith(".parquet") for n in names(dest)):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    left = names(dest)
+    assert "_common_metadata" not in left, "the conversion finished before it was killed"
+    assert any(n.endswith(".parquet") for n in left)
+    with pytest.raises(DatasetError, match="unfinished conversion"):
+        pipeline.open_loader(dest, batch_size=2)
+    result = convert_images(spark, f"{s3_env}/imgs", dest, settings=ConvertConfig(partitions=3))
+    assert result.rows == 24  # no --overwrite needed: leftovers are not a dataset
+    assert len([n for n in names(dest) if n.endswith(".parquet")]) == 3
+    assert len(read_all(dest, fields=["label"])["label"]) == 24
 
 
 def test_missing_bucket_and_missing_prefix(s3_env: str) -> None:

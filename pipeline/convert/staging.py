@@ -10,10 +10,11 @@ removes the staging folder; a killed process leaves it behind, DEST untouched, a
 removes staging folders of processes that no longer exist on this host. With ``overwrite`` the
 old DEST is renamed aside first and deleted after the new one is in place.
 
-An object-store DEST (``s3://bucket/prefix``) has no rename: the staging folder is local (under
-the temporary directory) and :meth:`StagedOutput.commit` publishes it with the protocol of
-:mod:`pipeline.storage.commit` -- data files under attempt names, ``_common_metadata`` last as
-the commit point, then the removal of what it replaces. See ``docs/storage.md``.
+An object-store DEST (``s3://bucket/prefix``) has no rename and needs no staging folder: the
+Spark tasks write their files straight to DEST under names unique to the task attempt, and
+:meth:`StagedOutput.publish` commits them with the protocol of :mod:`pipeline.storage.commit` --
+``_common_metadata`` last as the commit point, then the removal of what it replaces. A conversion
+that does not commit deletes its attempt files on exit. See ``docs/storage.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
@@ -161,7 +163,8 @@ class StagedOutput:
         if is_remote(dest):
             self.remote = _check_remote(os.fspath(dest), overwrite=overwrite, source=source)
             self.dest: Path | PurePosixPath = self.remote.prefix_path
-            # local staging for the metadata step; the name encodes DEST so stale ones are found
+            # a local folder only for work that writes on the driver (created by that work, if
+            # any); the name encodes DEST so stale ones are found
             self._local_dest = Path(tempfile.gettempdir()) / "pipeline-staging" / self.remote.safe_name
         else:
             self.dest = check_destination(dest, overwrite=overwrite, source=source)
@@ -179,7 +182,7 @@ class StagedOutput:
 
     @property
     def data_dir(self) -> Path:
-        """Folder that becomes DEST."""
+        """Folder that becomes DEST (for an object-store DEST: a local folder, not created here)."""
         return self.root / "data"
 
     @property
@@ -190,24 +193,38 @@ class StagedOutput:
         _remove_stale(self._local_dest)
         if self.remote is not None:
             self.remote.remove_leftovers()
+            return self
         self._local_dest.parent.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True)
         return self
 
+    def publish(self, common_metadata: bytes, keep: Collection[str]) -> None:
+        """Object-store DEST: write ``_common_metadata`` (the commit point), delete the rest.
+
+        Args:
+            common_metadata: The serialized ``_common_metadata``.
+            keep: Names under DEST that belong to the new dataset (its data files, as the tasks
+                returned them, and ``_skipped.jsonl``).
+        """
+        if self.remote is None:
+            raise DatasetError(f"{self.dest} is a local DEST", hint="this is a bug; please report it")
+        self.remote.commit(common_metadata, keep)
+        self.committed = True
+
     def commit(self) -> None:
         """Move the finished dataset into DEST (replacing an old one when ``overwrite``).
 
-        On an object store: upload the data files, then ``_common_metadata`` (the commit
-        point), then delete what DEST held before.
+        Raises:
+            DatasetError: DEST appeared meanwhile (without ``overwrite``), or DEST is on an
+                object store (whose conversions commit with :meth:`publish`).
         """
+        if self.remote is not None:
+            raise DatasetError(
+                f"{self.url}: this conversion cannot write to an object store",
+                hint="write to a local DEST, then copy it to the store",
+            )
         if not self.data_dir.is_dir():
             raise DatasetError(f"nothing was written to {self.data_dir}")
-        if self.remote is not None:
-            self.remote.check()  # a dataset may have appeared while the conversion ran
-            self.remote.upload_data(self.data_dir)
-            self.remote.publish(self.data_dir)
-            self.committed = True
-            return
         assert isinstance(self.dest, Path)
         old: Path | None = None
         if self.dest.exists():
@@ -230,5 +247,10 @@ class StagedOutput:
         tb: TracebackType | None,
     ) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.remote is not None and not self.committed:
+            try:
+                self.remote.discard()  # what the tasks wrote: no dataset lists it
+            except Exception as error:  # never hide the conversion's own error
+                log.warning("could not remove the files of this conversion from %s: %s", self.url, error)
         if not self.committed and exc_type is None:
             log.warning("conversion ended without commit; %s was not written", self.dest)

@@ -6,7 +6,8 @@ cannot store (they name or skip those rows); otherwise Spark writes the files it
 
 :class:`DataFrameTask` is the ``mapInArrow`` function over the (projected) DataFrame itself: one
 task per partition of the DataFrame, each writing its own ``part-<partition>.parquet`` through
-:class:`~pipeline.convert.tasks.PartitionTask` (atomic rename, row groups, skipped records in its
+:class:`~pipeline.convert.tasks.PartitionTask` (atomic rename, or straight to an object-store DEST
+under a name unique to the task attempt; row groups, skipped records in its
 result row, bad input under ``on_error="fail"`` as a :class:`~pipeline.convert.tasks.TaskFailure`).
 :func:`convert_batches` applies the type policy of :mod:`pipeline.convert.spark_types` to each
 batch with Arrow compute; only image columns are touched row by row.
@@ -61,8 +62,8 @@ class DataFrameTask(PartitionTask):
         context = TaskContext.get()
         pid = context.partitionId() if context is not None else 0
         self._input = batches
-        self.run(pid)
-        yield self.stats_batch(pid)
+        if self._run_in_task(pid) is not None:  # with the driver's storage settings (s3:// DEST)
+            yield self.stats_batch(pid)
 
     def _batches(self, pid: int, errors: RecordErrors) -> Iterator[pa.RecordBatch]:
         yield from self.process(self._input, errors, pid, self.schema)  # type: ignore[call-arg]

@@ -2,13 +2,18 @@
 
 :class:`PartitionTask` is the function of the conversion's Spark job (``mapPartitions`` over an
 RDD of partition ids, :meth:`PartitionTask.run_parts`, or ``mapInArrow``). For every partition id
-it receives, it runs the kind's partition function, writes the batches with pyarrow into
-``<staging>/data/part-<id>.parquet`` (row groups of about ``row_group_mb``), and returns one
-small row (:data:`STATS_SCHEMA`: rows, row groups, bytes of its file and the records it skipped)
-to the driver, which writes the dataset's metadata and ``_skipped.jsonl`` from these rows without
-opening the files again. Writing in the task keeps the image bytes out of the JVM (no Arrow ->
-row -> parquet-mr round trip); a retried or speculative attempt writes a temporary file and
-renames it, so the last attempt wins and no half-written file is ever visible.
+it receives, it runs the kind's partition function, writes the batches with pyarrow (row groups
+of about ``row_group_mb``) and returns one small row (:data:`STATS_SCHEMA`: its file's name,
+rows, row groups and bytes, and the records it skipped) to the driver, which writes the dataset's
+metadata and ``_skipped.jsonl`` from these rows without opening the files again. Writing in the
+task keeps the image bytes out of the JVM (no Arrow -> row -> parquet-mr round trip). Where:
+
+* local DEST: ``<staging>/data/part-<id>.parquet``, written under a temporary name and renamed
+  when complete, so a retried or speculative attempt never leaves half a file;
+* object-store DEST (``store_url``): straight to ``<DEST>/part-<id>-<attempt>.parquet``, a name
+  unique to this task attempt (:mod:`pipeline.storage.commit`), through a filesystem the task
+  opens itself from the driver's settings. The driver commits the files named in the results it
+  collected and deletes the others; a failed attempt deletes its own file.
 
 Bad input under ``on_error="fail"`` (and any error the kind did not expect) ends the task with
 :class:`TaskFailure`: its message carries the record as one marked JSON line, Spark fails the job
@@ -28,10 +33,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.convert.common import BadInput, RecordErrors, SkippedRecord
-from pipeline.storage import effective_config, task_defaults
+from pipeline.storage import effective_config, resolve, task_defaults
+from pipeline.storage.commit import attempt_name, new_attempt
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +47,16 @@ __all__ = ["FAILURE_MARK", "STATS_SCHEMA", "PartitionFn", "PartitionTask", "Task
 PartitionFn = Callable[[Sequence[Any], RecordErrors], Iterable[Mapping[str, Sequence[Any]]]]
 """``process(items, errors)`` -> iterable of ``{field: column values}`` batches (runs in executors)."""
 
-STATS_SCHEMA = "partition long, rows long, row_groups long, file_bytes long, skipped array<string>"
-"""What each task returns to the driver (Spark DDL): rows, row groups and bytes of its file, and
-the records it skipped (:meth:`SkippedRecord.to_json` lines)."""
+STATS_SCHEMA = (
+    "partition long, file string, rows long, row_groups long, file_bytes long, skipped array<string>"
+)
+"""What each task returns to the driver (Spark DDL): its file's name (``null`` when it wrote no
+row), rows, row groups and bytes, and the records it skipped (:meth:`SkippedRecord.to_json` lines)."""
 
 _STATS_ARROW = pa.schema(
     [
         ("partition", pa.int64()),
+        ("file", pa.string()),
         ("rows", pa.int64()),
         ("row_groups", pa.int64()),
         ("file_bytes", pa.int64()),
@@ -102,13 +112,16 @@ class PartitionTask:
         process: The kind's partition function.
         schema: Arrow schema of the rows (``to_arrow_schema(unischema.as_spark_schema())``).
         on_error: ``"fail"`` or ``"skip"``.
-        data_dir: Local folder for the Parquet files.
+        data_dir: Local folder for the Parquet files (the driver's staging folder).
         compression: pyarrow codec name (``"none"``, ``"snappy"``, ``"gzip"``, ``"zstd"``).
         row_group_bytes: Target uncompressed size of a row group.
+        store_url: Object-store DEST (``s3://bucket/prefix``): write there instead of
+            ``data_dir``, under names unique to the task attempt. Defaults to ``None``.
 
     The driver's storage settings (:func:`pipeline.storage.effective_config`: endpoint, region,
-    static credentials from its environment or ``conf/storage.yaml``) travel with the task, so
-    that executors open ``s3://`` inputs exactly as the driver listed them.
+    static credentials from its environment or ``conf/storage.yaml``) travel with the task as a
+    plain dict, never a filesystem object, so that executors open ``s3://`` inputs and DEST
+    exactly as the driver does.
     """
 
     def __init__(
@@ -121,6 +134,7 @@ class PartitionTask:
         data_dir: str,
         compression: str,
         row_group_bytes: int,
+        store_url: str | None = None,
     ) -> None:
         self.plan = plan
         self.process = process
@@ -129,6 +143,7 @@ class PartitionTask:
         self.data_dir = data_dir
         self.compression = compression
         self.row_group_bytes = row_group_bytes
+        self.store_url = store_url
         self.storage = effective_config().to_dict()
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -144,7 +159,7 @@ class PartitionTask:
             try:
                 return self.run(pid)
             except OSError:
-                if os.path.isdir(self.data_dir):
+                if self.store_url is not None or os.path.isdir(self.data_dir):
                     raise
                 return None  # cancelled: the driver removed the staging folder, nothing to report
 
@@ -168,6 +183,7 @@ class PartitionTask:
         return pa.RecordBatch.from_pydict(
             {
                 "partition": [pid],
+                "file": [self.file if rows else None],
                 "rows": [rows],
                 "row_groups": [groups],
                 "file_bytes": [size],
@@ -182,63 +198,89 @@ class PartitionTask:
             arrays = [pa.array(columns[n], type=self.schema.field(n).type) for n in names]
             yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
+    def _target(self, pid: int) -> tuple[pafs.FileSystem, str, str]:
+        """``(filesystem, path to write, final name)`` of partition ``pid``'s file in this attempt."""
+        if self.store_url is None:
+            tmp = os.path.join(self.data_dir, f".part-{pid:05d}.{uuid.uuid4().hex}.tmp")
+            return pafs.LocalFileSystem(), tmp, f"part-{pid:05d}.parquet"
+        fs, root = resolve(self.store_url, config=self.storage)  # the driver's settings
+        name = attempt_name(f"part-{pid:05d}.parquet", new_attempt())
+        return fs, f"{root}/{name}", name
+
     def run(self, pid: int) -> int:
         """Process partition ``pid`` and write its file; returns the number of rows written.
 
-        ``self.written`` is then ``(rows, row_groups, file_bytes)`` of that file and
-        ``self.skipped`` the records skipped under ``on_error="skip"``.
+        ``self.file`` is then the file's name, ``self.written`` its ``(rows, row_groups,
+        file_bytes)`` and ``self.skipped`` the records skipped under ``on_error="skip"``.
 
         Raises:
             TaskFailure: Bad input under ``on_error="fail"``, or an error the kind did not expect
                 (its record names the partition's inputs). No file is left behind.
+            OSError: The file cannot be written (after the storage's own retries); Spark may
+                retry the task.
         """
         errors = RecordErrors(self.on_error)
         self.written = (0, 0, 0)
         self.skipped: list[SkippedRecord] = []
-        groups = 0
-        tmp = os.path.join(self.data_dir, f".part-{pid:05d}.{uuid.uuid4().hex}.tmp")
+        fs, path, self.file = self._target(pid)
+        sink: pa.NativeFile | None = None
         writer: pq.ParquetWriter | None = None
         pending: list[pa.RecordBatch] = []
-        held = rows = 0
-        failure: SkippedRecord | None = None
+        held = rows = groups = 0
 
         def flush() -> None:
-            nonlocal writer, pending, held, rows, groups
+            nonlocal sink, writer, pending, held, rows, groups
             if not pending:
                 return
             table = pa.Table.from_batches(pending, schema=self.schema)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, self.schema, compression=self.compression)
+                sink = fs.open_output_stream(path)
+                writer = pq.ParquetWriter(sink, self.schema, compression=self.compression)
             writer.write_table(table, row_group_size=table.num_rows)
             rows += table.num_rows
             groups += 1
             pending, held = [], 0
 
+        def remove() -> None:  # a failed attempt leaves no file (the driver never lists it anyway)
+            try:
+                if writer is not None:
+                    writer.close()
+                if sink is not None:
+                    sink.close()
+                fs.delete_file(path)
+            except Exception:  # e.g. the staging folder is gone: the job was cancelled
+                log.debug("cannot remove %s", path, exc_info=True)
+
+        batches = self._batches(pid, errors)
         try:
-            for batch in self._batches(pid, errors):
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except BadInput as exc:
+                    raise TaskFailure(exc.record) from None
+                except Exception as exc:  # not a known kind of bad input: fail naming the inputs
+                    if self.store_url is None and not os.path.isdir(self.data_dir):
+                        raise  # the job was cancelled and its staging folder removed (see _run_in_task)
+                    where = _describe_items(self.plan[pid])
+                    log.error("unexpected error converting %s", where, exc_info=True)
+                    reason = f"unexpected {type(exc).__name__}: {exc}"[:500]
+                    raise TaskFailure(SkippedRecord(where, reason)) from None
                 pending.append(batch)
                 held += batch.nbytes
                 if held >= self.row_group_bytes:
                     flush()
             flush()
-        except BadInput as exc:
-            failure = exc.record
-        except Exception as exc:  # not a known kind of bad input: fail the job naming the inputs
-            if not os.path.isdir(self.data_dir):
-                raise  # the job was cancelled and its staging folder removed (see _run_in_task)
-            where = _describe_items(self.plan[pid])
-            log.error("unexpected error converting %s", where, exc_info=True)
-            failure = SkippedRecord(where, f"unexpected {type(exc).__name__}: {exc}"[:500])
-        finally:
             if writer is not None:
                 writer.close()
-        if failure is not None or not rows:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if failure is not None:
-                raise TaskFailure(failure) from None
-        else:
-            self.written = (rows, groups, os.path.getsize(tmp))
-            os.replace(tmp, os.path.join(self.data_dir, f"part-{pid:05d}.parquet"))
+                size = sink.tell()  # type: ignore[union-attr]
+                sink.close()  # type: ignore[union-attr]
+                if self.store_url is None:
+                    os.replace(path, os.path.join(self.data_dir, self.file))
+                self.written = (rows, groups, size)
+        except BaseException:
+            remove()
+            raise
         self.skipped = errors.skipped
         return rows

@@ -19,21 +19,25 @@ gives a *partition function* that turns one partition into column batches::
 
 ``sc.parallelize(list(enumerate(plan)), n).mapPartitions(...)`` runs exactly one task per partition; each
 task writes its own Parquet file with pyarrow (:mod:`pipeline.convert.tasks`), so the output has
-one file per non-empty partition (``part-00000.parquet``, ...), in plan order. Values must already be
+one file per non-empty partition (``part-00000.parquet``, ...; on an object store
+``part-00000-<attempt>.parquet``), in plan order. Values must already be
 in their stored form: bytes for image and ndarray codecs (``field.codec.encode(field, value)``),
 plain Python/numpy scalars for ``ScalarCodec`` fields. Yield batches of a few MB at most.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.convert.common import ConversionResult, ConvertConfig, SkippedRecord
@@ -47,6 +51,7 @@ from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
 from pipeline.format.metadata import format_metadata, write_common_metadata
 from pipeline.spark import cancel_job_group
+from pipeline.storage.publish import SKIPPED_REPORT
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
@@ -74,32 +79,59 @@ def plan_partitions(
 
 @dataclass(frozen=True)
 class _Written:
-    """One Parquet file a task wrote: its name, rows, row groups and bytes."""
+    """One Parquet file a task wrote: its name, rows, row groups, bytes, and whether it is local."""
 
     name: str
     rows: int
     row_groups: int
     size: int
+    local: bool = True
 
 
-def _written_files(data_dir: Path, returned: Sequence[Mapping[str, Any]]) -> list[_Written]:
+def _written_files(stage: StagedOutput, returned: Sequence[Mapping[str, Any]]) -> list[_Written]:
     """The data files, in name order, from the rows the tasks returned (``tasks.STATS_SCHEMA``).
 
-    No file is opened: rows and row groups come from the tasks. A task function that returns
-    only ``(partition, rows)`` (an older ``frame_for``) gets its file's footer read instead.
+    No file is opened: names, rows and row groups come from the tasks. A row's ``file`` is in the
+    staging folder, or already in DEST's store for an object-store DEST. A row without one
+    (Spark's own writer in ``convert table``) stands for ``part-<partition>.parquet`` in the
+    staging folder, uploaded to the store under an attempt name for an object-store DEST. A row
+    without ``row_groups`` (an older ``frame_for``) gets its file's footer read instead.
     """
     files = []
     for row in returned:
         if not row["rows"]:
             continue
-        name = f"part-{int(row['partition']):05d}.parquet"
+        name = row.get("file")
+        local = name is None or stage.remote is None
+        name = name or f"part-{int(row['partition']):05d}.parquet"
         if row.get("row_groups") is None:  # no facts from the task: read the footer
-            footer = pq.read_metadata(data_dir / name)
-            size = (data_dir / name).stat().st_size
-            files.append(_Written(name, footer.num_rows, footer.num_row_groups, size))
+            if local:
+                footer, size = pq.read_metadata(stage.data_dir / name), (stage.data_dir / name).stat().st_size
+            else:
+                footer, size = stage.remote.footer(name)  # type: ignore[union-attr]
+            files.append(_Written(name, footer.num_rows, footer.num_row_groups, size, local))
         else:
-            files.append(_Written(name, int(row["rows"]), int(row["row_groups"]), int(row["file_bytes"])))
+            files.append(
+                _Written(name, int(row["rows"]), int(row["row_groups"]), int(row["file_bytes"]), local)
+            )
+    if stage.remote is not None and any(f.local for f in files):
+        remote = stage.remote
+        with ThreadPoolExecutor(8, "pipeline-upload") as pool:
+            uploaded = pool.map(
+                lambda f: remote.upload(stage.data_dir / f.name) if f.local else f.name, files
+            )
+            files = [
+                dataclasses.replace(f, name=n, local=False) for f, n in zip(files, uploaded, strict=True)
+            ]
     return sorted(files, key=lambda f: f.name)
+
+
+def _metadata_bytes(arrow_schema: Any, metadata: Mapping[bytes, bytes]) -> bytes:
+    """``_common_metadata`` as bytes (as :func:`~pipeline.format.metadata.write_common_metadata` writes it)."""
+    merged = {**(arrow_schema.metadata or {}), **metadata}
+    sink = pa.BufferOutputStream()
+    pq.write_metadata(arrow_schema.with_metadata(merged), sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _skipped_records(returned: Sequence[Mapping[str, Any]]) -> list[SkippedRecord]:
@@ -111,8 +143,8 @@ def _skipped_records(returned: Sequence[Mapping[str, Any]]) -> list[SkippedRecor
 def _skipped_report(stage: StagedOutput) -> str:
     """Where ``_skipped.jsonl`` ended up: a local path, or the object-store URL."""
     if getattr(stage, "remote", None) is None:
-        return str(Path(stage.dest) / "_skipped.jsonl")
-    return f"{stage.url}/_skipped.jsonl"
+        return str(Path(stage.dest) / SKIPPED_REPORT)
+    return f"{stage.url}/{SKIPPED_REPORT}"
 
 
 def write_petastorm(
@@ -135,12 +167,15 @@ def write_petastorm(
 ) -> ConversionResult:
     """Run ``process`` over ``plan`` in Spark tasks and write the result as a Petastorm dataset.
 
-    Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet`` and returns the
-    records it skipped); write the skipped records into ``_skipped.jsonl``; write ``_common_metadata`` in one write with the
-    Petastorm format's keys (the Unischema pickle petastorm reads, the per-file row-group index;
-    :mod:`pipeline.format`) and the provenance, from the rows, row groups and bytes each task
-    returned (no data file is opened again); move into DEST. Nothing appears at DEST unless every step succeeded. No
-    petastorm is needed; petastorm's ``make_reader`` reads the result.
+    Steps: stage next to DEST; run the tasks (each writes ``part-<id>.parquet`` and returns its
+    facts and the records it skipped); write the skipped records into ``_skipped.jsonl``; write
+    ``_common_metadata`` in one write with the Petastorm format's keys (the Unischema pickle
+    petastorm reads, the per-file row-group index; :mod:`pipeline.format`) and the provenance,
+    from the rows, row groups and bytes each task returned (no data file is opened again); move
+    into DEST. Nothing appears at DEST unless every step succeeded. For an object-store DEST the
+    tasks write their files straight to DEST under names unique to the task attempt, and
+    ``_common_metadata`` (listing the files of the collected results) is the commit point
+    (``docs/storage.md``). No petastorm is needed; petastorm's ``make_reader`` reads the result.
 
     Args:
         spark: The SparkSession.
@@ -190,7 +225,8 @@ def write_petastorm(
     arrow_schema = to_arrow_schema(spark_schema)
     codec = auto_compression if settings.compression == "auto" else settings.compression
     with StagedOutput(dest, overwrite=settings.overwrite, source=source) as stage:
-        stage.data_dir.mkdir()
+        if stage.remote is None or frame_for is not None:  # the tasks (or Spark's writer) write here
+            stage.data_dir.mkdir(parents=True)
         task = PartitionTask(
             [list(p) for p in plan] if frame_for is not None else [],  # else: items travel with the RDD
             process,
@@ -199,6 +235,7 @@ def write_petastorm(
             data_dir=str(stage.data_dir),
             compression=codec,
             row_group_bytes=settings.row_group_mb * 1024 * 1024,
+            store_url=None if stage.remote is None else stage.remote.url,  # tasks write to DEST itself
         )
         if frame_for is not None:
             frame = frame_for(task)
@@ -241,17 +278,16 @@ def write_petastorm(
             raise task_failure(exc) from None
         except BaseException:  # Ctrl-C / SIGTERM: stop our tasks before the staging folder goes
             cancel_job_group(spark, group)  # and wait for its tasks: they write into the staging folder
-            raise
+            raise  # (or DEST's store, whose attempt files the stage deletes on exit)
         finally:
             spark.sparkContext._jsc.clearJobGroup()  # also clears the description
 
-        if skipped:
-            (stage.data_dir / "_skipped.jsonl").write_text("".join(r.to_json() + "\n" for r in skipped))
-            for record in skipped[:20]:
-                log.warning("skipped %s", record.describe())
-            if len(skipped) > 20:
-                log.warning("... and %d more skipped, see _skipped.jsonl", len(skipped) - 20)
-        files = _written_files(stage.data_dir, returned)
+        report = "".join(r.to_json() + "\n" for r in skipped).encode("utf-8")
+        for record in skipped[:20]:
+            log.warning("skipped %s", record.describe())
+        if len(skipped) > 20:
+            log.warning("... and %d more skipped, see %s", len(skipped) - 20, SKIPPED_REPORT)
+        files = _written_files(stage, returned)
         rows = sum(f.rows for f in files)
         row_groups = sum(f.row_groups for f in files)
         counts = {"rows": rows, "skipped": len(skipped), "input_bytes": input_bytes, "files": len(files)}
@@ -265,22 +301,32 @@ def write_petastorm(
             counts=counts,
             extra=facts,
         )
-        # the format's keys: the Unischema pickle and petastorm's row-group index (what
-        # materialize_dataset computes in an extra Spark job), from what the tasks returned
-        row_groups_per_file = {f.name: f.row_groups for f in files}
-        write_common_metadata(  # one write: the format's keys and the provenance
-            stage.data_dir,
-            arrow_schema,
-            {
-                **format_metadata(final_schema() if final_schema else schema, row_groups_per_file),
-                **provenance_metadata(record),
-            },
-        )
-        log.debug("metadata done after %.2f s", time.perf_counter() - started)
-        output_bytes = sum(f.size for f in files) + sum(
-            p.stat().st_size for p in stage.data_dir.iterdir() if p.is_file() and p.suffix != ".parquet"
-        )
-        stage.commit()
+        # one write: the format's keys -- the Unischema pickle and petastorm's row-group index
+        # (what materialize_dataset computes in an extra Spark job), from what the tasks
+        # returned -- and the provenance
+        metadata = {
+            **format_metadata(
+                final_schema() if final_schema else schema, {f.name: f.row_groups for f in files}
+            ),
+            **provenance_metadata(record),
+        }
+        if stage.remote is None:
+            if skipped:
+                (stage.data_dir / SKIPPED_REPORT).write_bytes(report)
+            write_common_metadata(stage.data_dir, arrow_schema, metadata)
+            output_bytes = sum(f.size for f in files) + sum(
+                p.stat().st_size for p in stage.data_dir.iterdir() if p.is_file() and p.suffix != ".parquet"
+            )
+            stage.commit()
+        else:  # the data files are in the store already: _skipped.jsonl, then the commit point
+            common = _metadata_bytes(arrow_schema, metadata)
+            keep = [f.name for f in files]
+            if skipped:
+                stage.remote.put(SKIPPED_REPORT, report)
+                keep.append(SKIPPED_REPORT)
+            stage.publish(common, keep)
+            output_bytes = sum(f.size for f in files) + len(common) + (len(report) if skipped else 0)
+        log.debug("metadata and commit done after %.2f s", time.perf_counter() - started)
     result = ConversionResult(
         kind=kind,
         source=source,

@@ -3,11 +3,15 @@
 Object stores have no atomic rename of a folder, but a single object is written all at once.
 A conversion to ``s3://bucket/out`` therefore:
 
-1. uploads its data files under names unique to the attempt: ``part-00000-<attempt>.parquet``
-   (``<attempt>`` = 12 hex digits), and ``_skipped.jsonl`` if any;
-2. writes ``_common_metadata`` **last**, as one object: it lists the attempt's files (petastorm's
+1. writes its data files under names unique to the *task attempt* that wrote them:
+   ``part-00000-<attempt>.parquet`` (``<attempt>`` = 12 hex digits). The Spark tasks write them
+   straight to the store and return their names; a retried or speculative attempt writes a file
+   of its own name, never over another attempt's;
+2. writes ``_skipped.jsonl`` if any, then ``_common_metadata`` **last**, as one object: it lists
+   the files of the task attempts whose results the driver collected (petastorm's
    ``dataset-toolkit.num_row_groups_per_file.v1`` index). This write is the commit point;
-3. deletes every other object under the prefix (the replaced dataset, leftovers of killed runs).
+3. deletes every other object under the prefix (the replaced dataset, files of failed or losing
+   attempts, leftovers of killed runs).
 
 Readers (:func:`committed_files`) read exactly the files that ``_common_metadata`` lists, and
 refuse a prefix that holds attempt files but no ``_common_metadata`` (an interrupted first

@@ -1,30 +1,30 @@
-"""Publish a finished dataset folder to an object store with the commit protocol of
-:mod:`pipeline.storage.commit`: attempt-named data files first, ``_common_metadata`` last,
-then the removal of everything else under the prefix.
+"""DEST of a conversion on an object store, with the commit protocol of :mod:`pipeline.storage.commit`:
+data files under attempt names (written by the Spark tasks themselves, or uploaded by the driver),
+``_common_metadata`` last as the commit point, then the removal of everything else under the prefix.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
 from pipeline.errors import DatasetError
-from pipeline.storage.commit import INDEX_KEY, attempt_name, is_attempt_file, new_attempt
+from pipeline.storage.commit import attempt_name, is_attempt_file, new_attempt, read_index
 from pipeline.storage.config import StorageConfig, load_storage_config
-from pipeline.storage.objects import delete_paths, list_files, upload_file
+from pipeline.storage.objects import delete_paths, list_files, upload_file, write_bytes
 from pipeline.storage.resolve import resolve
 
-__all__ = ["ObjectStoreDest"]
+__all__ = ["COMMON_METADATA", "SKIPPED_REPORT", "ObjectStoreDest"]
 
 log = logging.getLogger(__name__)
 
-_COMMON = "_common_metadata"
-_LEFTOVER_NAMES = ("_skipped.jsonl",)
+COMMON_METADATA = "_common_metadata"
+SKIPPED_REPORT = "_skipped.jsonl"
+_LEFTOVER_NAMES = (SKIPPED_REPORT,)
 
 
 class ObjectStoreDest:
@@ -46,7 +46,6 @@ class ObjectStoreDest:
         self.overwrite = overwrite
         self.config = config or load_storage_config()
         self.fs, self.prefix = resolve(self.url, config=self.config)
-        self.attempt = new_attempt()
         self.check()
 
     @property
@@ -65,14 +64,18 @@ class ObjectStoreDest:
     def _existing(self) -> list[str]:
         return [e.path for e in list_files(self.fs, self.prefix, url=self.url, config=self.config)]
 
-    def check(self) -> None:
-        """Fail early if writing to DEST could lose data (see the class docstring)."""
+    def check(self) -> list[str]:
+        """Fail early if writing to DEST could lose data (see the class docstring).
+
+        Returns:
+            The names now under DEST (relative to it).
+        """
         rels = [self._rel(p) for p in self._existing()]
-        if _COMMON in rels and not self.overwrite:
+        if COMMON_METADATA in rels and not self.overwrite:
             raise DatasetError(
                 f"{self.url} already exists", hint="pass --overwrite to replace it, or choose another DEST"
             )
-        if _COMMON not in rels:
+        if COMMON_METADATA not in rels:
             foreign = [r for r in rels if not (is_attempt_file(r) or r in _LEFTOVER_NAMES)]
             if foreign:
                 raise DatasetError(
@@ -80,62 +83,73 @@ class ObjectStoreDest:
                     "--overwrite replaces datasets only",
                     hint="choose another DEST, or remove those objects yourself if they are really not needed",
                 )
+        return rels
 
     def remove_leftovers(self) -> None:
         """Delete what an interrupted conversion left at a DEST that holds no dataset."""
         paths = self._existing()
         rels = [self._rel(p) for p in paths]
-        if _COMMON in rels or not paths:
+        if COMMON_METADATA in rels or not paths:
             return  # a committed dataset: its strays go when the next attempt commits
         log.info("removing %d object(s) left by an interrupted conversion under %s", len(paths), self.url)
         delete_paths(self.fs, paths, url=self.url, config=self.config)
 
-    def _rename_parts(self, folder: Path) -> list[Path]:
-        """Give the data files their attempt names and rewrite the index in ``_common_metadata``."""
-        renamed = {}
-        for path in sorted(folder.glob("*.parquet")):
-            target = folder / attempt_name(path.name, self.attempt)
-            path.rename(target)
-            renamed[path.name] = target.name
-        common = folder / _COMMON
-        if not common.is_file():
+    def upload(self, local: Path) -> str:
+        """Upload a data file written on the driver under a new attempt name; returns that name."""
+        name = attempt_name(local.name, new_attempt())
+        upload_file(str(local), self.fs, f"{self.prefix}/{name}", url=self.url, config=self.config)
+        return name
+
+    def footer(self, name: str) -> tuple[pq.FileMetaData, int]:
+        """The Parquet footer and size of a data file under DEST."""
+        with self.fs.open_input_file(f"{self.prefix}/{name}") as fh:
+            return pq.read_metadata(fh), fh.size()
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write one object under DEST (one PUT: all or nothing), e.g. ``_skipped.jsonl``."""
+        write_bytes(self.fs, f"{self.prefix}/{name}", data, url=self.url, config=self.config)
+
+    def commit(self, common_metadata: bytes, keep: Collection[str]) -> None:
+        """Write ``_common_metadata`` (the commit point), then delete everything else under DEST.
+
+        Args:
+            common_metadata: The serialized ``_common_metadata``; its row-group index lists the
+                committed data files.
+            keep: Names (relative to DEST) that belong to the new dataset: its data files and
+                ``_skipped.jsonl``. Every other object goes after the commit point: the replaced
+                dataset, files of task attempts that failed or lost to another attempt, leftovers.
+
+        Raises:
+            DatasetError: A dataset appeared at DEST while the conversion ran (without
+                ``overwrite``), or a data file to commit is not in the store.
+        """
+        present = set(self.check())  # a dataset may have appeared while the conversion ran
+        missing = sorted(n for n in keep if n not in present)
+        if missing:
             raise DatasetError(
-                f"{folder}: no _common_metadata to commit", hint="this is a bug; please report it"
+                f"{self.url}: {len(missing)} file(s) of this conversion are missing, e.g. {missing[0]}",
+                hint="another process deleted them (two conversions to one DEST?); run the conversion again",
             )
-        schema = pq.read_schema(common)
-        meta = dict(schema.metadata or {})
-        index = json.loads(meta.get(INDEX_KEY, b"{}").decode("utf-8")) if INDEX_KEY in meta else None
-        if index is None:  # no petastorm index: build one from the footers
-            index = {old: pq.read_metadata(folder / new).num_row_groups for old, new in renamed.items()}
-        meta[INDEX_KEY] = json.dumps({renamed.get(k, k): v for k, v in sorted(index.items())}).encode("utf-8")
-        pq.write_metadata(schema.with_metadata(meta), common)
-        return [folder / n for n in sorted(renamed.values())]
-
-    def upload_data(self, folder: Path) -> None:
-        """Step 1: upload the data files (under attempt names) and ``_skipped.jsonl``."""
-        parts = self._rename_parts(folder)
-        extra = [p for p in folder.iterdir() if p.is_file() and p.name in _LEFTOVER_NAMES]
-        uploads = parts + extra
-        with ThreadPoolExecutor(
-            min(self.config.list_threads, max(1, len(uploads))), "pipeline-upload"
-        ) as pool:
-            list(
-                pool.map(
-                    lambda p: upload_file(
-                        str(p), self.fs, f"{self.prefix}/{p.name}", url=self.url, config=self.config
-                    ),
-                    uploads,
-                )
-            )
-        log.debug("uploaded %d file(s) of attempt %s to %s", len(uploads), self.attempt, self.url)
-
-    def publish(self, folder: Path) -> None:
-        """Step 2, the commit point: write ``_common_metadata``; then delete everything else."""
-        keep = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
-        upload_file(
-            str(folder / _COMMON), self.fs, f"{self.prefix}/{_COMMON}", url=self.url, config=self.config
-        )
+        self.put(COMMON_METADATA, common_metadata)
+        keep = {*keep, COMMON_METADATA}
         stale = [p for p in self._existing() if self._rel(p) not in keep]
         if stale:
             log.info("removing %d replaced or stray object(s) under %s", len(stale), self.url)
             delete_paths(self.fs, stale, url=self.url, config=self.config)
+
+    def discard(self) -> None:
+        """After a conversion that did not commit: delete the attempt files no dataset lists.
+
+        A DEST without ``_common_metadata`` loses every attempt file and leftover; a committed
+        dataset keeps the files its index lists (and its ``_skipped.jsonl``).
+        """
+        paths = self._existing()
+        rels = {p: self._rel(p) for p in paths}
+        if COMMON_METADATA in rels.values():
+            index = read_index(self.fs, f"{self.prefix}/{COMMON_METADATA}") or {}
+            drop = [p for p, r in rels.items() if is_attempt_file(r) and r not in index]
+        else:
+            drop = [p for p, r in rels.items() if is_attempt_file(r) or r in _LEFTOVER_NAMES]
+        if drop:
+            log.info("removing %d object(s) of this unfinished conversion under %s", len(drop), self.url)
+            delete_paths(self.fs, drop, url=self.url, config=self.config)
