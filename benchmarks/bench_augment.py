@@ -11,9 +11,14 @@ Paths, side by side in one run: ``open_loader`` with ``workers_type="thread"`` a
 ``"process"``; a torch ``DataLoader`` over the JPEG files (2 worker processes, OpenCV decode,
 the same augmentation); petastorm ``make_reader`` with its thread and process pools and the
 same augmentation as its ``TransformSpec`` (run in the petastorm env,
-``.venv-petastorm/bin/python``, through this file's ``--petastorm-side``); and the 2-core
-ceiling: decode (this package's decoder) + augmentation of every image in one thread, times 2.
-Then a digest of the first batches for 1, 2 and 4 worker processes (they must be equal).
+``.venv-petastorm/bin/python``, through this file's ``--petastorm-side``); the 2-core
+ceiling: decode (this package's decoder) + augmentation of every image in one thread, times 2;
+the same with the work no loader skips (Parquet read, and one copy of each row into a shuffled
+batch tensor), times 2; and this loader's process path over ``--epochs`` epochs, its fixed
+costs (fork, filling and draining the shuffle buffer, stopping the workers, freeing the shared
+memory) spread over more rows. Then a digest of the first batches for 1, 2 and 4 worker processes (they must be equal).
+``--breakdown`` prints instead the CPU per row of each part of the process path (worker
+processes and parent threads), ``--cpu-per-row`` the CPU per row of parent and workers.
 """
 
 from __future__ import annotations
@@ -250,6 +255,110 @@ def cpu_per_row(url: str, rows: int) -> None:
             )
 
 
+_SUMS: dict[str, float] = {}  # --breakdown: seconds per part, in this process (and in each forked worker)
+_BREAKDOWN: dict[str, object] = {}  # --breakdown: the wrapped work function and the folder of worker sums
+
+
+def _timed(key: str, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SUMS[key] = _SUMS.get(key, 0.0) + time.thread_time() - t0
+
+    return wrapper
+
+
+def _work_and_dump(item, rows):
+    """The worker's item function under --breakdown (module level: the pool pickles it by name)."""
+    result = _BREAKDOWN["work"](item, rows)
+    (_BREAKDOWN["dir"] / f"{os.getpid()}.json").write_text(json.dumps(_SUMS))
+    return result
+
+
+def breakdown(url: str, epochs: int) -> dict[str, float]:
+    """CPU microseconds per row of each part of the process path (``time.thread_time`` around it,
+    in the worker processes and in the parent's threads); ``--breakdown``.
+
+    Wraps the reader's functions in this process before the loader starts, so the forked workers
+    inherit the wrappers; each worker writes its sums to a file after every item.
+    """
+    import pipeline
+    import pipeline.loader.loader as loader_mod
+    import pipeline.loader.prefetch as prefetch_mod
+    import pipeline.reader.reader as reader_mod
+    import pipeline.reader.source as source_mod
+    import pipeline.reader.transform as transform_mod
+    import pipeline.reader.workers as workers_mod
+    import pipeline.reader.workers_process as process_mod
+    from pipeline.format import TransformSpec
+
+    parts = {
+        "worker: Parquet read": (source_mod.DatasetSource, "_table"),
+        "worker: decode": (source_mod, "decode_column"),
+        "worker: stack transformed rows": (transform_mod, "_as_column"),
+        "worker: read_into": (source_mod.DatasetSource, "read_into"),
+        "worker: seed generators": (workers_mod, "seed_task"),
+        "worker: item": (process_mod, "_work"),
+        "parent: collate": (loader_mod, "collate_selection"),
+        "parent: shuffle draw": (reader_mod.RowBuffer, "select"),
+        "parent: shuffle release": (reader_mod.RowBuffer, "release"),
+        "parent: prefetch thread": (prefetch_mod.Prefetcher, "_run"),
+        "parent: close workers": (process_mod.ProcessWorkers, "close"),
+    }
+    saved = [(owner, name, getattr(owner, name)) for owner, name in parts.values()]
+    for key, (owner, name) in parts.items():
+        setattr(owner, name, _timed(key, getattr(owner, name)))
+    _BREAKDOWN.update(work=process_mod._work, dir=Path(tempfile.mkdtemp(prefix="bench-augment-")))
+    process_mod._work = _work_and_dump
+    _SUMS.clear()
+    spec = spec_for(_timed("worker: augment (the transform)", augment.task_row), TransformSpec)
+    try:
+        before, main0, n = os.times(), time.thread_time(), 0
+        with pipeline.open_loader(
+            url, fields=FIELDS, transform=spec, batch_size=64, workers=WORKERS, workers_type="process",
+            start_method="fork", num_epochs=epochs, seed=0, config=None,
+        ) as loader:  # fmt: skip
+            for batch in loader:
+                n += len(batch["label"])
+        main = time.thread_time() - main0
+        after = os.times()
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    workers: dict[str, float] = {}
+    for path in _BREAKDOWN["dir"].glob("*.json"):
+        for key, value in json.loads(path.read_text()).items():
+            if key.startswith("worker"):
+                workers[key] = workers.get(key, 0.0) + value
+        path.unlink()
+    _BREAKDOWN["dir"].rmdir()
+    rows = {k: v / n * 1e6 for k, v in {**workers, **_SUMS}.items() if k.startswith(("worker", "parent"))}
+    transform = ("worker: Parquet read", "worker: decode", "worker: augment (the transform)")
+    rows["worker: copy into shared memory, per-row plumbing"] = rows["worker: read_into"] - sum(
+        rows[k] for k in (*transform, "worker: stack transformed rows")
+    )
+    rows["worker: pipe, bookkeeping"] = (
+        rows["worker: item"] - rows["worker: read_into"] - rows["worker: seed generators"]
+    )
+    rows["parent: training loop thread"] = main / n * 1e6
+    parent = after.user + after.system - before.user - before.system
+    rows["parent: pool threads, other"] = (parent - main - _SUMS["parent: prefetch thread"]) / n * 1e6
+    rows["parent: total"] = parent / n * 1e6
+    kids = after.children_user + after.children_system - before.children_user - before.children_system
+    rows["workers: total (CPU of the exited worker processes)"] = kids / n * 1e6
+    order = [
+        "worker: Parquet read", "worker: decode", "worker: augment (the transform)",
+        "worker: stack transformed rows", "worker: copy into shared memory, per-row plumbing",
+        "worker: seed generators", "worker: pipe, bookkeeping", "worker: item",
+        "workers: total (CPU of the exited worker processes)", "parent: shuffle draw",
+        "parent: shuffle release", "parent: collate", "parent: close workers", "parent: prefetch thread",
+        "parent: training loop thread", "parent: pool threads, other", "parent: total",
+    ]  # fmt: skip
+    return {k: round(rows[k], 1) for k in order}
+
+
 def petastorm_side(url: str, repeat: int) -> None:
     """In the petastorm env: make_reader with thread and process pools; one JSON line."""
     import warnings
@@ -301,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--petastorm-side", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only: CPU per row of each part of the process path (workers and parent), over --epochs epochs",
+    )
+    parser.add_argument(
         "--epochs", type=int, default=3, help="epochs of the spread-fixed-costs line (default 3)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
@@ -322,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
     url, files = generate(Path(args.data_dir), args.rows)
     if args.cpu_per_row:
         cpu_per_row(url, args.cpu_per_row)
+        return 0
+    if args.breakdown:
+        ours(url, "process")  # imports, page cache
+        for _ in range(args.repeat):
+            load = os.getloadavg()[0]
+            print(f"{args.rows} images x {args.epochs} epochs, load average {load:.1f}, CPU us per row:")
+            for name, value in breakdown(url, args.epochs).items():
+                print(f"  {name:<52} {value:7.1f}")
         return 0
     print(f"dataset {url}  {args.rows} images  batch 64  {WORKERS} workers  best of {args.repeat}")
     paths = {
