@@ -452,6 +452,26 @@ def test_read_ahead_hides_latency(s3_server: str, s3_env: str, monkeypatch: pyte
         stop(proxy)
 
 
+def test_open_loader_takes_the_disk_cache_over_s3(s3_env: str, tmp_path: Path) -> None:
+    """``open_loader(url, cache_dir=, cache_limit=)``: the rows come through the disk cache,
+    which holds the row groups' bytes afterwards within its limit (docs/storage.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, root = resolve(f"{s3_env}/loader-cache")
+    table = pa.table({"x": pa.array(np.arange(256), pa.int64())})
+    with fs.open_output_stream(f"{root}/part-00000.parquet") as out:
+        pq.write_table(table, out, row_group_size=64)
+    with fs.open_output_stream(f"{root}/_common_metadata") as out:
+        pq.write_metadata(table.schema, out)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second pass reads what the first one cached
+        got = read_all(f"{s3_env}/loader-cache", cache_dir=str(cache), cache_limit=1 << 20)
+        assert got["x"].tolist() == list(range(256))
+    entries = [p for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert entries and sum(p.stat().st_size for p in entries) <= 1 << 20
+
+
 def test_disk_cache_over_s3_survives_ranks_and_corruption(s3_env: str, tmp_path: Path) -> None:
     """The access helper's disk cache in front of S3: two ranks filling it at once in separate
     processes read the right rows; a corrupted entry is re-read, never served."""
