@@ -14,8 +14,9 @@ writes one Petastorm dataset locally per ``--rows`` size, uploads it, then reads
 
 Each run starts at ``open_loader`` and reports: ``open_s`` (``open_loader`` returned),
 ``first_batch_s``, ``seconds`` (the first epoch, opening included) and its ``samples_per_s``;
-the runs other than the cache fill read a second epoch, whose rate is ``steady_per_s`` (no
-opening, the reader already under way; in ``s3_cold`` it reads the store again). ``requests`` counts the requests the proxy
+the runs other than the cache fill read three epochs, and the second one's rate is
+``steady_per_s`` (no opening, the reader under way at its start and at its end; in ``s3_cold``
+it reads the store again). ``requests`` counts the requests the proxy
 saw during the run (``--trace`` prints them, with their times); ``vs_local`` and
 ``steady_vs_local`` are ratios to the local run of the same size.
 
@@ -118,8 +119,8 @@ def run_loader(
         "wall_start": wall,
         "wall_end": wall + ends[0],
     }
-    if epochs > 1:  # the later epochs: no opening, the reader already under way
-        out["steady_per_s"] = round(per_epoch * (epochs - 1) / (ends[-1] - ends[0]), 1)
+    if epochs > 2:  # the middle epochs: no opening, the reader under way at both ends (no drain)
+        out["steady_per_s"] = round(per_epoch * (epochs - 2) / (ends[-2] - ends[0]), 1)
     return out
 
 
@@ -242,13 +243,13 @@ def bench_size(
     opts = {"workers": args.workers, "batch": args.batch_size}
 
     run_loader(str(local), **opts)  # warm the page cache
-    out["local"] = run_loader(str(local), epochs=2, **opts)
-    out["s3_cold"] = run_loader(prefix, filesystem=slow, epochs=2, **opts)  # epoch 2 reads the store again
+    out["local"] = run_loader(str(local), epochs=3, **opts)
+    out["s3_cold"] = run_loader(prefix, filesystem=slow, epochs=3, **opts)  # epoch 2 reads the store again
     cache_dir = tmp / f"cache-{rows}"
     fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
     out["s3_cache_fill"] = run_loader(path, filesystem=fill_fs, **opts)
     warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
-    out["s3_warm"] = run_loader(path, filesystem=warm_fs, epochs=2, **opts)
+    out["s3_warm"] = run_loader(path, filesystem=warm_fs, epochs=3, **opts)
     if petastorm:
         out["petastorm_make_reader"] = run_petastorm(
             slow_endpoint, f"s3://{prefix}", args.workers or os.cpu_count() or 1

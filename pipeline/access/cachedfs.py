@@ -19,8 +19,10 @@ store is no longer the listed one is an error, not an entry.
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -75,6 +77,7 @@ class CachingHandler(pafs.FileSystemHandler):
         self._lock = threading.Lock()
         self._infos: dict[str, pafs.FileInfo] = {}  # path -> latest listing or HEAD of it
         self._heads: dict[str, Future[pafs.FileInfo]] = {}  # HEADs in flight
+        self._read_times: deque[float] = deque(maxlen=8)  # seconds of the latest reads, hits or not
         self._stores: dict[tuple[Any, ...], Future[pa.NativeFile]] = {}  # shared store handles
 
     def _check_pid(self) -> None:
@@ -148,6 +151,19 @@ class CachingHandler(pafs.FileSystemHandler):
                 with self._lock:
                     self._heads.pop(path, None)
         return head.result()
+
+    def observed_latency(self) -> float | None:
+        """Median seconds of the latest reads through the cache (hits and misses), or ``None``.
+
+        What a read costs the reader now: after opening a dataset these are its footer reads,
+        so that :func:`~pipeline.storage.read_threads` sizes the reader for the store when the
+        cache is cold and for the local disk when it is warm.
+        """
+        times = list(self._read_times)
+        return statistics.median(times) if times else None
+
+    def note_read(self, seconds: float) -> None:
+        self._read_times.append(seconds)
 
     def open_input_file(self, path: str) -> pa.NativeFile:
         info = self._info(path)
@@ -244,7 +260,9 @@ class _CachedFile:
         if length == 0:
             return b""
         key = DiskCache.key(*self._identity, start, length)
+        started = time.perf_counter()
         data = self._handler.cache.get(key, length, lambda: self._fetch(start, length))
+        self._handler.note_read(time.perf_counter() - started)
         self._pos = start + length
         return data
 
