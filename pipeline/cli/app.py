@@ -118,12 +118,14 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     records only from ERROR up (``-v``: WARNING, ``-vv``: everything), and the same for Python
     warnings (third-party ones only with ``-v``)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    theirs = logging.DEBUG if verbose >= 2 else logging.WARNING if verbose else logging.ERROR
     logging.basicConfig(
-        level=logging.DEBUG if verbose >= 2 else logging.WARNING if verbose else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=theirs, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("pipeline").setLevel(level)
+    # Some set their own logger's level (pyspark's TorchDistributor: INFO): the handler decides.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OursOrAtLeast(theirs))
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
     if verbose < 2:
@@ -134,6 +136,19 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
         warnings.simplefilter("default")
     else:
         quiet_all_third_party_warnings()
+
+
+class _OursOrAtLeast(logging.Filter):
+    """Passes this package's records, and other loggers' from ``level`` up."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            record.levelno >= self.level or record.name == "pipeline" or record.name.startswith("pipeline.")
+        )
 
 
 def _not_from_py4j(record: logging.LogRecord) -> bool:
