@@ -41,7 +41,7 @@ from pipeline.reader.workers import choose_workers_type
 from pipeline.reader.workers_process import SourceRecipe
 from pipeline.storage import read_threads, resolve
 
-__all__ = ["ENGINES", "Loader", "open_loader", "resolve_shard"]
+__all__ = ["ENGINES", "Loader", "open_loader", "resolve_configs", "resolve_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def open_loader(
             ``TransformSpec`` has a Python ``func``, threads otherwise); the batches do not
             depend on it. Defaults to ``"auto"``.
         start_method: How worker processes start: ``"spawn"``, ``"fork"`` or ``"forkserver"``.
-            Defaults to ``"spawn"``.
+            Defaults to ``"fork"``.
         cache: Loading mode: ``"stream"``, ``"memory"`` (decoded row groups kept in RAM after the
             first epoch) or ``"disk"`` (Parquet bytes cached locally); see
             :func:`pipeline.access.source.open_source`. Defaults to ``"stream"``.
@@ -393,17 +393,25 @@ def open_loader(
             f"engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {engine!r}",
             hint='leave it out for the default "pipeline"',
         )
+    source_name = "open_loader()" if engine == "pipeline" else f"open_loader(engine={engine!r})"
+    reader_cfg, loader_cfg = resolve_configs(config, given, source=source_name)
     if engine == "petastorm":
         from pipeline.loader.petastorm_engine import open_petastorm_loader
 
-        kwargs = {k: v for k, v in given.items() if k not in ("url", "engine")}
-        return open_petastorm_loader(url, **kwargs)
-    reader_keys = {f.name for f in dataclasses.fields(ReaderConfig)}
-    loader_keys = {f.name for f in dataclasses.fields(LoaderConfig)}
-    if isinstance(given.get("device"), torch.device):
-        given["device"] = str(given["device"])
-    reader_cfg = _load(ReaderConfig, config, "reader", {k: v for k, v in given.items() if k in reader_keys})
-    loader_cfg = _load(LoaderConfig, config, "loader", {k: v for k, v in given.items() if k in loader_keys})
+        return open_petastorm_loader(
+            url,
+            reader_cfg,
+            loader_cfg,
+            fields=fields,
+            transform=transform,
+            rank=rank,
+            world_size=world_size,
+            predicate=predicate,
+            filesystem=filesystem,
+            cache=cache,
+            cache_limit=cache_limit,
+            cache_dir=cache_dir,
+        )
     rank, world_size = resolve_shard(rank, world_size)
     options = ReadOptions(
         fields=(fields,) if isinstance(fields, str) else tuple(fields) if fields is not None else None,
@@ -434,7 +442,30 @@ def open_loader(
     return Loader(reader, loader_cfg, transform)
 
 
-def _load(cls: Any, path: Any, section: str, given: dict[str, Any]) -> Any:
-    """``cls`` from the YAML section with ``given`` on top (``None`` included: endless, CPU...)."""
+def resolve_configs(
+    config: str | os.PathLike[str] | None, given: dict[str, Any], *, source: str = "open_loader()"
+) -> tuple[ReaderConfig, LoaderConfig]:
+    """The reader's and the loader's settings: ``config``'s sections with ``given`` on top.
+
+    Args:
+        config: YAML file (``reader:`` and ``loader:`` sections), or ``None`` for the classes'
+            defaults.
+        given: Arguments that were given (``None`` included: endless, CPU...); keys that are
+            not a setting of either class are left out.
+        source: Where the values come from, for error messages. Defaults to ``"open_loader()"``.
+
+    Raises:
+        ConfigError: A value does not fit its setting.
+    """
+    if isinstance(given.get("device"), torch.device):
+        given = {**given, "device": str(given["device"])}
+    return _load(ReaderConfig, config, "reader", given, source), _load(
+        LoaderConfig, config, "loader", given, source
+    )
+
+
+def _load(cls: Any, path: Any, section: str, given: dict[str, Any], source: str) -> Any:
+    keys = {f.name for f in dataclasses.fields(cls)}
     base = load_config(cls, path, section=section) if path is not None else cls()
-    return from_mapping(cls, {**dataclasses.asdict(base), **given}, source="open_loader()")
+    values = {**dataclasses.asdict(base), **{k: v for k, v in given.items() if k in keys}}
+    return from_mapping(cls, values, source=source)

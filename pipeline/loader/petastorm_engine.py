@@ -1,18 +1,14 @@
 """``open_loader(url, engine="petastorm", ...)``: petastorm's own readers behind our torch batches.
 
-Signature (``pipeline.loader.loader.open_loader`` passes its arguments through)::
+``open_loader`` resolves its arguments against ``conf/reader.yaml`` as for the default engine
+(:func:`~pipeline.loader.loader.resolve_configs`) and hands the settings over::
 
-    open_petastorm_loader(url, *, batch_size=DEFAULT, fields=None, transform=None,
-                          shuffle=DEFAULT, seed=DEFAULT, num_epochs=DEFAULT, rank=None,
-                          world_size=None, workers=DEFAULT, device=DEFAULT, drop_last=DEFAULT,
-                          shuffle_buffer=DEFAULT, prefetch=DEFAULT, pad_value=DEFAULT,
-                          read_ahead=DEFAULT, predicate=None, filesystem=None,
-                          config="reader.yaml", pool=None, workers_type="auto",
-                          cache="stream", cache_dir=None, cache_limit=None,
-                          **petastorm_options) -> PetastormLoader
+    open_petastorm_loader(url, reader: ReaderConfig, loader: LoaderConfig, *, fields, transform,
+                          rank, world_size, predicate, filesystem, pool=None, cache="stream",
+                          cache_dir=None, cache_limit=None, **petastorm_options) -> PetastormLoader
 
-``DEFAULT`` (``pipeline.loader.loader.DEFAULT``): from ``conf/reader.yaml`` like ``open_loader``
-(batch 64, shuffle, seed 0, one epoch, CPU-count workers, buffer 4096, prefetch 2).
+Called directly (for ``pool`` or ``petastorm_options``), ``reader``/``loader`` left out are
+``conf/reader.yaml``'s.
 
 A Petastorm dataset (Unischema metadata) is read with ``petastorm.make_reader`` (codecs
 decoded by petastorm, row by row), any other Parquet store with ``petastorm.make_batch_reader``.
@@ -41,11 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.loader.collate import collate_batch, cpu_allocator
 from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
-from pipeline.loader.loader import CONFIG_FILE, DEFAULT, resolve_shard
+from pipeline.loader.loader import CONFIG_FILE, resolve_configs, resolve_shard
 from pipeline.loader.prefetch import Prefetcher
 from pipeline.loader.rows import RowBuffer, stackable
 from pipeline.reader.config import LoaderConfig, ReaderConfig
@@ -284,27 +279,16 @@ class PetastormLoader:
 
 def open_petastorm_loader(
     url: str | os.PathLike[str],
+    reader: ReaderConfig | None = None,
+    loader: LoaderConfig | None = None,
     *,
-    batch_size: int = DEFAULT,
     fields: Sequence[str] | Any | None = None,
     transform: Any = None,
-    shuffle: bool = DEFAULT,
-    seed: int = DEFAULT,
-    num_epochs: int | None = DEFAULT,
     rank: int | None = None,
     world_size: int | None = None,
-    workers: int | None = DEFAULT,
-    device: str | torch.device | None = DEFAULT,
-    drop_last: bool = DEFAULT,
-    shuffle_buffer: int = DEFAULT,
-    prefetch: int = DEFAULT,
-    pad_value: int = DEFAULT,
-    read_ahead: int = DEFAULT,
     predicate: Any = None,
     filesystem: Any = None,
-    config: str | os.PathLike[str] | None = CONFIG_FILE,
     pool: str | None = None,
-    workers_type: str = "auto",
     cache: str = "stream",
     cache_dir: str | os.PathLike[str] | None = None,
     cache_limit: int | None = None,
@@ -312,38 +296,31 @@ def open_petastorm_loader(
 ) -> PetastormLoader:
     """Open ``url`` through petastorm's ``make_reader`` / ``make_batch_reader``.
 
-    Arguments left out take their value from ``conf/reader.yaml``, as for ``open_loader``.
+    ``open_loader(url, engine="petastorm", ...)`` resolves its arguments into ``reader`` and
+    ``loader`` (:func:`~pipeline.loader.loader.resolve_configs`) and calls this; call it directly
+    for what ``open_loader`` does not take (``pool``, ``petastorm_options``).
 
     Args:
         url: Dataset folder or URL; a Petastorm dataset goes to ``make_reader``, plain Parquet to
             ``make_batch_reader``.
-        batch_size: Rows per batch. Defaults to ``64``.
+        reader: ``shuffle`` (petastorm's row-group and row shuffling, and a seeded buffer of
+            ``shuffle_buffer`` rows), ``seed`` (petastorm's, and the buffer's), ``num_epochs``,
+            ``workers`` (petastorm's ``workers_count``; ``0``: its dummy pool; ``None``: the CPU
+            count) and ``workers_type``; ``read_ahead`` is not used (petastorm bounds memory with
+            its own ``results_queue_size``). Defaults to ``None`` (``conf/reader.yaml``'s).
+        loader: ``batch_size``, ``drop_last`` (of the stream's last batch), ``prefetch``,
+            ``pad_value``, ``device``. Defaults to ``None`` (``conf/reader.yaml``'s).
         fields: Field names or regex patterns (``schema_fields``), or a petastorm ``NGram``
             (fields named ``<name>@<offset>`` in the batch). Defaults to ``None`` (all).
         transform: A TransformSpec (ours or petastorm's: petastorm's ``transform_spec``) or a
             callable on each batch (dict of numpy arrays and lists). Defaults to ``None``.
-        shuffle: Shuffle row groups and rows (petastorm) and mix rows in a seeded buffer of
-            ``shuffle_buffer`` rows. Defaults to ``True``.
-        seed: petastorm's ``seed`` (row groups, rows, shards) and the shuffle buffer's. Defaults to ``0``.
-        num_epochs: Epochs (petastorm's ``num_epochs``), ``None`` for endless. Defaults to ``1``.
         rank: ``cur_shard``. Defaults to ``None`` (``torch.distributed``'s, else no sharding).
         world_size: ``shard_count``. Defaults to ``None`` (``torch.distributed``'s, else 1).
-        workers: petastorm's ``workers_count``; ``0`` uses its dummy pool. Defaults to ``None``
-            (the number of CPU cores).
-        device: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``. Defaults to ``None``.
-        drop_last: Drop the stream's last incomplete batch. Defaults to ``False``.
-        shuffle_buffer: Rows in the shuffle buffer (``0``: none). Defaults to ``4096``.
-        prefetch: Batches prepared ahead. Defaults to ``2``.
-        pad_value: Padding of variable-length 1-D fields. Defaults to ``0``.
-        read_ahead: Accepted for ``open_loader``'s sake; petastorm bounds memory with its own
-            ``results_queue_size`` (pass it in ``petastorm_options``). Defaults to ``2``.
         predicate: A predicate (ours or petastorm's). Defaults to ``None``.
         filesystem: A filesystem petastorm accepts (fsspec / pyarrow legacy). Defaults to ``None``.
-        config: YAML file for the defaults. Defaults to ``"reader.yaml"`` (in ``conf/``).
         pool: petastorm's ``reader_pool_type``: ``"thread"``, ``"process"`` or ``"dummy"``.
-            Defaults to ``None`` (from ``workers_type``).
-        workers_type: ``open_loader``'s: ``"process"`` is petastorm's process pool, ``"thread"``
-            and ``"auto"`` its thread pool. Defaults to ``"auto"``.
+            Defaults to ``None`` (``"process"`` when ``reader.workers_type`` is ``"process"``,
+            else ``"thread"``).
         cache: Only ``"stream"`` (petastorm's own cache: ``cache_type="local-disk"`` and
             ``cache_location`` in ``petastorm_options``). Defaults to ``"stream"``.
         cache_dir: Not supported by this engine (``None``). Defaults to ``None``.
@@ -355,17 +332,24 @@ def open_petastorm_loader(
         A :class:`PetastormLoader`; use it as a context manager so that petastorm's pool stops.
 
     Raises:
-        ConfigError: petastorm is not installed, or an option is invalid.
+        ConfigError: petastorm is not installed, or an option is invalid (a reader or loader
+            setting among ``petastorm_options`` included).
         DatasetError: ``url`` is not a dataset petastorm can open.
     """
-    given = {k: v for k, v in locals().items() if v is not DEFAULT}
-    if isinstance(given.get("device"), torch.device):
-        given["device"] = str(given["device"])
-    rc = _config(ReaderConfig, config, "reader", given)
-    lc = _config(LoaderConfig, config, "loader", given)
-    batch_size, shuffle, seed, num_epochs = lc.batch_size, rc.shuffle, rc.seed, rc.num_epochs
-    workers, device, drop_last, prefetch = rc.workers, lc.device, lc.drop_last, lc.prefetch
-    shuffle_buffer, pad_value = rc.shuffle_buffer, lc.pad_value
+    if reader is None or loader is None:
+        reader_default, loader_default = resolve_configs(CONFIG_FILE, {}, source="open_petastorm_loader()")
+        reader, loader = reader or reader_default, loader or loader_default
+    settings = sorted(
+        set(petastorm_options) & {f.name for c in (ReaderConfig, LoaderConfig) for f in dataclasses.fields(c)}
+    )
+    if settings:
+        raise ConfigError(
+            f"{', '.join(settings)} are reader/loader settings, not petastorm options",
+            hint='pass them to open_loader(url, engine="petastorm", ...), or in the reader/loader configs',
+        )
+    batch_size, shuffle, seed, num_epochs = loader.batch_size, reader.shuffle, reader.seed, reader.num_epochs
+    workers, device, drop_last, prefetch = reader.workers, loader.device, loader.drop_last, loader.prefetch
+    shuffle_buffer, pad_value, workers_type = reader.shuffle_buffer, loader.pad_value, reader.workers_type
     petastorm = import_petastorm()
 
     if pool is None:
@@ -426,11 +410,3 @@ def open_petastorm_loader(
         batch_fn=batch_fn,
         ngram=ngram,
     )
-
-
-def _config(cls: Any, path: Any, section: str, given: dict[str, Any]) -> Any:
-    """``cls`` from the YAML section with the keys of ``given`` it has on top."""
-    keys = {f.name for f in dataclasses.fields(cls)}
-    base = load_config(cls, path, section=section) if path is not None else cls()
-    values = {**dataclasses.asdict(base), **{k: v for k, v in given.items() if k in keys}}
-    return from_mapping(cls, values, source="open_loader(engine='petastorm')")
