@@ -29,6 +29,7 @@ from pipeline.access.batch import assemble, is_integer, split_rows, stack_rows
 from pipeline.access.cachedfs import cached_filesystem
 from pipeline.access.index import RowGroupIndex
 from pipeline.access.rows import RowGroupReader
+from pipeline.access.source import cache_mode
 from pipeline.access.stores import (
     DEFAULT_STREAM_LIMIT,
     MemoryStore,
@@ -46,7 +47,6 @@ __all__ = ["CacheMode", "RandomAccessDataset", "open_dataset"]
 log = logging.getLogger(__name__)
 
 CacheMode = Literal["stream", "memory", "disk"]
-MODES = ("stream", "memory", "disk")
 
 
 @dataclass
@@ -272,10 +272,7 @@ def open_dataset(
         ConfigError: An option is invalid, or the dataset does not fit the memory limit.
         DatasetError: The dataset is missing or a field does not exist.
     """
-    if cache == "stream" and cache_dir is not None:
-        cache = "disk"
-    if cache not in MODES:
-        raise ConfigError(f"cache must be one of {', '.join(MODES)}, got {cache!r}")
+    cache = cache_mode(cache, cache_dir)  # type: ignore[assignment]
     if cache_limit is not None and (not isinstance(cache_limit, int) or cache_limit < 0):
         raise ConfigError(f"cache_limit must be a number of bytes >= 0 or None, got {cache_limit!r}")
     if preload and cache != "memory":

@@ -33,7 +33,23 @@ from pipeline.reader.config import ReadOptions
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.source import Chunk, DatasetSource
 
-__all__ = ["CachedSource", "open_source"]
+__all__ = ["MODES", "CachedSource", "cache_mode", "open_source"]
+
+MODES = ("stream", "memory", "disk")
+"""The loading modes (``cache=``) of ``open_loader`` and ``open_dataset``."""
+
+
+def cache_mode(cache: str, cache_dir: str | os.PathLike[str] | None) -> str:
+    """The loading mode asked for: ``cache``, but ``"stream"`` with a ``cache_dir`` means ``"disk"``.
+
+    Raises:
+        ConfigError: ``cache`` is not one of :data:`MODES`.
+    """
+    if cache == "stream" and cache_dir is not None:
+        cache = "disk"  # open_loader(url, cache_dir=..., cache_limit=...): the object-storage contract
+    if cache not in MODES:
+        raise ConfigError(f"cache must be one of {', '.join(MODES)}, got {cache!r}")
+    return cache
 
 
 def open_source(
@@ -59,8 +75,7 @@ def open_source(
         ConfigError: Unknown mode, or the dataset does not fit the memory limit.
     """
     options = options or ReadOptions()
-    if cache == "stream" and cache_dir is not None:
-        cache = "disk"  # open_loader(url, cache_dir=..., cache_limit=...): the object-storage contract
+    cache = cache_mode(cache, cache_dir)
     if cache == "stream":
         return DatasetSource(url, options)
     if cache == "disk":
@@ -68,9 +83,7 @@ def open_source(
             url, filesystem=options.filesystem, cache_dir=cache_dir, cache_limit=cache_limit
         )
         return DatasetSource(path, dataclasses.replace(options, filesystem=fs))
-    if cache == "memory":
-        return CachedSource(DatasetSource(url, options), limit=cache_limit)
-    raise ConfigError(f"cache must be one of stream, memory, disk, got {cache!r}")
+    return CachedSource(DatasetSource(url, options), limit=cache_limit)
 
 
 class CachedSource:
