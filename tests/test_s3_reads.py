@@ -1,0 +1,165 @@
+"""Round trips of reading a dataset from S3, counted in the log of the latency proxy.
+
+Against moto's S3 server on 127.0.0.1 (``tests/s3_server.py``), through ``tests/s3_proxy.py``
+with ``$PIPELINE_S3_PROXY_LOG``: a warm open through the disk cache sends no request per file;
+concurrent opens of one file send one ``HEAD``; a file rewritten on the store is read anew,
+never from the old entries; the reader's thread count follows what reads cost (store or cache).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.storage import resolve
+from tests.s3_server import s3_env, s3_server, start_latency_proxy, stop
+
+_FIXTURES = (s3_env, s3_server)  # used by name as test arguments
+
+
+def requests(log: Path, since: float) -> list[str]:
+    """``"METHOD /bucket/key"`` of each request the proxy saw after ``since`` (time.time())."""
+    time.sleep(0.1)  # the proxy's last lines
+    out = []
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if "req" in rec and rec["t"] >= since:
+            out.append(rec["req"].split("?")[0] if rec["req"].startswith("HEAD") else rec["req"])
+    return out
+
+
+@pytest.fixture
+def slow_s3(s3_server: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``(bucket URL, proxy log)``: the AWS variables point at a proxy (2 ms) that logs requests."""
+    log = tmp_path / "proxy.log"
+    monkeypatch.setenv("PIPELINE_S3_PROXY_LOG", str(log))
+    proxy, endpoint = start_latency_proxy(s3_server, 2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    try:
+        yield s3_env, log
+    finally:
+        stop(proxy)
+
+
+def write_files(url: str, values: list[range]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, root = resolve(url)
+    for i, ids in enumerate(values):
+        table = pa.table({"x": pa.array(list(ids), pa.int64())})
+        with fs.open_output_stream(f"{root}/part-{i:05d}.parquet") as out:
+            pq.write_table(table, out, row_group_size=16)
+    with fs.open_output_stream(f"{root}/_common_metadata") as out:
+        pq.write_metadata(pa.schema([("x", pa.int64())]), out)
+
+
+def read_source(source: Any) -> list[int]:
+    from pipeline.reader.plan import WorkItem
+
+    return [
+        int(v) for p, n in enumerate(source.sizes) for v in source.read(WorkItem(0, p, 0, n)).columns["x"]
+    ]
+
+
+def test_warm_open_through_the_disk_cache_sends_no_request_per_file(slow_s3: Any, tmp_path: Path) -> None:
+    from pipeline.access.cachedfs import cached_filesystem
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, log = slow_s3
+    url = f"{bucket}/ds"
+    write_files(url, [range(0, 40), range(40, 80), range(80, 100)])
+    cache = tmp_path / "cache"
+
+    fs, path = cached_filesystem(url, cache_dir=cache)
+    since = time.time()
+    assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(100))
+    cold = requests(log, since)
+    heads = [r for r in cold if r.startswith("HEAD") and r.endswith(".parquet")]
+    assert sorted(heads) == sorted(set(heads)) and len(heads) == 3, cold  # one HEAD per data file
+    assert any(r.startswith("GET") and "part-00000" in r for r in cold)
+
+    fs, path = cached_filesystem(url, cache_dir=cache)  # a new handler, as in a new process
+    since = time.time()
+    assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(100))
+    warm = requests(log, since)
+    assert not [r for r in warm if "part-" in r or "_common_metadata" in r], warm  # sizes from the listing
+    assert 1 <= len(warm) <= 3, warm  # the listing (and the root's existence check)
+
+
+def test_a_rewritten_file_is_read_anew_never_from_the_old_entries(slow_s3: Any, tmp_path: Path) -> None:
+    from pipeline.access.cachedfs import cached_filesystem
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, _ = slow_s3
+    url = f"{bucket}/rw"
+    write_files(url, [range(0, 32)])
+    fs, path = cached_filesystem(url, cache_dir=tmp_path / "cache")
+    assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(32))
+    time.sleep(1.1)  # S3 mtimes have whole seconds
+    write_files(url, [range(100, 132)])  # same size, other bytes
+    assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(100, 132))
+    write_files(url, [range(200, 248)])  # another size
+    assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(200, 248))
+
+
+def test_concurrent_opens_of_one_file_send_one_head(slow_s3: Any) -> None:
+    from pipeline.storage import RemoteReads
+
+    bucket, log = slow_s3
+    write_files(f"{bucket}/one", [range(0, 64)])
+    fs, root = resolve(f"{bucket}/one")
+    reads = RemoteReads(fs)
+    barrier = threading.Barrier(8)
+    sizes = []
+
+    def open_it() -> None:
+        barrier.wait()
+        with reads.open(f"{root}/part-00000.parquet") as fh:
+            sizes.append(fh.size())
+
+    since = time.time()
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(sizes)) == 1 and len(sizes) == 8
+    assert [r for r in requests(log, since) if r.startswith("HEAD")] == [f"HEAD /{root}/part-00000.parquet"]
+    reads.close()
+
+
+def test_reader_threads_follow_what_reads_cost(slow_s3: Any, tmp_path: Path) -> None:
+    """Through the disk cache: many threads while reads go to the store, CPU cores + 1 or so
+    once they are hits; no latency probe when the open made requests already."""
+    from pipeline.access.cachedfs import cached_filesystem
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+    from pipeline.storage import StorageConfig, read_threads
+
+    bucket, log = slow_s3
+    url = f"{bucket}/thr"
+    write_files(url, [range(0, 64), range(64, 128)])
+    config = StorageConfig()
+    counts = []
+    for _ in ("cold", "warm"):
+        fs, path = cached_filesystem(url, cache_dir=tmp_path / "cache")
+        handler = fs.handler
+        handler._read_times.clear()
+        DatasetSource(path, ReadOptions(filesystem=fs))
+        latency = handler.observed_latency()
+        assert latency is not None
+        since = time.time()
+        counts.append((read_threads(fs, path, cpu_threads=2, config=config), latency))
+        assert requests(log, since) == []  # no probe
+    (cold, cold_latency), (warm, warm_latency) = counts
+    assert warm_latency < cold_latency and warm <= cold, counts
+    assert np.isfinite(cold_latency)
