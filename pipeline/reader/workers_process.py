@@ -285,13 +285,18 @@ class ProcessWorkers:
             self._pool.shutdown(wait=False)
 
     def close(self) -> None:
-        """Stop the workers (SIGTERM, then SIGKILL after a few seconds) and unlink the shared memory."""
+        """Stop the workers (SIGTERM, then SIGKILL after a few seconds) and unlink the shared memory.
+
+        The parent unmaps and unlinks the segments first: a worker still exiting keeps its mapping,
+        and the pages are freed when the last mapping goes, in parallel with the parent."""
         self._cancel.set()
         pool, self._pool = self._pool, None
         if pool is not None:
             processes = dict(getattr(pool, "_processes", None) or {})
             self._processes.update(processes)
             pool.shutdown(wait=False, cancel_futures=True)
+        self._shared.close()
+        if pool is not None:
             deadline = time.monotonic() + _JOIN_S
             for proc in self._processes.values():
                 # the sentinel, not is_alive(): the pool's thread may reap the process first
@@ -302,4 +307,3 @@ class ProcessWorkers:
                         proc.kill()
                         wait([proc.sentinel], 1.0)
             pool.shutdown(wait=True)
-        self._shared.close()
