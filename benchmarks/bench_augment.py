@@ -272,7 +272,12 @@ def _timed(key: str, fn):
 
 def _work_and_dump(item, rows):
     """The worker's item function under --breakdown (module level: the pool pickles it by name)."""
+    start = time.monotonic()
     result = _BREAKDOWN["work"](item, rows)
+    end = time.monotonic()
+    _SUMS["wall: first item start"] = min(_SUMS.get("wall: first item start", start), start)
+    _SUMS["wall: last item end"] = end
+    _SUMS["wall: in items"] = _SUMS.get("wall: in items", 0.0) + end - start
     (_BREAKDOWN["dir"] / f"{os.getpid()}.json").write_text(json.dumps(_SUMS))
     return result
 
@@ -314,26 +319,59 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
     process_mod._work = _work_and_dump
     _SUMS.clear()
     spec = spec_for(_timed("worker: augment (the transform)", augment.task_row), TransformSpec)
+    close = process_mod.ProcessWorkers.close
+    wall: dict[str, float] = {}
+
+    def timed_close(self):
+        t0 = time.monotonic()
+        close(self)
+        wall["stopping the workers, freeing the shared memory"] = time.monotonic() - t0
+
+    process_mod.ProcessWorkers.close = timed_close
     try:
-        before, main0, n = os.times(), time.thread_time(), 0
+        before, main0, n, t0 = os.times(), time.thread_time(), 0, time.monotonic()
         with pipeline.open_loader(
             url, fields=FIELDS, transform=spec, batch_size=64, workers=WORKERS, workers_type="process",
             start_method="fork", num_epochs=epochs, seed=0, config=None,
         ) as loader:  # fmt: skip
+            wall["open_loader"] = time.monotonic() - t0
             for batch in loader:
+                if not n:
+                    wall["first batch (4,096 rows in the shuffle buffer)"] = time.monotonic() - t0
                 n += len(batch["label"])
+        wall["all batches, workers stopped"] = time.monotonic() - t0
         main = time.thread_time() - main0
         after = os.times()
     finally:
+        process_mod.ProcessWorkers.close = close
         for owner, name, fn in saved:
             setattr(owner, name, fn)
     workers: dict[str, float] = {}
+    spans = []
     for path in _BREAKDOWN["dir"].glob("*.json"):
-        for key, value in json.loads(path.read_text()).items():
+        sums = json.loads(path.read_text())
+        for key, value in sums.items():
             if key.startswith("worker"):
                 workers[key] = workers.get(key, 0.0) + value
+        span = sums["wall: last item end"] - sums["wall: first item start"]
+        spans.append(
+            (
+                sums["wall: first item start"] - t0,
+                sums["wall: last item end"] - t0,
+                span,
+                sums["wall: in items"],
+            )
+        )
         path.unlink()
     _BREAKDOWN["dir"].rmdir()
+    print("  seconds from open_loader:")
+    for name, value in wall.items():
+        print(f"    {name:<50} {value:7.3f}")
+    for i, (first, last, span, busy) in enumerate(sorted(spans)):
+        print(
+            f"    worker {i}: first item at {first:.3f}, last done at {last:.3f}, "
+            f"in items {100 * busy / span:.1f}% of that span"
+        )
     rows = {k: v / n * 1e6 for k, v in {**workers, **_SUMS}.items() if k.startswith(("worker", "parent"))}
     transform = ("worker: Parquet read", "worker: decode", "worker: augment (the transform)")
     rows["worker: copy into shared memory, per-row plumbing"] = rows["worker: read_into"] - sum(
