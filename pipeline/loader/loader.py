@@ -31,8 +31,7 @@ from pipeline.access.source import open_source
 from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError
 from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
-from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
-from pipeline.loader.prefetch import Prefetcher
+from pipeline.loader.stages import PrefetchedBatches
 from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprint
 from pipeline.loader.stats import LoaderStats, time_source_reads
 from pipeline.reader.config import LoaderConfig, ReaderConfig, ReadOptions
@@ -88,7 +87,7 @@ def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-class Loader:
+class Loader(PrefetchedBatches):
     """Torch batches of one rank's shard of a dataset; a context manager and an iterator.
 
     Build it with :func:`open_loader`. ``len(loader)`` is the number of batches per epoch of this
@@ -100,7 +99,8 @@ class Loader:
     def __init__(self, reader: Reader, config: LoaderConfig, transform: Any = None) -> None:
         self.reader = reader
         self.config = config
-        self.device = resolve_device(config.device)
+        self._stats = LoaderStats(reader.workers)
+        super().__init__(config.device, config.prefetch, name="pipeline-loader", stats=self._stats)
         self._batch_fn = (
             transform if transform is not None and not hasattr(transform, "edit_fields") else None
         )
@@ -119,15 +119,10 @@ class Loader:
         """Epoch of the batch most recently returned (the epoch to start in before the first one)."""
         self.batches_returned = 0
         self._epoch_batches = reader.start_batch  # batches of `epoch` delivered, restored ones included
-        self._stats = LoaderStats(reader.workers)
         if reader.stats is None:
             reader.stats = self._stats
             time_source_reads(reader.source, self._stats)
         self._fingerprint: str | None = None
-        self._prefetcher: Prefetcher[Any] | None = None
-        self._slots: PinnedSlots | None = None
-        self._copier: DeviceCopier | None = None
-        self._closed = False
 
     def __len__(self) -> int:
         return self.reader.batches_per_epoch
@@ -137,35 +132,8 @@ class Loader:
         """Names of the fields in each batch (before any ``<name>_lengths`` and batch callable)."""
         return list(self.reader.source.specs)
 
-    def __enter__(self) -> Loader:
-        self._start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self
-
-    def _start(self) -> None:
-        if self._closed:
-            raise RuntimeError("this loader is closed; open a new one with pipeline.open_loader(...)")
-        if self._prefetcher is not None:
-            return
-        self._prefetcher = Prefetcher(self._host_batches, self.config.prefetch, name="pipeline-loader")
-        if self.device is not None:
-            self._slots = PinnedSlots(self.config.prefetch + 3, self._prefetcher.stopping)
-            self._copier = DeviceCopier(
-                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots, stats=self._stats
-            )
-        self._prefetcher.start()
-
-    def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, int]]:
-        """Runs in the prefetch thread: rows -> (host batch, pinned slot or None, epoch)."""
-        if self.device is not None:
-            # Pinned allocations and event waits in this thread then use this device's context,
-            # not a stray one on cuda:0 (torch's own pin-memory thread does the same).
-            torch.cuda.set_device(self.device)
+    def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, tuple[int, int]]]:
+        """Runs in the prefetch thread: rows -> (host batch, pinned slot or None, (epoch, rows))."""
         specs = self.reader.source.specs
         pad = self.config.pad_value
         stats = self._stats
@@ -190,12 +158,8 @@ class Loader:
 
     def __next__(self) -> dict[str, Any]:
         self._start()
-        assert self._prefetcher is not None
         asked = self._stats.requested()
-        if self._copier is not None:
-            batch, (epoch, rows) = self._copier.next()
-        else:
-            batch, _, (epoch, rows) = self._prefetcher.get()
+        batch, (epoch, rows) = self._next()
         self._stats.delivered(asked, rows, epoch)
         if epoch != self.epoch:
             self._epoch_batches = 0
@@ -292,15 +256,7 @@ class Loader:
 
     def close(self) -> None:
         """Stop every thread and pool of this loader and wait for them; safe to call twice."""
-        self._closed = True
-        self._stop_threads()
-
-    def _stop_threads(self) -> None:
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-        if self._copier is not None:
-            self._copier.close()
-        self._prefetcher = self._copier = self._slots = None
+        super().close()
 
 
 def open_loader(

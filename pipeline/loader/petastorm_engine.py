@@ -39,10 +39,9 @@ import torch
 
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.loader.collate import collate_batch, cpu_allocator
-from pipeline.loader.device import DeviceCopier, PinnedSlots, resolve_device
 from pipeline.loader.loader import CONFIG_FILE, resolve_configs, resolve_shard
-from pipeline.loader.prefetch import Prefetcher
 from pipeline.loader.rows import RowBuffer, stackable
+from pipeline.loader.stages import PrefetchedBatches
 from pipeline.reader.config import LoaderConfig, ReaderConfig
 
 __all__ = ["PetastormLoader", "import_petastorm", "open_petastorm_loader"]
@@ -135,7 +134,7 @@ def _is_petastorm_dataset(url: str, petastorm_options: dict[str, Any]) -> bool:
     return True
 
 
-class PetastormLoader:
+class PetastormLoader(PrefetchedBatches):
     """Torch batches from a petastorm reader; a context manager and an iterator.
 
     Build it with :func:`open_petastorm_loader`. Batches are ``dict[str, torch.Tensor]`` (strings
@@ -147,50 +146,22 @@ class PetastormLoader:
     def __init__(self, reader: Any, batch_size: int, shuffle_buffer: int, seed: int | None,
                  device: Any, drop_last: bool, prefetch: int, pad_value: int, batch_fn: Any,
                  ngram: bool) -> None:  # fmt: skip
+        super().__init__(device, prefetch, name="pipeline-petastorm")
         self._reader = reader
         self._reader_stopped = False
         self._stop_lock = threading.Lock()
         self.batch_size = batch_size
         self._rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
         self._shuffle_buffer = shuffle_buffer
-        self.device = resolve_device(device)
         self.drop_last = drop_last
-        self._prefetch_depth = prefetch
         self.pad_value = pad_value
         self._batch_fn = batch_fn
         self._ngram = ngram
         self.epoch: int | None = None
         self.batches_returned = 0
         self.rows_returned = 0
-        self._prefetcher: Prefetcher[Any] | None = None
-        self._slots: PinnedSlots | None = None
-        self._copier: DeviceCopier | None = None
-        self._closed = False
         self._opened = time.monotonic()
         self._waited = 0.0
-
-    def __enter__(self) -> PetastormLoader:
-        self._start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self
-
-    def _start(self) -> None:
-        if self._closed:
-            raise RuntimeError("this loader is closed; open a new one with pipeline.open_loader(...)")
-        if self._prefetcher is not None:
-            return
-        self._prefetcher = Prefetcher(self._host_batches, self._prefetch_depth, name="pipeline-petastorm")
-        if self.device is not None:
-            self._slots = PinnedSlots(self._prefetch_depth + 3, self._prefetcher.stopping)
-            self._copier = DeviceCopier(
-                self.device, self._prefetcher.get, self._prefetcher.ready, self._slots
-            )
-        self._prefetcher.start()
 
     def _rows(self, reader: Any) -> Iterator[tuple[dict[str, Any], int]]:
         for item in reader:
@@ -204,8 +175,6 @@ class PetastormLoader:
 
     def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, None]]:
         """Runs in the prefetch thread: petastorm rows -> (host batch, pinned slot or None, None)."""
-        if self.device is not None:
-            torch.cuda.set_device(self.device)
         buffer = RowBuffer(self._shuffle_buffer, self._rng)
         try:
             for columns, count in self._rows(self._reader):
@@ -239,12 +208,8 @@ class PetastormLoader:
 
     def __next__(self) -> dict[str, Any]:
         self._start()
-        assert self._prefetcher is not None
         started = time.monotonic()
-        if self._copier is not None:
-            batch, _ = self._copier.next()
-        else:
-            batch, _, _ = self._prefetcher.get()
+        batch, _ = self._next()
         self._waited += time.monotonic() - started
         self.batches_returned += 1
         first = next((v for v in batch.values() if isinstance(v, (torch.Tensor, list))), [])
@@ -269,11 +234,7 @@ class PetastormLoader:
 
     def close(self) -> None:
         """Stop the prefetch thread and petastorm's reader pool; safe to call twice."""
-        self._closed = True
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-        if self._copier is not None:
-            self._copier.close()
+        super().close()
         self._stop_reader()
 
 
