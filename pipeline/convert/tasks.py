@@ -242,14 +242,18 @@ class PartitionTask:
             pending, held = [], 0
 
         def remove() -> None:  # a failed attempt leaves no file (the driver never lists it anyway)
-            try:
-                if writer is not None:
-                    writer.close()
-                if sink is not None:
-                    sink.close()
-                fs.delete_file(path)
-            except Exception:  # e.g. the staging folder is gone: the job was cancelled
-                log.debug("cannot remove %s", path, exc_info=True)
+            if sink is None:
+                return  # nothing was opened
+            for step in (
+                writer.close if writer is not None else None,
+                sink.close,
+                lambda: fs.delete_file(path),
+            ):
+                try:
+                    if step is not None:
+                        step()
+                except Exception:  # e.g. the staging folder is gone: the job was cancelled
+                    log.debug("cannot remove %s", path, exc_info=True)
 
         batches = self._batches(pid, errors)
         try:

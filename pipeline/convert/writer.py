@@ -51,7 +51,7 @@ from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
 from pipeline.format.metadata import format_metadata, write_common_metadata
 from pipeline.spark import cancel_job_group
-from pipeline.storage.publish import SKIPPED_REPORT
+from pipeline.storage.publish import SKIPPED_REPORT, ObjectStoreDest
 
 __all__ = ["PartitionFn", "plan_partitions", "write_petastorm"]
 
@@ -88,38 +88,38 @@ class _Written:
     local: bool = True
 
 
-def _written_files(stage: StagedOutput, returned: Sequence[Mapping[str, Any]]) -> list[_Written]:
+def _written_files(
+    data_dir: Path, returned: Sequence[Mapping[str, Any]], remote: ObjectStoreDest | None = None
+) -> list[_Written]:
     """The data files, in name order, from the rows the tasks returned (``tasks.STATS_SCHEMA``).
 
-    No file is opened: names, rows and row groups come from the tasks. A row's ``file`` is in the
-    staging folder, or already in DEST's store for an object-store DEST. A row without one
-    (Spark's own writer in ``convert table``) stands for ``part-<partition>.parquet`` in the
-    staging folder, uploaded to the store under an attempt name for an object-store DEST. A row
-    without ``row_groups`` (an older ``frame_for``) gets its file's footer read instead.
+    No file is opened: names, rows and row groups come from the tasks. A row's ``file`` is in
+    ``data_dir`` (the staging folder), or already in the store of ``remote`` (an object-store
+    DEST). A row without one (Spark's own writer in ``convert table``) stands for
+    ``part-<partition>.parquet`` in ``data_dir``, uploaded to ``remote`` under an attempt name. A
+    row without ``row_groups`` (an older ``frame_for``) gets its file's footer read instead.
     """
     files = []
     for row in returned:
         if not row["rows"]:
             continue
         name = row.get("file")
-        local = name is None or stage.remote is None
+        local = name is None or remote is None
         name = name or f"part-{int(row['partition']):05d}.parquet"
         if row.get("row_groups") is None:  # no facts from the task: read the footer
             if local:
-                footer, size = pq.read_metadata(stage.data_dir / name), (stage.data_dir / name).stat().st_size
+                footer, size = pq.read_metadata(data_dir / name), (data_dir / name).stat().st_size
             else:
-                footer, size = stage.remote.footer(name)  # type: ignore[union-attr]
+                footer, size = remote.footer(name)  # type: ignore[union-attr]
             files.append(_Written(name, footer.num_rows, footer.num_row_groups, size, local))
         else:
             files.append(
                 _Written(name, int(row["rows"]), int(row["row_groups"]), int(row["file_bytes"]), local)
             )
-    if stage.remote is not None and any(f.local for f in files):
-        remote = stage.remote
+    if remote is not None and any(f.local for f in files):
+        store = remote
         with ThreadPoolExecutor(8, "pipeline-upload") as pool:
-            uploaded = pool.map(
-                lambda f: remote.upload(stage.data_dir / f.name) if f.local else f.name, files
-            )
+            uploaded = pool.map(lambda f: store.upload(data_dir / f.name) if f.local else f.name, files)
             files = [
                 dataclasses.replace(f, name=n, local=False) for f, n in zip(files, uploaded, strict=True)
             ]
@@ -287,7 +287,7 @@ def write_petastorm(
             log.warning("skipped %s", record.describe())
         if len(skipped) > 20:
             log.warning("... and %d more skipped, see %s", len(skipped) - 20, SKIPPED_REPORT)
-        files = _written_files(stage, returned)
+        files = _written_files(stage.data_dir, returned, stage.remote)
         rows = sum(f.rows for f in files)
         row_groups = sum(f.row_groups for f in files)
         counts = {"rows": rows, "skipped": len(skipped), "input_bytes": input_bytes, "files": len(files)}
