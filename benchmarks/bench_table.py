@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 PETASTORM_SIDE = textwrap.dedent(
     """
     import json, sys, time
+    import pyspark
     from pyspark.sql import SparkSession
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
@@ -60,7 +61,7 @@ PETASTORM_SIDE = textwrap.dedent(
     read_s = time.perf_counter() - start
     converter.delete()
     spark.stop()
-    print(json.dumps({"convert_s": convert_s, "rows": rows, "read_s": read_s}))
+    print(json.dumps({"convert_s": convert_s, "rows": rows, "read_s": read_s, "pyspark": pyspark.__version__}))
     """
 )
 
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"rows": args.rows, "features": args.features, "array_len": args.array_len,
                  "batch_size": args.batch_size, "master": args.master}  # fmt: skip
     out["load_average_1m_before"] = os.getloadavg()[0]
+    import pyspark
+
+    out["ours_pyspark"] = pyspark.__version__
     try:
         with spark_session(
             SparkConfig(master=args.master, app_name="bench-table", driver_memory="4g", quick_jvm=False)
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=3600,
             )  # fmt: skip
             out["petastorm_convert_s"] = theirs["convert_s"]
+            out["petastorm_pyspark"] = theirs["pyspark"]
             out["petastorm_read_rows"] = theirs["rows"]
             out["petastorm_samples_per_s"] = theirs["rows"] / theirs["read_s"]
             out["convert_speedup"] = out["petastorm_convert_s"] / out["ours_convert_s"]

@@ -138,3 +138,49 @@ def test_pipeline_cache_list_and_clear(spark, tmp_path):
     assert run("clear", a.key)["removed"] == [a.key]
     assert [e["key"] for e in run("list")["entries"]] == [b.key]
     assert run("clear")["removed"] == [b.key] and run("list")["entries"] == []
+
+
+CONNECT = textwrap.dedent(
+    """
+    import json, sys
+    from pyspark.sql import SparkSession
+    import pipeline
+    from pipeline.errors import PipelineError
+
+    spark = SparkSession.builder.remote("local[1]").getOrCreate()
+    df = spark.range(5).selectExpr("id", "id * 0.5 AS x")
+    out = {"module": type(df).__module__}
+    for name, call in [
+        ("convert", lambda: pipeline.convert_dataframe(df, sys.argv[1])),
+        ("handle", lambda: pipeline.spark_dataset(df, cache_dir=sys.argv[2])),
+    ]:
+        try:
+            call()
+            out[name] = "converted"
+        except PipelineError as exc:
+            out[name] = str(exc)
+    spark.stop()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_spark_connect_dataframe_is_refused_before_any_work(tmp_path):
+    # needs pyspark's connect extra (grpcio, grpcio-status, googleapis-common-protos, zstandard)
+    pytest.importorskip("grpc_status", reason="pyspark[connect] is not installed")
+    pytest.importorskip("zstandard", reason="pyspark[connect] is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-c", CONNECT, str(tmp_path / "d"), str(tmp_path / "cache")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["module"].startswith("pyspark.sql.connect")
+    for name in ("convert", "handle"):
+        assert "needs a classic SparkSession" in out[name] and "Spark Connect" in out[name]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "cache").exists()

@@ -187,9 +187,10 @@ def spark_dataset(
     Returns:
         A :class:`SparkDataset` with ``url``, ``rows``, ``open_loader(**kwargs)`` and ``delete()``.
     """
-    from pipeline.convert.table import convert_dataframe_result, split_options
+    from pipeline.convert.table import convert_dataframe_result, require_classic, split_options
 
     started = time.perf_counter()
+    require_classic(df)
     if "overwrite" in options:
         raise TypeError("spark_dataset() takes no 'overwrite'; call .delete() on the handle instead")
     root = resolve_cache_dir(cache_dir, df.sparkSession)

@@ -23,18 +23,20 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.config import load_config
 from pipeline.convert.common import ConversionResult, ConvertConfig
 from pipeline.convert.imaging import FITS
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, PipelineError
 
 __all__ = [
     "TableOptions",
     "convert_dataframe",
     "convert_table",
+    "require_classic",
     "split_options",
 ]
 
@@ -98,6 +100,41 @@ def split_options(options: dict[str, Any]) -> tuple[TableOptions, ConvertConfig]
     return table, settings
 
 
+class PartitionNames(Mapping[int, list[str]]):
+    """The "items" of partition ``pid`` of a DataFrame, for the Python tasks' messages (picklable)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __getitem__(self, pid: int) -> list[str]:
+        return [f"{self.source} (partition {pid})"]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def require_classic(df: Any) -> None:
+    """Refuse a Spark Connect DataFrame with a clear error, before any work.
+
+    The conversion drives its job through the ``SparkContext`` (job group, progress, cancel) and
+    reads the written footers on the driver's filesystem, which a Connect client has neither of.
+
+    Raises:
+        PipelineError: ``df`` belongs to a Spark Connect session (``sc://...`` or ``spark.api.mode=connect``).
+    """
+    if type(df).__module__.startswith("pyspark.sql.connect"):
+        raise PipelineError(
+            "converting a DataFrame needs a classic SparkSession; this one comes from a Spark Connect "
+            "session, which is not supported",
+            hint="use a classic session (SparkSession.builder.master(...), not .remote(...) or "
+            "spark.api.mode=connect), or write the DataFrame with df.write.parquet(PATH) and run "
+            "`pipeline convert table --parquet PATH DEST`",
+        )
+
+
 def _load_source(spark: Any, src: str, kind: str) -> Any:
     try:
         if kind == "sql":
@@ -148,7 +185,7 @@ def convert_dataframe_result(
     """Convert ``df`` into a Petastorm dataset at ``dest``; returns the full :class:`ConversionResult`.
 
     Args:
-        df: A (classic) PySpark DataFrame.
+        df: A classic PySpark DataFrame (not Spark Connect's).
         dest: Output folder or ``file://`` URL; must not exist unless ``settings.overwrite``.
         options: The type policy's options. Defaults to ``conf/convert_table.yaml``.
         settings: Row groups, compression, bad-input policy, ``partitions`` (coalesce or
@@ -161,6 +198,7 @@ def convert_dataframe_result(
     Raises:
         InputError: A column has no rule (before any Spark job), or bad rows under ``on_error="fail"``.
         DatasetError: DEST exists and ``overwrite`` is off.
+        PipelineError: ``df`` is a Spark Connect DataFrame (:func:`require_classic`).
     """
     from pipeline.convert.spark_types import images_all_jpeg, plan_columns, projection, unischema_for
     from pipeline.convert.staging import check_destination
@@ -170,6 +208,7 @@ def convert_dataframe_result(
     from pipeline.convert.tasks import STATS_SCHEMA
     from pipeline.convert.writer import write_petastorm
 
+    require_classic(df)
     started = time.perf_counter() if started is None else started
     options = options or load_config(TableOptions, "convert_table.yaml")
     settings = settings or load_config(ConvertConfig, "convert.yaml")
@@ -204,11 +243,12 @@ def convert_dataframe_result(
         null_floats=options.null_floats,
         image=image,
     )
-    partitions = max(1, projected.rdd.getNumPartitions())
-    plan = [[f"{source} (partition {i})"] for i in range(partitions)]
     jobs: list[TableJob] = []
 
     def frame_for(task: Any) -> TableJob:
+        # the Python tasks name partition ``pid`` of the DataFrame for an unexpected error; the
+        # number of partitions is not asked for (with adaptive execution that runs the shuffles)
+        task.plan = PartitionNames(source)
         job = TableJob(
             projected,
             rules,
@@ -238,14 +278,14 @@ def convert_dataframe_result(
             "written_by": jobs[-1].path,
         }
 
-    log.info("converting %s (%d columns, %d partitions) -> %s", source, len(rules), partitions, dest)
+    log.info("converting %s (%d columns) -> %s", source, len(rules), dest)
     return write_petastorm(
         df.sparkSession,
         kind="table",
         source=source,
         dest=dest,
         schema=schema_of(rules),
-        plan=plan,
+        plan=[[source]],  # replaced by PartitionNames in frame_for
         process=process,  # type: ignore[arg-type]
         settings=settings,
         input_bytes=0,

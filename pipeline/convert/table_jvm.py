@@ -10,7 +10,16 @@ writing tasks):
 * per array column and nesting level, the smallest and largest length: one length in every row
   gives a fixed-shape field, else a ragged one (both store the same Parquet list column; only the
   Unischema differs, and it is written after the job);
-* how many rows hold a null where their field cannot store one (anywhere inside an array too).
+* per array column, how many of its arrays are empty.
+
+Whether some row holds a null its field cannot store is read from the Parquet footers Spark just
+wrote, not computed per row: every column chunk's statistics carry ``null_count``, and for a
+list column (Spark's three-level lists) that count is one per null array, per empty array and
+per null element, so ``null_count - empty arrays`` is the number of nulls the field cannot store.
+Only arrays of arrays (whose inner empty arrays the footers cannot tell from nulls) are checked
+in the job itself (``exists``, slower: Spark interprets higher-order functions row by row). A
+footer without a null count (statistics turned off) is answered by one aggregation over the
+written files.
 
 When some row cannot be stored the JVM output is discarded and the partitions are converted
 again by the Python tasks of :mod:`pipeline.convert.table_batches`, which name the column and the
@@ -34,7 +43,16 @@ from typing import Any
 from pipeline.convert.spark_types import ColumnRule
 from pipeline.errors import InputError
 
-__all__ = ["TableJob", "jvm_compression", "length_aggregates", "shapes_from_metrics"]
+__all__ = [
+    "TableJob",
+    "bad_values",
+    "footer_nulls",
+    "jvm_compression",
+    "length_aggregates",
+    "null_checks",
+    "plain_float_options",
+    "shapes_from_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +81,25 @@ def _col(i: int) -> Any:
     return F.col(f"_c{i}")
 
 
-def length_aggregates(rules: Sequence[ColumnRule]) -> list[Any]:
-    """Aggregates ``lo_<i>_<level>`` / ``hi_<i>_<level>``: the array lengths of each level."""
+def _named(rules: Sequence[ColumnRule]) -> Callable[[int], Any]:
+    """Column ``i`` of the stored frame (named after its rule)."""
+    from pyspark.sql import functions as F
+
+    return lambda i: F.col("`" + rules[i].name.replace("`", "``") + "`")
+
+
+def length_aggregates(rules: Sequence[ColumnRule], col_of: Callable[[int], Any] = _col) -> list[Any]:
+    """Aggregates ``lo_<i>_<level>`` / ``hi_<i>_<level>``: the array lengths of each level.
+
+    ``col_of(i)`` is rule ``i``'s column (default ``_c<i>`` of the projected frame).
+    """
     from pyspark.sql import functions as F
 
     aggs: list[Any] = []
     for i, rule in enumerate(rules):
         if rule.kind != "array":
             continue
-        col = _col(i)
+        col = col_of(i)
         for level in range(rule.depth):
             if level == 0:
                 lo = hi = F.when(col.isNotNull(), F.size(col))
@@ -131,15 +159,14 @@ def _holds_null(col: Any, depth: int) -> Any:
     return col.isNull() | F.exists(col, lambda x: _holds_null(x, depth - 1))
 
 
-def _null_aggregates(rules: Sequence[ColumnRule], schema: Any, null_floats: str) -> list[Any]:
-    """``[bad]``: how many rows hold a null their field cannot store (``[]`` if none can).
+def null_checks(rules: Sequence[ColumnRule], schema: Any, null_floats: str) -> dict[int, str]:
+    """The columns whose nulls must be counted, and how: ``"footer"`` or ``"job"``.
 
-    One aggregate over one ``OR`` of the columns' checks (cheaper than one count per column; the
-    Python tasks name the columns if it is not zero).
+    A column needs no check when its field stores nulls (strings, bytes), when the schema says it
+    holds none, or when nulls become NaN (``null_floats="nan"``). Scalars and one-level arrays
+    are counted from the written footers (:func:`footer_nulls`); deeper arrays in the job.
     """
-    from pyspark.sql import functions as F
-
-    checks = []
+    checks: dict[int, str] = {}
     for i, rule in enumerate(rules):
         field = schema[f"_c{i}"]
         if rule.kind in ("string", "binary", "strings") or rule.nullable:
@@ -148,10 +175,64 @@ def _null_aggregates(rules: Sequence[ColumnRule], schema: Any, null_floats: str)
             continue
         if rule.kind == "scalar" and null_floats == "nan" and rule.dtype.startswith("float"):
             continue
-        checks.append(_holds_null(_col(i), rule.depth))
-    if not checks:
-        return []
-    return [F.count_if(functools.reduce(operator.or_, checks)).alias("bad")]
+        checks[i] = "footer" if rule.depth <= 1 else "job"
+    return checks
+
+
+def _check_aggregates(
+    rules: Sequence[ColumnRule], checks: dict[int, str], col_of: Callable[[int], Any]
+) -> list[Any]:
+    """``empty_<i>`` (empty arrays of a footer-checked array column) and ``bad`` (rows of the
+    job-checked columns holding a null: one aggregate over one ``OR``)."""
+    from pyspark.sql import functions as F
+
+    aggs = [
+        F.count_if(F.size(col_of(i)) == 0).alias(f"empty_{i}")
+        for i, how in checks.items()
+        if how == "footer" and rules[i].depth == 1
+    ]
+    in_job = [_holds_null(col_of(i), rules[i].depth) for i, how in checks.items() if how == "job"]
+    if in_job:
+        aggs.append(F.count_if(functools.reduce(operator.or_, in_job)).alias("bad"))
+    return aggs
+
+
+def footer_nulls(footers: Sequence[Any], columns: Sequence[int], width: int) -> dict[int, int] | None:
+    """Per column index, the sum of ``null_count`` over every row group of ``footers``.
+
+    ``None`` when some footer does not have ``width`` leaf columns or some chunk has no null
+    count (statistics turned off): the caller counts in a job instead.
+    """
+    out = dict.fromkeys(columns, 0)
+    for meta in footers:
+        if meta.num_columns != width:
+            return None
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for i in columns:
+                stats = group.column(i).statistics
+                if stats is None or not stats.has_null_count:
+                    return None
+                out[i] += stats.null_count
+    return out
+
+
+def bad_values(
+    rules: Sequence[ColumnRule], checks: dict[int, str], stats: dict[str, Any], footers: Sequence[Any]
+) -> int | None:
+    """How many nulls the fields cannot store (``0``: none), from the job's metrics and the
+    written footers; ``None`` when the footers cannot tell."""
+    footer_checked = [i for i, how in checks.items() if how == "footer"]
+    nulls = footer_nulls(footers, footer_checked, len(rules)) if footer_checked else {}
+    if nulls is None:
+        return None
+    bad = int(stats.get("bad") or 0)
+    for i, count in nulls.items():
+        empty = int(stats.get(f"empty_{i}") or 0) if rules[i].depth == 1 else 0
+        if count < empty:  # not the three-level lists this count assumes
+            return None
+        bad += count - empty
+    return bad
 
 
 def _stored(rule: ColumnRule, i: int, null_floats: str) -> Any:
@@ -174,6 +255,21 @@ def _stored(rule: ColumnRule, i: int, null_floats: str) -> Any:
             spark_type = f"array<{spark_type}>"
         col = col.cast(spark_type)
     return col.alias(rule.name)
+
+
+def plain_float_options(rules: Sequence[ColumnRule]) -> list[str]:
+    """Writer options that turn off dictionary encoding for float and double columns.
+
+    parquet-java tries a dictionary for every column chunk and, for continuous values (most
+    features), finds it no smaller than plain values only at the end of the chunk, then encodes
+    every value again: about a sixth of the write's CPU time on a table of float features. Plain
+    floats are what pyarrow reads fastest too. Integer, string and binary columns keep it.
+    """
+    keys = []
+    for rule in rules:
+        if rule.kind in ("scalar", "array") and rule.dtype.startswith("float"):
+            keys.append(f"parquet.enable.dictionary#{rule.name}" + ".list.element" * rule.depth)
+    return keys
 
 
 class _Row(dict):  # what write_petastorm reads from each returned row
@@ -229,38 +325,60 @@ class TableJob:
 
         observation = Observation("pipeline_convert_table")
         aggs = length_aggregates(self.rules)
-        if self.jvm_codec is not None:
-            aggs += _null_aggregates(self.rules, self.projected.schema, self.null_floats)
-        frame = self.projected.observe(observation, *aggs) if aggs else self.projected
         if self.jvm_codec is None:
+            frame = self.projected.observe(observation, *aggs) if aggs else self.projected
             returned = list(self.python_frame(frame).collect())
-            stats = observation.get if aggs else {}
-            self.rules = shapes_from_metrics(self.rules, stats)
+            self.rules = shapes_from_metrics(self.rules, observation.get if aggs else {})
             return returned
+        checks = null_checks(self.rules, self.projected.schema, self.null_floats)
+        # measured on the stored columns (same lengths and nulls): Spark reads and casts in one
+        # generated stage, the metrics node sees the narrower rows
+        stored = self.projected.select(
+            *[_stored(rule, i, self.null_floats) for i, rule in enumerate(self.rules)]
+        )
+        col_of = _named(self.rules)
+        aggs = length_aggregates(self.rules, col_of) + _check_aggregates(self.rules, checks, col_of)
+        frame = stored.observe(observation, *aggs) if aggs else stored
         out = os.path.join(os.path.dirname(self.data_dir), "spark")
-        frame = frame.select(*[_stored(rule, i, self.null_floats) for i, rule in enumerate(self.rules)])
-        (
+        writer = (
             frame.write.option("compression", self.jvm_codec)
             .option("parquet.block.size", str(self.row_group_bytes))
             .option("maxRecordsPerFile", "0")
-            .parquet("file://" + out)
         )
+        for key in plain_float_options(self.rules):
+            writer = writer.option(key, "false")
+        writer.parquet("file://" + out)
         stats = observation.get if aggs else {}
         self.rules = shapes_from_metrics(self.rules, stats)
-        bad = int(stats.get("bad") or 0)
+        footers = _read_footers(out)
+        bad = bad_values(self.rules, checks, stats, [meta for _, meta in footers.values()]) if checks else 0
+        if bad is None:  # footers without null counts: count in the written files
+            bad = self._count_bad(out, checks, stored.schema)
         if bad:
             shutil.rmtree(out, ignore_errors=True)
-            log.info("%d rows hold nulls their fields cannot store: converting through Python", bad)
+            log.info("%d nulls in fields that cannot store them: converting through Python", bad)
             self.path = "python-after-jvm"
             return list(self.python_frame(self.projected).collect())
         self.path = "jvm"
-        rows = _move_files(out, self.data_dir)
+        rows = _move_files(out, self.data_dir, footers)
         shutil.rmtree(out, ignore_errors=True)
         return rows
 
+    def _count_bad(self, out: str, checks: dict[int, str], schema: Any) -> int:
+        """Rows of the written files holding a null in a checked column (one aggregation)."""
+        from pyspark.sql import functions as F
 
-def _move_files(out: str, data_dir: str) -> list[_Row]:
-    """Spark's ``part-<n>-<uuid>.parquet`` files -> ``data_dir/part-<n>.parquet``; their facts."""
+        log.debug("the written footers hold no null counts: counting nulls in a Spark job")
+        written = self.projected.sparkSession.read.schema(schema).parquet("file://" + out)
+        names = written.columns
+        conds = [
+            _holds_null(F.col("`" + names[i].replace("`", "``") + "`"), self.rules[i].depth) for i in checks
+        ]
+        return int(written.select(F.count_if(functools.reduce(operator.or_, conds))).first()[0])
+
+
+def _read_footers(out: str) -> dict[int, tuple[str, Any]]:
+    """Partition id -> (file name, Parquet footer) of Spark's ``part-<n>-<uuid>.parquet`` files."""
     import pyarrow.parquet as pq
 
     found: dict[int, str] = {}
@@ -272,20 +390,26 @@ def _move_files(out: str, data_dir: str) -> list[_Row]:
         if pid in found:  # maxRecordsPerFile splits a task's output: not this writer's layout
             raise RuntimeError(f"Spark wrote several files for partition {pid} in {out}")
         found[pid] = name
-
-    def move(item: tuple[int, str]) -> _Row:
-        pid, name = item
-        meta = pq.read_metadata(os.path.join(out, name))
-        target = os.path.join(data_dir, f"part-{pid:05d}.parquet")
-        if meta.num_rows == 0:
-            return _Row(partition=pid, rows=0, row_groups=0, file_bytes=0)
-        os.replace(os.path.join(out, name), target)
-        return _Row(
-            partition=pid,
-            rows=meta.num_rows,
-            row_groups=meta.num_row_groups,
-            file_bytes=os.path.getsize(target),
-        )
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(move, sorted(found.items())))
+        metas = pool.map(lambda name: pq.read_metadata(os.path.join(out, name)), found.values())
+        return dict(zip(found, zip(found.values(), metas, strict=True), strict=True))
+
+
+def _move_files(out: str, data_dir: str, footers: dict[int, tuple[str, Any]]) -> list[_Row]:
+    """Spark's files -> ``data_dir/part-<n>.parquet``; their facts, from the footers read."""
+    rows = []
+    for pid, (name, meta) in sorted(footers.items()):
+        if meta.num_rows == 0:
+            rows.append(_Row(partition=pid, rows=0, row_groups=0, file_bytes=0))
+            continue
+        target = os.path.join(data_dir, f"part-{pid:05d}.parquet")
+        os.replace(os.path.join(out, name), target)
+        rows.append(
+            _Row(
+                partition=pid,
+                rows=meta.num_rows,
+                row_groups=meta.num_row_groups,
+                file_bytes=os.path.getsize(target),
+            )
+        )
+    return rows
