@@ -18,6 +18,7 @@ in flight:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -55,6 +56,13 @@ ROUND_TRIP_MAX_AGE_S = 60.0
 _ROUND_TRIPS: dict[int, tuple[Any, list[float], float]] = {}  # id(fs) -> (fs, last samples, monotonic)
 _ROUND_TRIPS_LOCK = threading.Lock()
 _KEPT_FILESYSTEMS = 16
+
+
+@atexit.register
+def _forget_round_trips() -> None:
+    """Drop the filesystems held here before pyarrow finalizes S3 at exit (see ``resolve``)."""
+    with _ROUND_TRIPS_LOCK:
+        _ROUND_TRIPS.clear()
 
 
 def is_remote_filesystem(fs: pafs.FileSystem) -> bool:
