@@ -278,6 +278,7 @@ def _work_and_dump(item, rows):
     _SUMS["wall: first item start"] = min(_SUMS.get("wall: first item start", start), start)
     _SUMS["wall: last item end"] = end
     _SUMS["wall: in items"] = _SUMS.get("wall: in items", 0.0) + end - start
+    _SUMS["worker: process CPU until its last item"] = time.process_time()
     (_BREAKDOWN["dir"] / f"{os.getpid()}.json").write_text(json.dumps(_SUMS))
     return result
 
@@ -384,13 +385,15 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
     parent = after.user + after.system - before.user - before.system
     rows["parent: pool threads, other"] = (parent - main - _SUMS["parent: prefetch thread"]) / n * 1e6
     rows["parent: total"] = parent / n * 1e6
-    kids = after.children_user + after.children_system - before.children_user - before.children_system
-    rows["workers: total (CPU of the exited worker processes)"] = kids / n * 1e6
+    rows["worker: outside items (start-up, pool loop, other threads)"] = (
+        rows["worker: process CPU until its last item"] - rows["worker: item"]
+    )
     order = [
         "worker: Parquet read", "worker: decode", "worker: augment (the transform)",
         "worker: stack transformed rows", "worker: copy into shared memory, per-row plumbing",
         "worker: seed generators", "worker: pipe, bookkeeping", "worker: item",
-        "workers: total (CPU of the exited worker processes)", "parent: shuffle draw",
+        "worker: outside items (start-up, pool loop, other threads)",
+        "worker: process CPU until its last item", "parent: shuffle draw",
         "parent: shuffle release", "parent: collate", "parent: close workers", "parent: prefetch thread",
         "parent: training loop thread", "parent: pool threads, other", "parent: total",
     ]  # fmt: skip
