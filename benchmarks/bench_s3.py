@@ -20,7 +20,8 @@ reader under way at its start and at its end; in ``s3_cold`` it reads the store 
 smaller dataset fits the reader's window (threads x read-ahead row groups, 40 and more on S3)
 whole, so that its second epoch is mostly read during the first: no steady rate for it. ``requests`` counts the requests the proxy
 saw during the run (``--trace`` prints them, with their times); ``vs_local`` and
-``steady_vs_local`` are ratios to the local run of the same size.
+``steady_vs_local`` are ratios to the local run of the same size. ``--repeat N`` runs the four
+runs N times, interleaved, and reports the median of each figure (and every round's rate).
 
 The S3 server shares the machine's cores with the loader and reads a whole object for every
 ranged GET (moto 5.2), so its CPU time per request bounds the S3 figures here; objects are kept
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,7 @@ sys.path.insert(0, str(REPO))
 from tests.s3_server import KEY, create_bucket, start_latency_proxy, start_moto, stop  # noqa: E402
 
 STEADY_MIN_ROW_GROUPS = 128
+RUNS = ("local", "s3_cold", "s3_cache_fill", "s3_warm")
 PETASTORM_PY = REPO / ".venv-petastorm" / "bin" / "python"
 
 
@@ -246,16 +249,17 @@ def bench_size(
     opts = {"workers": args.workers, "batch": args.batch_size}
     epochs = 3 if rows // args.row_group_rows >= STEADY_MIN_ROW_GROUPS else 1
 
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
     run_loader(str(local), **opts)  # warm the page cache
-    out["local"] = run_loader(str(local), epochs=epochs, **opts)
-    out["s3_cold"] = run_loader(
-        prefix, filesystem=slow, epochs=epochs, **opts
-    )  # epoch 2 reads the store again
-    cache_dir = tmp / f"cache-{rows}"
-    fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
-    out["s3_cache_fill"] = run_loader(path, filesystem=fill_fs, **opts)
-    warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
-    out["s3_warm"] = run_loader(path, filesystem=warm_fs, epochs=epochs, **opts)
+    for k in range(args.repeat):  # interleaved, so that a burst of load hits every kind of run alike
+        runs["local"].append(run_loader(str(local), epochs=epochs, **opts))
+        # epochs 2 and 3 read the store again
+        runs["s3_cold"].append(run_loader(prefix, filesystem=slow, epochs=epochs, **opts))
+        cache_dir = tmp / f"cache-{rows}-{k}"
+        fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
+        runs["s3_cache_fill"].append(run_loader(path, filesystem=fill_fs, **opts))
+        warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
+        runs["s3_warm"].append(run_loader(path, filesystem=warm_fs, epochs=epochs, **opts))
     if petastorm:
         out["petastorm_make_reader"] = run_petastorm(
             slow_endpoint, f"s3://{prefix}", args.workers or os.cpu_count() or 1
@@ -266,22 +270,31 @@ def bench_size(
             )
     time.sleep(0.2)  # the proxy's last log lines
     proxy_log = read_proxy_log(log)
+    for name, done in runs.items():
+        for k, run in enumerate(done):
+            if name != "local":
+                reqs = requests_of(proxy_log, run)
+                run.update(summarize_requests(reqs, run))
+                if args.trace:
+                    print_trace(f"{name}, {rows} rows, round {k + 1}", reqs, run)
+            del run["wall_start"], run["wall_end"]
+        out[name] = {key: _median([r[key] for r in done]) for key in done[0]}
+        out[name]["samples_per_s_runs"] = [r["samples_per_s"] for r in done]
     base = out["local"]
-    for name in ("local", "s3_cold", "s3_cache_fill", "s3_warm"):
+    for name in RUNS[1:]:
         run = out[name]
-        if name != "local":
-            reqs = requests_of(proxy_log, run)
-            run.update(summarize_requests(reqs, run))
-            if args.trace:
-                print_trace(f"{name}, {rows} rows", reqs, run)
-            run["vs_local"] = round(run["samples_per_s"] / base["samples_per_s"], 2)
-            if "steady_per_s" in run:
-                run["steady_vs_local"] = round(run["steady_per_s"] / base["steady_per_s"], 2)
-        del run["wall_start"], run["wall_end"]
-    petastorm = out.get("petastorm_make_reader", {})
-    if "samples_per_s" in petastorm:
-        petastorm["vs_local"] = round(petastorm["samples_per_s"] / base["samples_per_s"], 2)
+        run["vs_local"] = round(run["samples_per_s"] / base["samples_per_s"], 2)
+        if "steady_per_s" in run:
+            run["steady_vs_local"] = round(run["steady_per_s"] / base["steady_per_s"], 2)
+    petastorm_run = out.get("petastorm_make_reader", {})
+    if "samples_per_s" in petastorm_run:
+        petastorm_run["vs_local"] = round(petastorm_run["samples_per_s"] / base["samples_per_s"], 2)
     return out
+
+
+def _median(values: list[float]) -> float:
+    m = statistics.median(values)
+    return int(m) if m == int(m) else round(m, 3)
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -300,7 +313,7 @@ def print_table(results: dict[str, Any]) -> None:
     print(" | ".join(head))
     for size in results["sizes"]:
         print(f"-- {size['rows']} rows, {size['files']} files, {size['mib']} MiB")
-        for name in ("local", "s3_cold", "s3_cache_fill", "s3_warm"):
+        for name in RUNS:
             r = size[name]
             cells = (
                 name,
@@ -336,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-petastorm", dest="petastorm", action="store_false", help="skip make_reader")
     parser.add_argument("--trace", action="store_true", help="print every request of the S3 runs")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the four runs per size (figures: medians)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
