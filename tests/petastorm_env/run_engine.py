@@ -17,7 +17,7 @@ import torch
 
 import pipeline
 from pipeline.format import TransformSpec
-from pipeline.loader.petastorm_engine import PetastormLoader, open_petastorm_loader
+from pipeline.loader.petastorm_engine import PetastormLoader
 from pipeline.predicates import in_lambda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,15 +26,9 @@ import portable
 FIELDS = ["id", "small", "ratio", "matrix", "varlen", "packed", "png", "png_gray", "jpeg", "name"]
 
 
-def run(url: str, direct: bool = False, **kwargs) -> list[dict]:
-    """Batches of one loader: through open_loader(engine="petastorm"), or the engine's own
-    function for options open_loader does not take (petastorm's pool type)."""
-    opened = (
-        open_petastorm_loader(url, **kwargs)
-        if direct
-        else pipeline.open_loader(url, engine="petastorm", **kwargs)
-    )
-    with opened as loader:
+def run(url: str, **kwargs) -> list[dict]:
+    """Batches of one loader through open_loader(engine="petastorm")."""
+    with pipeline.open_loader(url, engine="petastorm", **kwargs) as loader:
         assert isinstance(loader, PetastormLoader), type(loader)
         out = []
         for batch in loader:
@@ -67,8 +61,9 @@ def main(out: str, url: str, parquet_url: str) -> None:
         "drop_last": run(url, shuffle=False, drop_last=True, **base),
         "transform": run(url, shuffle=False, batch_size=4, fields=["id", "ratio"], transform=spec, workers=1),
         "parquet": run(parquet_url, shuffle=False, batch_size=5, workers=1),
+        # workers_type="process" selects petastorm's process pool
         "process_pool": run(
-            url, direct=True, shuffle=False, pool="process", batch_size=4, fields=["id", "png"], workers=2
+            url, shuffle=False, workers_type="process", batch_size=4, fields=["id", "png"], workers=2
         ),
     }
     portable.dump(runs, out)
