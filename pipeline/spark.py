@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import load_options
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SparkConfig",
+    "SparkStart",
     "active_session",
     "cancel_job_group",
     "check_java",
     "load_spark_config",
     "spark_session",
+    "spark_session_in_background",
     "submitted_master",
 ]
 
@@ -73,6 +76,14 @@ class SparkConfig:
     (``-XX:TieredStopAtLevel=1``), which starts Spark in about 60% of the time -- most of a short
     command's fixed cost. ``pipeline convert table``, whose work runs in the JVM, turns it off
     (it slows JVM-heavy jobs 2-3x); set ``false`` for other long JVM-heavy work."""
+    class_archive: str | None = "~/.cache/pipeline/jvm"
+    """Folder of the driver JVM's class-data archive (AppCDS), or ``None``: the JVM maps the
+    classes Spark loads while it starts from one file made for this Java and Spark install,
+    instead of finding, verifying and parsing each of them in thousands of jars (Spark starts with
+    about half the JVM CPU time). The first ``pipeline convert`` without one records it: its JVM
+    writes the archive as it exits (after the command, ~100 MB, tens of CPU-seconds once), a
+    detached helper checks it and puts it in place. Only a checked archive of the recorded size is
+    ever used. Defaults to ``"~/.cache/pipeline/jvm"``."""
     extra: dict[str, str] = field(default_factory=dict)
     """Any other ``spark.*`` settings, passed through as they are."""
 
@@ -130,6 +141,10 @@ def _java_executable() -> str | None:
     return shutil.which("java")
 
 
+_JAVA_VERSIONS: dict[str, int] = {}
+"""Major version of each Java executable already checked (the CLI checks before Spark starts)."""
+
+
 def check_java(minimum: int = 17) -> int:
     """Return the Java major version, or raise a one-line :class:`PipelineError` with a hint."""
     java = _java_executable()
@@ -137,6 +152,8 @@ def check_java(minimum: int = 17) -> int:
         raise PipelineError(
             f"Java {minimum} or newer is required by Spark and none was found", hint=JAVA_HINT
         )
+    if _JAVA_VERSIONS.get(java, 0) >= minimum:
+        return _JAVA_VERSIONS[java]
     try:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -151,38 +168,23 @@ def check_java(minimum: int = 17) -> int:
         raise PipelineError(
             f"Java {major} found at {java}; Spark 4 needs Java {minimum} or newer", hint=JAVA_HINT
         )
+    _JAVA_VERSIONS[java] = major
     return major
 
 
-@contextmanager
-def spark_session(config: SparkConfig | None = None, **overrides: object) -> Iterator[SparkSession]:
-    """Yield a SparkSession built from ``config``; stop it on exit if this call created it.
-
-    Args:
-        config: Session settings. Defaults to ``conf/spark.yaml`` or the built-in defaults.
-        **overrides: Field overrides for ``config``, e.g. ``master="local[2]"``; ``None`` values
-            are ignored.
-
-    Yields:
-        The active SparkSession.
-    """
-    from pyspark.sql import SparkSession
-
-    from pipeline.quiet import quiet_third_party_warnings
-
-    quiet_third_party_warnings()  # pyspark's pandas-3 notice, in every job that starts Spark
+def _resolved(config: SparkConfig | None, overrides: dict[str, object]) -> SparkConfig:
     config = config or load_spark_config()
     changes = {k: v for k, v in overrides.items() if v is not None}
-    if changes:
-        config = replace(config, **changes)  # type: ignore[arg-type]
+    return replace(config, **changes) if changes else config  # type: ignore[arg-type]
 
-    active = active_session()
-    if active is not None:
-        log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
-        yield active
-        return
+
+def _build(config: SparkConfig, archive: _Archive | None = None) -> SparkSession:
+    """Start a new SparkSession from ``config`` (the JVM, then the SparkContext); ``archive``: the
+    class archive to use or record (:func:`_class_archive`)."""
+    from pyspark.sql import SparkSession
 
     check_java()
+    _numpy_check_without_pandas()
     python = config.python or sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", config.bind_address)
     os.environ.setdefault("PYSPARK_PYTHON", python)
@@ -201,7 +203,7 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
         .config("spark.pyspark.python", python)
         .config("spark.pyspark.driver.python", sys.executable)
     )
-    java_options = _driver_java_options(config)
+    java_options = _driver_java_options(config, archive.options if archive is not None else None)
     if java_options:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     if config.master.startswith("local"):  # workers in our process group: Ctrl-C is the driver's
@@ -209,22 +211,160 @@ def spark_session(config: SparkConfig | None = None, **overrides: object) -> Ite
     for key, value in config.extra.items():
         builder = builder.config(key, value)
     log.info("starting Spark (master %s)", config.master)
-    main_thread = threading.current_thread() is threading.main_thread()
-    caller_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    started = time.perf_counter()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
-    if main_thread:
-        _keep_sigint_handler(spark, caller_sigint)
-    try:
-        yield spark
-    except KeyboardInterrupt:  # the jobs are being cancelled: their tasks' errors say nothing new
+    log.debug("Spark started in %.2f s", time.perf_counter() - started)
+    return spark
+
+
+def _stop(spark: SparkSession, interrupted: bool) -> None:
+    if interrupted:  # the jobs are being cancelled: their tasks' errors say nothing new
         with contextlib.suppress(Exception):
             spark.sparkContext.setLogLevel("OFF")
+    started = time.perf_counter()
+    spark.stop()
+    log.debug("Spark stopped in %.2f s", time.perf_counter() - started)
+
+
+@contextmanager
+def spark_session(config: SparkConfig | None = None, **overrides: object) -> Iterator[SparkSession]:
+    """Yield a SparkSession built from ``config``; stop it on exit if this call created it.
+
+    Args:
+        config: Session settings. Defaults to ``conf/spark.yaml`` or the built-in defaults.
+        **overrides: Field overrides for ``config``, e.g. ``master="local[2]"``; ``None`` values
+            are ignored.
+
+    Yields:
+        The active SparkSession.
+    """
+    from pipeline.quiet import quiet_third_party_warnings
+
+    quiet_third_party_warnings()  # pyspark's pandas-3 notice, in every job that starts Spark
+    config = _resolved(config, overrides)
+
+    active = active_session()
+    if active is not None:
+        log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
+        yield active
+        return
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    caller_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    spark = _build(config, _class_archive(config, record=False))
+    if main_thread:
+        _keep_sigint_handler(spark, caller_sigint)
+    interrupted = False
+    try:
+        yield spark
+    except KeyboardInterrupt:
+        interrupted = True
         raise
     finally:
-        spark.stop()
+        _stop(spark, interrupted)
         if main_thread and caller_sigint is not None:
             signal.signal(signal.SIGINT, caller_sigint)
+
+
+class SparkStart:
+    """A SparkSession being started in a background thread (:func:`spark_session_in_background`)."""
+
+    def __init__(self, config: SparkConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._spark: SparkSession | None = None
+        self._created = False
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._archive: _Archive | None = None
+        self._thread = threading.Thread(target=self._run, name="pipeline-spark-start", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            active = active_session()
+            if active is not None:
+                log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
+                spark, created = active, False
+            else:
+                self._archive = _class_archive(self._config, record=True)
+                spark, created = _build(self._config, self._archive), True
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+            if self._archive is not None and self._archive.recording is not None:
+                self._archive.recording.unlink(missing_ok=True)
+        else:
+            with self._lock:
+                self._spark, self._created = spark, created
+                abandoned = self._abandoned
+            if abandoned and created:  # the caller left (an error, Ctrl-C) while Spark started
+                with contextlib.suppress(Exception):
+                    self.stop(spark, interrupted=True)
+        finally:
+            self._done.set()
+
+    def stop(self, spark: SparkSession, interrupted: bool) -> None:
+        """Stop the session this start created (a recorded class archive goes to its helper)."""
+        _stop(spark, interrupted)
+        if self._archive is not None and self._archive.recording is not None:
+            _hand_over_archive(spark, self._archive)
+
+    def result(self) -> SparkSession:
+        """Wait until the session is up and return it (Ctrl-C interrupts the wait).
+
+        Raises:
+            PipelineError: Java is missing or too old; anything else Spark's start raised.
+        """
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._spark is not None
+        if self._created:  # the JVM's active session is per thread: make it this thread's too
+            with contextlib.suppress(Exception):
+                session_class = type(self._spark)._get_j_spark_session_class(self._spark._jvm)
+                session_class.setActiveSession(self._spark._jsparkSession)
+        return self._spark
+
+    def _release(self) -> tuple[SparkSession | None, bool]:
+        """``(session, created)`` to stop now, or ``(None, False)``: still starting, the thread stops it."""
+        with self._lock:
+            if self._spark is None and self._error is None:
+                self._abandoned = True
+                return None, False
+            return self._spark, self._created
+
+
+@contextmanager
+def spark_session_in_background(
+    config: SparkConfig | None = None, **overrides: object
+) -> Iterator[SparkStart]:
+    """Start a SparkSession in a background thread; yield a :class:`SparkStart` to wait for it.
+
+    The JVM's start is another process and most of a short job's fixed cost: the caller lists
+    its inputs meanwhile and calls :meth:`SparkStart.result` when it needs Spark. A session
+    already running in this process is reused and left running; one started here is stopped on
+    exit. PySpark's own SIGINT handler is not installed (it is only from the main thread): the
+    caller handles Ctrl-C, as :func:`spark_session` lets the CLI do. If the block ends while
+    Spark is still starting (an error, Ctrl-C), it returns at once and the session is stopped
+    as soon as it is up; a process that exits meanwhile takes its JVM with it (the JVM ends when
+    its parent's pipe closes).
+    """
+    from pipeline.quiet import quiet_third_party_warnings
+
+    quiet_third_party_warnings()
+    start = SparkStart(_resolved(config, overrides))
+    start._thread.start()
+    interrupted = False
+    try:
+        yield start
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        spark, created = start._release()
+        if spark is not None and created:
+            start.stop(spark, interrupted)
 
 
 def active_session() -> SparkSession | None:
@@ -255,9 +395,39 @@ def _running_context() -> object | None:
         return None
 
 
-def _driver_java_options(config: SparkConfig) -> str | None:
+def _numpy_check_without_pandas() -> None:
+    """Make PySpark's numpy converters for JVM calls stop importing pandas.
+
+    ``NumpyArrayConverter.can_convert`` and ``NumpyScalarConverter.can_convert``
+    (``pyspark.sql.types``) run for the arguments of JVM calls and import ``pyspark.testing.utils``
+    (and with it pandas: 0.5-0.9 s of a command's start) to learn whether numpy is installed. An
+    ``ndarray`` or numpy scalar exists only once numpy is imported, so asking ``sys.modules``
+    gives the same answers without the import.
+    """
+    from py4j import protocol
+    from pyspark.sql.types import NumpyArrayConverter, NumpyScalarConverter
+
+    class _Array(NumpyArrayConverter):
+        def can_convert(self, obj: object) -> bool:
+            numpy = sys.modules.get("numpy")
+            return numpy is not None and isinstance(obj, numpy.ndarray) and obj.ndim == 1
+
+    class _Scalar(NumpyScalarConverter):
+        def can_convert(self, obj: object) -> bool:
+            numpy = sys.modules.get("numpy")
+            return numpy is not None and isinstance(obj, numpy.generic)
+
+    for i, converter in enumerate(protocol.INPUT_CONVERTER):
+        if type(converter) is NumpyArrayConverter:
+            protocol.INPUT_CONVERTER[i] = _Array()
+        elif type(converter) is NumpyScalarConverter:
+            protocol.INPUT_CONVERTER[i] = _Scalar()
+
+
+def _driver_java_options(config: SparkConfig, archive: list[str] | None = None) -> str | None:
     """The driver JVM's options unless the settings give their own: ``-Dlog4j2.configurationFile=``
-    for ``conf/log4j2.properties``, and the C1 JIT for local masters (``quick_jvm``)."""
+    for ``conf/log4j2.properties``, the C1 JIT for local masters (``quick_jvm``) and ``archive``
+    (the class archive's options, :func:`_class_archive`)."""
     from pipeline.config import conf_dir
 
     if "spark.driver.extraJavaOptions" in config.extra:
@@ -269,7 +439,174 @@ def _driver_java_options(config: SparkConfig) -> str | None:
         options.append(f"-Dlog4j2.configurationFile={path.resolve().as_uri()}")
     if config.quick_jvm and config.master.startswith("local"):
         options.append("-XX:TieredStopAtLevel=1")
+    options.extend(archive or ())
     return " ".join(options) or None
+
+
+_ARCHIVE_QUIET = ("-Xlog:disable", "-Xlog:all=warning:stderr", "-Xlog:cds*=off:stderr")
+"""JVM logging with a class archive: its notes off, other JVM warnings on stderr (not stdout)."""
+_ARCHIVE_STALE_S = 1800.0
+"""A recording not installed after this long was abandoned (its JVM killed): removed."""
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """The class archive of this Java and Spark install: where it is, or is being recorded."""
+
+    final: Path
+    recording: Path | None = None
+    """The file the JVM writes at exit (``-XX:ArchiveClassesAtExit``), when this run records."""
+
+    @property
+    def options(self) -> list[str]:
+        if self.recording is not None:
+            return [f"-XX:ArchiveClassesAtExit={self.recording}", *_ARCHIVE_QUIET]
+        return [f"-XX:SharedArchiveFile={self.final}", *_ARCHIVE_QUIET]
+
+
+def _archive_key(java: str) -> str:
+    """Names the archive of this Java and Spark install (any change makes a new one)."""
+    import hashlib
+
+    import pyspark
+
+    real = os.path.realpath(java)
+    home = os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__)
+    jars = os.path.realpath(os.path.join(home, "jars"))
+    facts = (real, os.stat(real).st_mtime_ns, jars, os.stat(jars).st_mtime_ns, pyspark.__version__)
+    return hashlib.sha256(repr(facts).encode()).hexdigest()[:16]
+
+
+def _ok_path(final: Path) -> Path:
+    return Path(f"{final}.ok")
+
+
+def _archive_installed(final: Path) -> bool:
+    """Whether ``final`` was put in place by the helper and still has its checked size and time.
+
+    A truncated or damaged archive crashes the JVM that maps it (SIGBUS): nothing else is used.
+    """
+    try:
+        info = final.stat()
+        return _ok_path(final).read_text().split() == [str(info.st_size), str(info.st_mtime_ns)]
+    except (OSError, ValueError):
+        return False
+
+
+def _class_archive(config: SparkConfig, *, record: bool) -> _Archive | None:
+    """The archive to use (installed), or to record now (``record``: none yet, nobody recording)."""
+    java = _java_executable()
+    if not config.class_archive or java is None:
+        return None
+    folder = Path(config.class_archive).expanduser()
+    try:
+        final = folder / f"spark-{_archive_key(java)}.jsa"
+        if _archive_installed(final):
+            return _Archive(final)
+        if not record:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        pending = False
+        for other in folder.glob(f"{final.name}.*.tmp"):
+            if time.time() - other.stat().st_mtime > _ARCHIVE_STALE_S:
+                other.unlink(missing_ok=True)
+            else:
+                pending = True  # another command records (or its helper checks) this archive
+        if pending:
+            return None
+        recording = folder / f"{final.name}.{os.getpid()}.tmp"
+        recording.touch()  # marks the recording; the JVM replaces it at exit
+        return _Archive(final, recording)
+    except OSError:  # no cache folder (read-only home...): start without
+        return None
+
+
+def _hand_over_archive(spark: SparkSession, archive: _Archive) -> None:
+    """After a recording session stopped: start the detached helper that waits for its JVM to end
+    (when this process does: the JVM reads its stdin until then), which writes the archive, and
+    then checks the archive and puts it in place."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    java = _java_executable()
+    if proc is None or java is None:
+        return
+    try:
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+            args = fh.read().decode(errors="replace").split("\0")
+        classpath = args[args.index("-cp") + 1]
+    except (OSError, ValueError, IndexError):
+        return  # not Linux, or not the JVM itself: the recording is removed as stale later
+    # the helper forks at once and its first process exits: waited for here, no child left behind
+    code = (
+        "import os; os.fork() and os._exit(0); import sys; "
+        "from pipeline.spark import _install_archive as f; f(*sys.argv[1:])"
+    )
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(proc.pid),
+                str(archive.recording),
+                str(archive.final),
+                java,
+                classpath,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            timeout=30,
+        )
+
+
+def _install_archive(pid: str, recording: str, final: str, java: str, classpath: str) -> None:
+    """The detached helper: wait for the JVM ``pid`` to exit, check the archive it wrote by starting
+    a JVM with it (``-Xshare:on``: an unusable archive is an error), then put it in place with its
+    ``.ok`` record (size and time); remove it if anything is wrong."""
+    tmp, target = Path(recording), Path(final)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except OSError:
+            break  # gone
+        time.sleep(0.5)
+    ok = False
+    try:
+        if tmp.stat().st_size > 0:
+            check = subprocess.run(
+                [
+                    java,
+                    "-Xshare:on",
+                    f"-XX:SharedArchiveFile={tmp}",
+                    "-Xlog:disable",
+                    "-cp",
+                    classpath,
+                    "-version",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=120,
+            )
+            ok = check.returncode == 0
+        if ok:
+            os.replace(tmp, target)
+            info = target.stat()
+            marker = Path(f"{target}.ok.{os.getpid()}")
+            marker.write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+            os.replace(marker, _ok_path(target))
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _keep_sigint_handler(spark: SparkSession, caller: object) -> None:

@@ -80,19 +80,76 @@ def test_a_task_gets_only_its_items_and_returns_the_facts_of_its_file(tmp_path):
     from pipeline.convert.tasks import PartitionTask
 
     (tmp_path / "data").mkdir()
-    (tmp_path / "errors").mkdir()
     task = PartitionTask(
         [],  # the writer's RDD form: no plan in the task function itself
         _numbers,
         pa.schema([("x", pa.int64())]),
         on_error="fail",
         data_dir=str(tmp_path / "data"),
-        errors_dir=str(tmp_path / "errors"),
         compression="none",
         row_group_bytes=1 << 20,
     )
     assert len(pickle.dumps(task)) < 4096
     (facts,) = list(task.run_parts([(3, [5, 6, 7])]))
     written = tmp_path / "data" / "part-00003.parquet"
-    assert facts == {"partition": 3, "rows": 3, "row_groups": 1, "file_bytes": written.stat().st_size}
+    facts_of_file = {k: facts[k] for k in ("partition", "rows", "row_groups", "file_bytes")}
+    assert facts_of_file == {"partition": 3, "rows": 3, "row_groups": 1, "file_bytes": written.stat().st_size}
+    assert facts["skipped"] == []
     assert pq.read_table(written).column("x").to_pylist() == [5, 6, 7]
+
+
+def _run_fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_find_images_of_a_folder_equals_the_listing_of_its_files(tmp_path):
+    from pipeline.convert.image_sources import find_images
+
+    for name in ("b/2.png", "a/x/1.JPG", "a/0.jpeg", "a/.hidden.jpg", "b/notes.txt", ".git/c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    os.symlink(tmp_path / "a", tmp_path / "b" / "loop")  # entered once: as a/ (name order), not b/loop/
+    source = find_images(str(tmp_path))
+    files = list_source_files(tmp_path, extensions=(".jpeg", ".jpg", ".png"))
+    assert source.layout == "tree" and source.class_names == ["a", "b"]
+    assert [p for p, _, _ in source.items] == [f.path for f in files] and source.sizes == [
+        f.size for f in files
+    ]
+    assert [(rel, label) for _, rel, label in source.items] == [
+        ("a/0.jpeg", 0),
+        ("a/x/1.JPG", 0),
+        ("b/2.png", 1),
+    ]
+
+
+def test_image_tasks_build_arrow_columns_without_importing_pandas(tmp_path):
+    """pyarrow's ``pa.array(<list>)`` imports pandas (~0.6 CPU-s per Spark worker) to check for a
+    Series; the image batches are built from buffers and written without it."""
+    import numpy as np
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(tmp_path / f"{i}.jpg")
+    code = f"""
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pipeline.convert.common import RecordErrors
+from pipeline.convert.image_sources import find_images
+from pipeline.convert.images import ImageOptions, process_images
+source = find_images({str(tmp_path)!r})
+batches = list(process_images(source.items, RecordErrors("fail"), options=ImageOptions(), encoding="jpeg"))
+schema = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("path", pa.string())])
+arrays = [pa.array(batches[0][n], type=schema.field(n).type) for n in schema.names]  # as the task does
+pq.write_table(pa.Table.from_batches([pa.RecordBatch.from_arrays(arrays, schema=schema)]), {str(tmp_path / "out.parquet")!r})
+print("pandas" in sys.modules)
+"""
+    assert _run_fresh(code) == "False"
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("path").to_pylist() == ["0.jpg", "1.jpg", "2.jpg"]
+    assert table.column("label").to_pylist() == [-1, -1, -1]
+    assert table.column("image").to_pylist() == [(tmp_path / f"{i}.jpg").read_bytes() for i in range(3)]

@@ -23,3 +23,114 @@ def test_a_session_seen_from_another_thread_is_reused_and_left_running(spark):
     assert seen == {"same": True}
     assert not spark.sparkContext._jsc.sc().isStopped()
     assert spark.range(3).count() == 3
+
+
+@pytest.mark.spark
+def test_a_background_start_reuses_the_running_session_and_leaves_it_running(spark):
+    from pipeline.spark import spark_session_in_background
+
+    with spark_session_in_background() as starting:
+        session = starting.result()
+        assert session.sparkContext is spark.sparkContext
+    with pytest.raises(ValueError, match="listing failed"), spark_session_in_background():
+        raise ValueError("listing failed")  # the caller leaves before asking for the session
+    assert not spark.sparkContext._jsc.sc().isStopped()
+    assert spark.range(3).count() == 3
+
+
+def _fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_numpy_converters_answer_as_pysparks_without_importing_pandas():
+    code = """
+import sys
+import numpy as np
+from py4j import protocol
+from pyspark.sql.types import NumpyArrayConverter, NumpyScalarConverter
+from pipeline.spark import _numpy_check_without_pandas
+values = [np.arange(3), np.zeros((2, 2)), np.int64(3), np.float32(1.5), [1, 2], "x", 4, None]
+before = [[c.can_convert(v) for v in values] for c in (NumpyArrayConverter(), NumpyScalarConverter())]
+sys.modules.pop("pandas", None)
+_numpy_check_without_pandas()
+ours = [c for c in protocol.INPUT_CONVERTER if isinstance(c, (NumpyArrayConverter, NumpyScalarConverter))]
+assert [type(c).__bases__[0] for c in ours] == [NumpyArrayConverter, NumpyScalarConverter], ours
+print([[c.can_convert(v) for v in values] for c in ours] == before, "pandas" in sys.modules)
+"""
+    assert _fresh(code) == "True False"
+
+
+def test_the_worker_daemon_imports_pyspark_from_the_package_not_its_zip(tmp_path):
+    import os
+    import sys
+
+    import pyspark
+
+    from pipeline import spark_daemon
+
+    lib = os.path.join(os.path.dirname(pyspark.__file__), "python", "lib")
+    other = str(tmp_path / "spark-home" / "python" / "lib" / "pyspark.zip")  # another Spark's zip
+    zips = [os.path.join(lib, "pyspark.zip"), os.path.join(lib, "py4j-0.0.0-src.zip")]
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [*zips, other, *saved]
+        spark_daemon._prefer_installed_pyspark()
+        moved = sys.path[:]
+    finally:
+        sys.path[:] = saved
+    # this package's zip goes last; py4j of another version and another Spark's zip keep their places
+    assert moved == [zips[1], other, *saved, zips[0]]
+
+
+def _archive_config(tmp_path):
+    from pipeline.spark import SparkConfig
+
+    return SparkConfig(class_archive=str(tmp_path / "jvm"))
+
+
+def test_a_class_archive_is_recorded_once_and_used_only_when_checked(tmp_path):
+    import os
+    import time
+
+    from pipeline.spark import SparkConfig, _class_archive, _ok_path
+
+    assert _class_archive(SparkConfig(class_archive=None), record=True) is None
+    config = _archive_config(tmp_path)
+    assert _class_archive(config, record=False) is None  # nothing installed: never records here
+    first = _class_archive(config, record=True)
+    assert first is not None and first.recording is not None and first.recording.exists()
+    assert first.options[0] == f"-XX:ArchiveClassesAtExit={first.recording}"
+    assert _class_archive(config, record=True) is None  # another command records it: start without
+    old = time.time() - 7200
+    os.utime(first.recording, (old, old))  # abandoned (its JVM was killed): removed, recorded anew
+    again = _class_archive(config, record=True)
+    assert again is not None and again.recording is not None
+    assert time.time() - again.recording.stat().st_mtime < 600
+    again.recording.unlink()
+    # an archive is used only with its .ok record of size and time: a truncated one never (it crashes the JVM)
+    first.final.write_bytes(b"x" * 100)
+    info = first.final.stat()
+    _ok_path(first.final).write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+    used = _class_archive(config, record=False)
+    assert used is not None and used.recording is None
+    assert used.options[0] == f"-XX:SharedArchiveFile={first.final}"
+    assert "-Xlog:disable" in used.options  # no JVM notes about the archive on stdout
+    first.final.write_bytes(b"x" * 50)
+    assert _class_archive(config, record=False) is None
+    assert _class_archive(config, record=True) is not None  # recorded anew
+
+
+def test_the_archive_helper_removes_an_archive_the_jvm_cannot_use(tmp_path):
+    from pipeline.spark import _install_archive, _java_executable, check_java
+
+    check_java()
+    recording, final = tmp_path / "a.jsa.1.tmp", tmp_path / "a.jsa"
+    recording.write_bytes(b"\x00" * 4096)  # what a JVM killed while writing could leave
+    # pid 99999999 does not exist: its JVM has ended
+    _install_archive(str(99999999), str(recording), str(final), _java_executable(), str(tmp_path))
+    assert not recording.exists() and not final.exists()

@@ -4,7 +4,8 @@ Each kind has its flags and their mapping onto the kind's options dataclass in
 :mod:`pipeline.cli.convert_kinds`; the library call is ``pipeline.convert.<kind>.convert_<kind>``. Layers, each
 over the one before: ``conf/convert.yaml`` and ``conf/convert_<kind>.yaml``; the ``convert:`` and
 ``<kind>:`` sections of ``--config FILE``; the flags. Before Spark starts, SRC, DEST and Java are
-checked and every problem found is reported in one paragraph.
+checked and every problem found is reported in one paragraph. Spark then starts in a background
+thread while the kind's ``prepare`` step (images: listing SRC) runs.
 """
 
 from __future__ import annotations
@@ -148,17 +149,20 @@ def options_from_args(kind: str, args: argparse.Namespace) -> Any:
 
 def run_conversion(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Check, start Spark, convert; prints the summary unless ``--json``; returns the JSON dict."""
-    from pipeline.spark import load_spark_config, spark_session
+    from pipeline.spark import load_spark_config, spark_session_in_background
 
     settings = settings_from_args(args)
     options = options_from_args(kind, args)
     preflight(args, kind, settings.overwrite)
-    convert = getattr(importlib.import_module(f"pipeline.convert.{kind}"), f"convert_{kind}")
     spark_config = load_spark_config(args.config, master=args.master)
     if kind == "table":  # the work runs in the JVM: it wants the full JIT (quick_jvm slows it 2-3x)
         spark_config = dataclasses.replace(spark_config, quick_jvm=False)
-    with spark_session(spark_config) as spark:
-        result = convert(spark, args.src, args.dest, options, settings=settings)
+    # Spark (a JVM: seconds) starts in a thread while this one imports the kind and lists SRC
+    with spark_session_in_background(spark_config) as starting:
+        convert = getattr(importlib.import_module(f"pipeline.convert.{kind}"), f"convert_{kind}")
+        prepare = KINDS[kind].prepare
+        prepared = prepare(args) if prepare is not None else {}
+        result = convert(starting.result(), args.src, args.dest, options, settings=settings, **prepared)
     if not args.json:
         print(result.summary())
     return result.to_dict()

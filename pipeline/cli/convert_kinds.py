@@ -24,6 +24,9 @@ class Kind:
     overrides: Callable[[argparse.Namespace], dict[str, Any]]
     src_help: str
     src_is_path: Callable[[argparse.Namespace], bool] = lambda args: True
+    prepare: Callable[[argparse.Namespace], dict[str, Any]] | None = None
+    """Work that needs no Spark (listing SRC), done while Spark starts; its result is passed to
+    ``convert_<kind>`` as keyword arguments."""
 
     def options_class(self) -> type:
         module, name = self.options.split(":")
@@ -118,6 +121,12 @@ def _table_flags(p: argparse._ActionsContainer, d: ConfDefaults) -> None:
     _choice(p, d, "--null-floats", ("error", "nan"), "null float scalars: bad input or NaN", "null_floats")
 
 
+def _list_images(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.convert.image_sources import find_images
+
+    return {"source": find_images(args.src)}
+
+
 KINDS: dict[str, Kind] = {
     "images": Kind(
         "pipeline.convert.images:ImageOptions",
@@ -133,6 +142,7 @@ KINDS: dict[str, Kind] = {
             "seed": a.seed,
         },
         "image folder (sub-folders = classes), flat folder, or .csv/.jsonl manifest",
+        prepare=_list_images,
     ),
     "text": Kind(
         "pipeline.convert.text:TextOptions",

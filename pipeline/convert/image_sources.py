@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.convert.imaging import EXTENSIONS
-from pipeline.convert.listing import SourceFile, list_source_files, local_path
+from pipeline.convert.listing import SourceFile, list_folder, list_source_files, local_path
 from pipeline.errors import InputError
 from pipeline.storage import is_remote
 
@@ -94,23 +94,33 @@ def find_images(src: str) -> ImageSource:
     root = None if is_remote(src) else local_path(src)
     if root is not None and root.is_file() and root.suffix.lower() in (".csv", ".jsonl", ".json"):
         return _manifest_source(root)
-    files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
-    if root is None:  # object store: names relative to the prefix (one object alone: flat)
-        base = src.rstrip("/") + "/" if any(f.path.startswith(src.rstrip("/") + "/") for f in files) else None
+    if root is not None and root.is_dir() and not any(c in str(root) for c in "*?["):
+        # a local folder: plain lists, no object per file (millions of files list in seconds)
+        paths, sizes = list_folder(root, EXTENSIONS, what="images", text=src)
+        base = str(root.resolve()) + os.sep
     else:
-        base = str(root.resolve()) + os.sep if root.is_dir() else None
-    rels = [f.path[len(base) :].replace(os.sep, "/") if base else os.path.basename(f.path) for f in files]
-    nested = [r for r in rels if "/" in r]
-    if not nested:
-        items = [(f.path, r, -1) for f, r in zip(files, rels, strict=True)]
-        return ImageSource("flat", items, [f.size for f in files], [])
+        files: list[SourceFile] = list_source_files(src, extensions=EXTENSIONS, what="images")
+        paths, sizes = [f.path for f in files], [f.size for f in files]
+        if root is None:  # object store: names relative to the prefix (one object alone: flat)
+            prefix = src.rstrip("/") + "/"
+            base = prefix if any(p.startswith(prefix) for p in paths) else None
+        else:
+            base = str(root.resolve()) + os.sep if root.is_dir() else None
+    if base:
+        cut = len(base)
+        rels = [p[cut:] for p in paths] if os.sep == "/" else [p[cut:].replace(os.sep, "/") for p in paths]
+    else:
+        rels = [os.path.basename(p) for p in paths]
     loose = [r for r in rels if "/" not in r]
+    if len(loose) == len(rels):
+        return ImageSource("flat", [(p, r, -1) for p, r in zip(paths, rels, strict=True)], sizes, [])
     if loose:
         raise InputError(
             f"{src} has class folders and also {len(loose)} image(s) directly inside it, e.g. {loose[0]}",
             hint="move them into a class folder, delete them, or list the images in a manifest (CSV/JSONL)",
         )
-    class_names = sorted({r.split("/", 1)[0] for r in rels})
+    classes = [r.partition("/")[0] for r in rels]
+    class_names = sorted(set(classes))
     index = {name: i for i, name in enumerate(class_names)}
-    items = [(f.path, r, index[r.split("/", 1)[0]]) for f, r in zip(files, rels, strict=True)]
-    return ImageSource("tree", items, [f.size for f in files], class_names)
+    items = [(p, r, index[c]) for p, r, c in zip(paths, rels, classes, strict=True)]
+    return ImageSource("tree", items, sizes, class_names)

@@ -135,11 +135,39 @@ def process_images(
         held += len(stored)
         if held >= _BATCH_BYTES or len(batch["path"]) >= _BATCH_ROWS:
             _count(stats, passed, len(batch["path"]) - passed)
-            yield batch
+            yield _arrow_columns(batch)
             batch, held, passed = {"image": [], "label": [], "path": []}, 0, 0
     if batch["path"]:
         _count(stats, passed, len(batch["path"]) - passed)
-        yield batch
+        yield _arrow_columns(batch)
+
+
+def _arrow_columns(batch: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The batch's columns as Arrow arrays (``binary``, ``int64``, ``string``) built from buffers.
+
+    ``pa.array(<list>)`` asks pyarrow's pandas shim whether the list is a pandas object, which
+    imports pandas in every Spark worker (~0.6 CPU-s each) although nothing here uses it; an
+    array built from its buffers is taken as it is by the task's writer.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    def variable(kind: Any, values: list[bytes]) -> Any:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if int(lengths.sum()) >= 2**31:  # beyond 32-bit offsets: let pyarrow split it
+            return pa.array(values, type=kind)
+        offsets = np.zeros(len(values) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        return pa.Array.from_buffers(
+            kind, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
+        )
+
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    return {
+        "image": variable(pa.binary(), batch["image"]),
+        "label": pa.Array.from_buffers(pa.int64(), len(labels), [None, pa.py_buffer(labels)]),
+        "path": variable(pa.string(), [p.encode("utf-8") for p in batch["path"]]),
+    }
 
 
 def _count(stats: Mapping[str, Any] | None, passed: int, re_encoded: int) -> None:
@@ -173,6 +201,7 @@ def convert_images(
     options: ImageOptions | None = None,
     *,
     settings: ConvertConfig | None = None,
+    source: ImageSource | None = None,
 ) -> ConversionResult:
     """Convert the images of ``src`` into a Petastorm dataset at ``dest``.
 
@@ -182,6 +211,8 @@ def convert_images(
         dest: Output folder or ``file://`` URL; must not exist unless ``settings.overwrite``.
         options: Size, fit and encoding. Defaults to ``conf/convert_images.yaml``.
         settings: Row groups, compression, bad-input policy. Defaults to ``conf/convert.yaml``.
+        source: ``find_images(src)``, when the caller listed SRC already (the CLI does, while
+            Spark starts). Defaults to ``None`` (listed here).
 
     With ``options.split`` DEST holds one dataset per split (``DEST/train``, ``DEST/heldout``),
     written in one staging folder and moved into place together (see
@@ -203,7 +234,7 @@ def convert_images(
     options = options or load_config(ImageOptions, "convert_images.yaml")
     settings = settings or load_config(ConvertConfig, "convert.yaml")
     check_destination(dest, overwrite=settings.overwrite, source=src)
-    source = find_images(src)
+    source = find_images(src) if source is None else source
     encoding = options.encoding
     if encoding == "auto":
         all_jpeg = all(p.lower().endswith(JPEG_EXTENSIONS) for p, _, _ in source.items)
