@@ -174,7 +174,7 @@ class Reader:
         return ThreadWorkers(self.source, self.workers, self.config.seed, self.stats)
 
     def _buffer(self, limit: int, workers: ThreadWorkers | ProcessWorkers | None = None) -> RowBuffer:
-        largest = max(self._sizes, default=0)
+        largest = min(max(self._sizes, default=0), self.config.item_rows)  # items are at most item_rows
         size = self.config.shuffle_buffer
         capacity = max(size, self.batch_size) + (limit + 1) * largest
         rng = self._row_rng(self.start_epoch)
@@ -243,10 +243,12 @@ class Reader:
                 first_item = self._restore(buffer, workers)
                 yield self.start_epoch, buffer, False
             entries = self._entries(first_item)
+            exhausted = False
             while True:
                 while in_flight < limit:
                     entry = next(entries, None)
                     if entry is None:
+                        exhausted = True
                         break
                     rows = handle = None
                     if isinstance(entry, WorkItem):
@@ -259,6 +261,8 @@ class Reader:
                     return
                 entry, rows, handle = window.popleft()
                 if isinstance(entry, _EpochEnd):
+                    if exhausted and not window:  # the last epoch's items are all in: workers may go
+                        workers.wind_down()
                     yield entry.epoch, buffer, True
                     continue
                 in_flight -= 1
