@@ -253,10 +253,18 @@ def job_args(images: str, run_dir: Path, config: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_job(cmd: list[str], cwd: Path) -> subprocess.Popen:
+def run_job(cmd: list[str], cwd: Path, *, own_group: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PIPELINE_PROGRESS", None)
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=own_group,
+    )
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -266,31 +274,26 @@ def epochs_done(run_dir: Path) -> int:
         return 0
 
 
-@pytest.mark.spark
-@pytest.mark.slow
-def test_sigterm_to_the_train_command_mid_epoch_exits_0_and_its_resume_command_ends_as_uninterrupted(
-    spark, job_images, tmp_path
-):
-    from pipeline.cli import build_parser
-    from pipeline.cli.train import config_from_args
-    from pipeline.train.image_classifier import run_image_training
+def stop_job(images: str, tmp_path: Path, *, whole_group: bool) -> tuple[int, int, str]:
+    """Run ``jobs/train_images.py -q``, SIGTERM it once epoch 1 is done, check how it stopped.
 
+    Returns:
+        Finished epochs and steps of the next one in the checkpoint, and the resume command it printed.
+    """
     config = tmp_path / "job.yaml"
     config.write_text("train:\n  num_classes: 4\n  width: 8\n")  # a plain Parquet dataset: no class names
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(REPO / "jobs" / "train_images.py"),
-        "-q",
-        *job_args(job_images, run_dir, config),
-    ]
-    proc = run_job(cmd, tmp_path)
+    cmd = [sys.executable, str(REPO / "jobs" / "train_images.py"), "-q", *job_args(images, run_dir, config)]
+    proc = run_job(cmd, tmp_path, own_group=whole_group)
     deadline = time.monotonic() + 240
     while epochs_done(run_dir) < 1:  # epoch 1 done: the signal lands in epoch 2
         assert proc.poll() is None, proc.communicate()[1][-4000:]
         assert time.monotonic() < deadline, "epoch 1 did not finish"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)  # to the driver only, as `kill -TERM <pid>`
+    if whole_group:  # the driver, Spark's JVM, TorchDistributor's wrapper, torchrun and the ranks
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:  # the driver only, as `kill -TERM <pid>`
+        proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-4000:] + stdout[-4000:]
     assert "Traceback" not in stdout + stderr, stderr[-4000:] + stdout[-4000:]
@@ -305,8 +308,22 @@ def test_sigterm_to_the_train_command_mid_epoch_exits_0_and_its_resume_command_e
     assert stopped, stdout[-4000:]
     assert (int(stopped[1]), int(stopped[2]), stopped[3]) == (epoch + 1, step, str(run_dir / "checkpoint.pt"))
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "preempted"
+    return epoch, step, stopped[4]
 
-    resume = run_job([*shlex.split(stopped[4]), "--resume"], tmp_path)  # the command it printed
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_sigterm_to_the_train_command_mid_epoch_exits_0_and_its_resume_command_ends_as_uninterrupted(
+    spark, job_images, tmp_path
+):
+    from pipeline.cli import build_parser
+    from pipeline.cli.train import config_from_args
+    from pipeline.train.image_classifier import run_image_training
+
+    epoch, step, command = stop_job(job_images, tmp_path, whole_group=False)
+    run_dir, config = tmp_path / "run", tmp_path / "job.yaml"
+
+    resume = run_job([*shlex.split(command), "--resume"], tmp_path)  # the command it printed
     stdout, stderr = resume.communicate(timeout=240)
     assert resume.returncode == 0, stderr[-4000:] + stdout[-4000:]
     assert "Traceback" not in stdout + stderr, stderr[-4000:]
@@ -324,6 +341,14 @@ def test_sigterm_to_the_train_command_mid_epoch_exits_0_and_its_resume_command_e
     summary = run_image_training(config_from_args("images", args), spark=spark)
     assert (summary["status"], summary["global_step"]) == ("finished", JOB_EPOCHS * JOB_STEPS)
     assert_same_run(run_dir, reference)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_sigterm_to_the_train_commands_process_group_also_exits_0_after_a_checkpoint(job_images, tmp_path):
+    """As when a scheduler signals the whole group: TorchDistributor's wrapper then kills torchrun at
+    once, the ranks get the signal themselves and from the driver, and still save and stop."""
+    stop_job(job_images, tmp_path, whole_group=True)
 
 
 def _slow_step(ddp, batch):
