@@ -269,7 +269,18 @@ def test_job_flags_override_the_config_file_and_merge_distribution(tmp_path):
     path = tmp_path / "t.yaml"  # --config: sections laid over conf/ (here `train:` over train_images.yaml)
     path.write_text("train:\n  epochs: 7\n  lr: 0.01\n  distributed: {num_processes: 3, use_gpu: false}\n")
     args = build_parser().parse_args(
-        ["train", "images", "--config", str(path), "--epochs", "2", "--cluster", "--no-resume", "--train-url", "x"]
+        [
+            "train",
+            "images",
+            "--config",
+            str(path),
+            "--epochs",
+            "2",
+            "--cluster",
+            "--no-resume",
+            "--train-url",
+            "x",
+        ]
     )
     config = config_from_args("images", args)
     assert (config.epochs, config.lr, config.resume, config.train_url) == (2, 0.01, False, "x")
@@ -290,3 +301,50 @@ def test_text_targets_shift_by_one_and_ignore_padding():
     assert targets.tolist() == [[2, 3, -100, -100], [5, 6, 7, 8]]
     packed_inputs, packed_targets = _inputs_and_targets({"tokens": batch["tokens"][1:]}, torch.device("cpu"))
     assert packed_targets.tolist() == [[5, 6, 7, 8]] and packed_inputs.dtype == torch.int64
+
+
+class _FakeMlflowRun:
+    def __init__(self, run_id: str) -> None:
+        self.info = type("RunInfo", (), {"run_id": run_id})()
+
+
+def test_ranks_log_into_the_drivers_active_mlflow_run_and_leave_it_open(monkeypatch):
+    """The ranks are other processes: the driver's active run reaches them as MLFLOW_RUN_ID."""
+    import os
+    import sys
+    import types
+
+    from pipeline.train.monitor import MLFLOW_RUN_ENV, Trackers, mlflow_run_for_ranks
+
+    calls: list[tuple] = []
+
+    class Client:
+        def log_param(self, run_id, key, value):
+            calls.append(("param", run_id, key, value))
+
+        def log_metric(self, run_id, key, value, step):
+            calls.append(("metric", run_id, key, value, step))
+
+    fake = types.SimpleNamespace(
+        active=_FakeMlflowRun("run-42"),
+        tracking=types.SimpleNamespace(MlflowClient=Client),
+        get_tracking_uri=lambda: "databricks",
+        end_run=lambda: calls.append(("end_run",)),
+        start_run=lambda **kw: calls.append(("start_run", kw)),
+    )
+    fake.active_run = lambda: fake.active
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.delenv(MLFLOW_RUN_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///before")
+    with mlflow_run_for_ranks() as run_id:  # the driver
+        assert run_id == "run-42"
+        assert (os.environ[MLFLOW_RUN_ENV], os.environ["MLFLOW_TRACKING_URI"]) == ("run-42", "databricks")
+        fake.active = None  # a rank: its own process, no active run
+        trackers = Trackers()
+        trackers.log_params({"lr": 0.1, "distributed": {"num_processes": 2}})
+        trackers.log_epoch({"train_loss": 0.5, "data_bound_by": "read"}, 2)
+        trackers.close()
+    assert calls == [("param", "run-42", "lr", 0.1), ("metric", "run-42", "train_loss", 0.5, 2)]
+    assert MLFLOW_RUN_ENV not in os.environ and os.environ["MLFLOW_TRACKING_URI"] == "file:///before"
+    with mlflow_run_for_ranks() as run_id:  # no active run in the driver: nothing changes
+        assert run_id is None and MLFLOW_RUN_ENV not in os.environ

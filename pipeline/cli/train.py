@@ -154,7 +154,7 @@ def run_training(kind: str, args: argparse.Namespace) -> dict[str, Any] | None:
     from pipeline.spark import spark_session
     from pipeline.train.distributed import TrainingError
     from pipeline.train.jobs import DriverPreemption, report
-    from pipeline.train.monitor import PROGRESS_ENV, TENSORBOARD_ENV
+    from pipeline.train.monitor import PROGRESS_ENV, TENSORBOARD_ENV, mlflow_run_for_ranks
 
     if sys.stderr.isatty() and not args.json:
         os.environ[PROGRESS_ENV] = "1"  # the ranks' output is piped through this process
@@ -162,7 +162,7 @@ def run_training(kind: str, args: argparse.Namespace) -> dict[str, Any] | None:
         os.environ[TENSORBOARD_ENV] = os.path.abspath(args.tensorboard)
     config = config_from_args(kind, args)
     train = _load(KINDS[kind][1])
-    with DriverPreemption() as preemption:
+    with DriverPreemption() as preemption, mlflow_run_for_ranks():
         try:
             spark_config = training_spark_config(args.config, args.master, config.distributed, config.run_dir)
             with spark_session(spark_config) as spark:

@@ -10,19 +10,31 @@
   default), and to TensorBoard when asked (``tensorboard_dir`` in the job's config or
   ``PIPELINE_TENSORBOARD_DIR``). Both are optional imports; a missing one is skipped with a log
   line that names the install command.
+* :func:`mlflow_run_for_ranks` -- the driver's side: the ranks are other processes, so a run
+  active in the driver is not active in them; this puts its id and tracking URI in the
+  environment the ranks inherit (``MLFLOW_RUN_ID``, as ``mlflow run`` does), and
+  :class:`Trackers` then logs into that run (through ``MlflowClient``, without ending it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["PROGRESS_ENV", "TENSORBOARD_ENV", "Progress", "Trackers"]
+__all__ = [
+    "MLFLOW_RUN_ENV",
+    "PROGRESS_ENV",
+    "TENSORBOARD_ENV",
+    "Progress",
+    "Trackers",
+    "mlflow_run_for_ranks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,8 @@ PROGRESS_ENV = "PIPELINE_PROGRESS"
 """``"1"``: print progress lines even though stderr is not a terminal (set by the job driver)."""
 TENSORBOARD_ENV = "PIPELINE_TENSORBOARD_DIR"
 """Folder for TensorBoard event files, when the job's config does not name one."""
+MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"
+"""An MLflow run the ranks log into (the driver's active run, or the one ``mlflow run`` started)."""
 
 _LINE_EVERY_S = 10.0
 _REDRAW_EVERY_S = 0.5
@@ -99,6 +113,8 @@ class Trackers:
 
     def __init__(self, *, tensorboard_dir: str | None = None, run_name: str = "pipeline-train") -> None:
         self._mlflow: Any = None
+        self._client: Any = None  # MlflowClient, logging into the run named by MLFLOW_RUN_ID
+        self._run_id = os.environ.get(MLFLOW_RUN_ENV)
         self._started_run = False
         self._writer: Any = None
         self._run_name = run_name
@@ -106,7 +122,11 @@ class Trackers:
             import mlflow
         except ImportError:
             mlflow = None
-        if mlflow is not None and (mlflow.active_run() is not None or os.environ.get("MLFLOW_TRACKING_URI")):
+        if mlflow is not None and self._run_id and mlflow.active_run() is None:
+            self._client = mlflow.tracking.MlflowClient()  # someone else's run: log into it, never end it
+        elif mlflow is not None and (
+            mlflow.active_run() is not None or os.environ.get("MLFLOW_TRACKING_URI")
+        ):
             self._mlflow = mlflow
         folder = tensorboard_dir or os.environ.get(TENSORBOARD_ENV)
         if folder:
@@ -119,12 +139,16 @@ class Trackers:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """The run's settings, once (MLflow params; flat scalars only)."""
-        if self._mlflow is None:
+        if self._mlflow is None and self._client is None:
             return
-        self._ensure_run()
         flat = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool)) or v is None}
         try:
-            self._mlflow.log_params(flat)
+            if self._client is not None:
+                for key, value in flat.items():
+                    self._client.log_param(self._run_id, key, value)
+            else:
+                self._ensure_run()
+                self._mlflow.log_params(flat)
         except Exception as exc:  # a param logged by an earlier attempt of a resumed run, a server hiccup
             log.warning("MLflow log_params failed: %s", exc)
 
@@ -135,12 +159,15 @@ class Trackers:
             for k, v in row.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
-        if self._mlflow is not None:
-            self._ensure_run()
-            try:
+        try:
+            if self._client is not None:
+                for key, value in values.items():
+                    self._client.log_metric(self._run_id, key, value, step=step)
+            elif self._mlflow is not None:
+                self._ensure_run()
                 self._mlflow.log_metrics(values, step=step)
-            except Exception as exc:
-                log.warning("MLflow log_metrics failed: %s", exc)
+        except Exception as exc:
+            log.warning("MLflow log_metrics failed: %s", exc)
         if self._writer is not None:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
@@ -159,3 +186,36 @@ class Trackers:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+@contextlib.contextmanager
+def mlflow_run_for_ranks() -> Iterator[str | None]:
+    """Driver side: while inside, ranks started from this process log into this process's active MLflow run.
+
+    Sets ``MLFLOW_RUN_ID`` and ``MLFLOW_TRACKING_URI`` (which ``torchrun``'s ranks inherit in
+    local mode) when ``mlflow`` is installed and a run is active; restores them on exit.
+
+    Yields:
+        The run's id, or ``None`` (no ``mlflow``, or no active run: nothing changes).
+    """
+    try:
+        import mlflow
+    except ImportError:
+        yield None
+        return
+    run = mlflow.active_run()
+    if run is None:
+        yield None
+        return
+    names = (MLFLOW_RUN_ENV, "MLFLOW_TRACKING_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ[MLFLOW_RUN_ENV] = run.info.run_id
+    os.environ["MLFLOW_TRACKING_URI"] = str(mlflow.get_tracking_uri())
+    try:
+        yield run.info.run_id
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
