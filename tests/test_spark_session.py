@@ -104,7 +104,7 @@ def test_a_class_archive_is_recorded_once_and_used_only_when_checked(tmp_path):
     assert _class_archive(config, record=False) is None  # nothing installed: never records here
     first = _class_archive(config, record=True)
     assert first is not None and first.recording is not None and first.recording.exists()
-    assert first.options[0] == f"-XX:ArchiveClassesAtExit={first.recording}"
+    assert first.options == [f"-XX:DumpLoadedClassList={first.recording}"]  # a list: no slower
     assert _class_archive(config, record=True) is None  # another command records it: start without
     old = time.time() - 7200
     os.utime(first.recording, (old, old))  # abandoned (its JVM was killed): removed, recorded anew
@@ -125,12 +125,14 @@ def test_a_class_archive_is_recorded_once_and_used_only_when_checked(tmp_path):
     assert _class_archive(config, record=True) is not None  # recorded anew
 
 
-def test_the_archive_helper_removes_an_archive_the_jvm_cannot_use(tmp_path):
-    from pipeline.spark import _install_archive, _java_executable, check_java
+def test_the_archive_helper_installs_nothing_when_a_step_fails(tmp_path):
+    from pipeline.spark import _archive_installed, _install_archive
 
-    check_java()
-    recording, final = tmp_path / "a.jsa.1.tmp", tmp_path / "a.jsa"
-    recording.write_bytes(b"\x00" * 4096)  # what a JVM killed while writing could leave
-    # pid 99999999 does not exist: its JVM has ended
-    _install_archive(str(99999999), str(recording), str(final), _java_executable(), str(tmp_path))
-    assert not recording.exists() and not final.exists()
+    final = tmp_path / "a.jsa"
+    for java, listed in (("/bin/false", b"java/lang/Object\n"), ("/bin/true", b"")):
+        classes = tmp_path / "a.jsa.1.tmp"
+        classes.write_bytes(listed)  # an empty list: the JVM was killed before it loaded anything
+        (tmp_path / "a.jsa.1.tmp.jsa").write_bytes(b"\x00" * 64)  # a dump cut short
+        # pid 99999999 does not exist: its JVM has ended
+        _install_archive("99999999", str(classes), str(final), java, str(tmp_path))
+        assert not _archive_installed(final) and list(tmp_path.iterdir()) == []
