@@ -1,4 +1,4 @@
-"""The demo's flow on a few digits: every stage runs, a second run reuses images and datasets."""
+"""The demo's flow on a few digits: every stage runs, the drill stops and resumes the training, a second run reuses images and datasets."""
 
 from __future__ import annotations
 
