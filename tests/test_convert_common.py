@@ -312,6 +312,62 @@ def test_a_task_returns_its_skipped_records_and_fails_with_the_record_in_its_err
     assert other.message == f"the conversion failed in Spark: {lost}"
 
 
+_RETRYING_MASTER = """
+import json, os, sys, time
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql.types import LongType
+from pipeline.convert.common import ConvertConfig
+from pipeline.convert.writer import write_petastorm
+from pipeline.errors import InputError
+from pipeline.format import ScalarCodec, Unischema, UnischemaField
+
+dest, marks = sys.argv[1], sys.argv[2]
+spark = (SparkSession.builder.master("local[2,3]")  # as on a cluster: 3 attempts per task
+         .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1").getOrCreate())
+schema = Unischema("N", [UnischemaField("x", np.int64, (), ScalarCodec(LongType()), False)])
+
+def process(items, errors):
+    from pyspark import TaskContext
+    for i in items:
+        if i == 5:
+            attempt = TaskContext.get().attemptNumber()
+            time.sleep(20 if attempt else 0)  # a retry is still here when the job is cancelled
+            open(os.path.join(marks, f"attempt-{attempt}"), "w").close()
+            errors.bad("numbers://", "five", record=i)
+        yield {"x": [i]}
+
+try:
+    write_petastorm(spark, kind="numbers", source="numbers://", dest=dest, schema=schema,
+                    plan=[[1, 2], [4, 5], [7, 8]], process=process, settings=ConvertConfig(), input_bytes=6)
+except InputError as exc:
+    print(json.dumps({"error": str(exc)}))
+spark.stop()
+"""
+
+
+@pytest.mark.spark
+def test_bad_input_is_not_retried_where_spark_retries_failed_tasks(tmp_path):
+    """Bad input fails every attempt the same way: the job stops at the first one (a master that
+    retries failed tasks, as clusters do), with the same error as in local mode."""
+    marks = tmp_path / "attempts"
+    marks.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _RETRYING_MASTER, str(tmp_path / "ds"), str(marks)],
+        cwd=REPO,
+        env=dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+    assert error.startswith("bad input: numbers:// (record 5): five -- HINT:")
+    assert sorted(p.name for p in marks.iterdir()) == ["attempt-0"]  # no second attempt got there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attempts"]  # no DEST, no staging left
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.spark
 def test_writer_fail_mode_raises_one_input_error_and_writes_nothing(spark, tmp_path):
     with pytest.raises(InputError) as info:

@@ -314,12 +314,19 @@ def test_a_retried_task_leaves_no_second_copy(s3_env: str) -> None:
     """A task attempt that wrote its file and was then lost: its retry writes another file; the
     committed metadata lists the retry's only and the lost attempt's file is deleted."""
     import json
+    import os
 
     from pipeline.storage.commit import read_index
 
     dest, witness = f"{s3_env}/retried", f"{s3_env}/witness"
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     proc = subprocess.run(
-        [sys.executable, "-c", _RETRIED, dest, witness], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _RETRIED, dest, witness],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rows": 9, "files": 3}

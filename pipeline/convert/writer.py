@@ -45,7 +45,7 @@ from pipeline.convert.listing import choose_partitions, split_by_bytes
 from pipeline.convert.progress import ConversionProgress
 from pipeline.convert.provenance import build_provenance, provenance_metadata
 from pipeline.convert.staging import StagedOutput
-from pipeline.convert.task_failures import quiet_task_failures, task_failure
+from pipeline.convert.task_failures import BadInputWatch, quiet_task_failures, task_failure
 from pipeline.convert.tasks import PartitionFn, PartitionTask
 from pipeline.errors import InputError, PipelineError
 from pipeline.format import as_unischema
@@ -251,8 +251,9 @@ def write_petastorm(
             total_tasks=0 if frame_for is not None else len(plan),
             total_bytes=input_bytes,
         )
+        watch = BadInputWatch(spark, group)  # a cluster retries failed tasks: not those of bad input
         try:
-            with progress, quiet_task_failures(spark):
+            with progress, quiet_task_failures(spark), watch:
                 try:
                     rows_out = frame.collect()
                 except Exception:  # a task failed: Spark stops the others; wait for them, quietly
@@ -275,7 +276,7 @@ def write_petastorm(
         except PipelineError:
             raise
         except Exception as exc:  # bad input under on_error="fail" (the task's record), or Spark
-            raise task_failure(exc) from None
+            raise task_failure(exc, watch.seen) from None
         except BaseException:  # Ctrl-C / SIGTERM: stop our tasks before the staging folder goes
             cancel_job_group(spark, group)  # and wait for its tasks: they write into the staging folder
             raise  # (or DEST's store, whose attempt files the stage deletes on exit)
