@@ -4,6 +4,10 @@ Modules, from the driver down to a training step:
 
 * :mod:`~pipeline.train.distributed` -- :func:`run_distributed`: a function on N ranks (CPU/gloo or
   one per GPU/NCCL, local or on a cluster); a failing rank's traceback surfaces in the driver.
+* :mod:`~pipeline.train.rank_reports` -- the driver's inbox for rank 0's result and failing ranks'
+  errors (one channel, local and cluster mode).
+* :mod:`~pipeline.train.job_base` -- what the image and text jobs share (``TrainJobConfig``,
+  ``fit_job``, ``run_job``).
 * :mod:`~pipeline.train.process_group` -- :func:`setup`: process group and device from the
   environment, always torn down.
 * :mod:`~pipeline.train.models` -- ``SmallCNN`` and ``TinyCausalLM``.
