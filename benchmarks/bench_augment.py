@@ -375,6 +375,7 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
         )
     rows = {k: v / n * 1e6 for k, v in {**workers, **_SUMS}.items() if k.startswith(("worker", "parent"))}
     transform = ("worker: Parquet read", "worker: decode", "worker: augment (the transform)")
+    rows.setdefault("worker: stack transformed rows", 0.0)  # none where rows are written straight
     rows["worker: copy into shared memory, per-row plumbing"] = rows["worker: read_into"] - sum(
         rows[k] for k in (*transform, "worker: stack transformed rows")
     )
