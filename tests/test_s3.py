@@ -247,6 +247,97 @@ def test_fail_mode_leaves_nothing_in_the_store(spark: object, s3_env: str) -> No
     assert names(f"{s3_env}/out") == []  # the files of the tasks that succeeded are gone too
 
 
+def read_paths(url: str) -> list[str]:
+    import pipeline
+
+    out: list[str] = []
+    with pipeline.open_loader(url, batch_size=8, shuffle=False, num_epochs=1, fields=["path"]) as loader:
+        for batch in loader:
+            out.extend(batch["path"])
+    return out
+
+
+@pytest.mark.spark
+def test_split_to_s3_one_dataset_per_split_refused_then_replaced(
+    spark: object, s3_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--split to s3://: DEST/<split> are datasets, _splits.json last; existing DEST refused; --overwrite."""
+    import json
+
+    from pipeline.cli import main as cli_main
+
+    src, dest = f"{s3_env}/photos", f"{s3_env}/data"
+    for i in range(24):
+        put(f"{src}/{'cat' if i % 3 else 'dog'}/{i:02d}.jpg", jpeg(i, 12))
+    argv = ["convert", "images", src, dest, "--size", "8x8", "--partitions", "2"]
+    assert cli_main([*argv, "--split", "train=0.75,heldout=0.25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["output"] == dest and out["rows"] == 24
+    assert {k: (v["rows"], v["output"]) for k, v in out["splits"].items()} == {
+        "train": (18, f"{dest}/train"),
+        "heldout": (6, f"{dest}/heldout"),
+    }
+    train, heldout = read_paths(f"{dest}/train"), read_paths(f"{dest}/heldout")
+    assert len(train) == 18 and len(heldout) == 6 and not set(train) & set(heldout)
+    assert sorted(train + heldout) == sorted(f"{'cat' if i % 3 else 'dog'}/{i:02d}.jpg" for i in range(24))
+    fs, root = resolve(dest)
+    with fs.open_input_stream(f"{root}/_splits.json") as fh:
+        assert json.loads(fh.read())["rows"] == {"train": 18, "heldout": 6}
+    stored = names(dest)
+    assert {n.split("/")[0] for n in stored} == {"_splits.json", "train", "heldout"}
+
+    # without --overwrite: refused before any work, as a local DEST is
+    assert cli_main([*argv, "--split", "train=0.5,heldout=0.5"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert names(dest) == stored
+
+    # --overwrite with other splits: each named split replaced, the one no longer named is gone
+    assert cli_main([*argv, "--split", "train=0.5,val=0.5", "--overwrite", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {k: v["output"] for k, v in out["splits"].items()} == {
+        "train": f"{dest}/train",
+        "val": f"{dest}/val",
+    }
+    after = names(dest)
+    assert {n.split("/")[0] for n in after} == {"_splits.json", "train", "val"}
+    assert not set(stored) & {n for n in after if n.endswith(".parquet")}  # old train files replaced
+    train, val = read_paths(f"{dest}/train"), read_paths(f"{dest}/val")
+    assert len(train) == len(val) == 12 and not set(train) & set(val)
+    with fs.open_input_stream(f"{root}/_splits.json") as fh:
+        assert json.loads(fh.read())["split"] == "train=0.5,val=0.5"
+
+
+def test_check_destination_knows_split_dests_on_s3(s3_env: str) -> None:
+    from pipeline.convert.staging import check_destination
+
+    dest = f"{s3_env}/d"
+    put(f"{dest}/train/part-00000-0123456789ab.parquet", b"x")  # leftovers of a killed split run only
+    assert str(check_destination(dest, overwrite=False)) == dest[len("s3://") :]
+    put(f"{dest}/train/_common_metadata", b"x")  # a committed split, no _splits.json yet
+    with pytest.raises(DatasetError, match="already exists"):
+        check_destination(dest, overwrite=False)
+    put(f"{dest}/_splits.json", b"{}")
+    with pytest.raises(DatasetError, match="already exists"):
+        check_destination(dest, overwrite=False)
+    check_destination(dest, overwrite=True)
+    put(f"{dest}/notes.txt", b"mine")  # not what --split writes: never replaced
+    with pytest.raises(DatasetError, match="is not a dataset"):
+        check_destination(dest, overwrite=True)
+
+
+@pytest.mark.spark
+def test_failed_split_run_to_an_empty_s3_dest_leaves_nothing(spark: object, s3_env: str) -> None:
+    from pipeline.convert.images import ImageOptions, convert_images
+
+    for i in range(6):
+        put(f"{s3_env}/imgs/a/{i}.jpg", jpeg(i, 12))
+    put(f"{s3_env}/imgs/b/broken.jpg", b"\xff\xd8 not a jpeg")  # its own class: in the larger split, b
+    options = ImageOptions(split="a=0.4,b=0.6")
+    with pytest.raises(InputError, match=r"broken\.jpg"):
+        convert_images(spark, f"{s3_env}/imgs", f"{s3_env}/out", options, settings=SETTINGS)
+    assert names(f"{s3_env}/out") == []  # split a was committed first, then removed
+
+
 @pytest.mark.spark
 def test_table_to_s3_through_spark_and_through_the_python_tasks(spark: object, s3_env: str) -> None:
     """convert table: Spark's own writer (files made on the driver, uploaded under attempt names)

@@ -2,8 +2,12 @@
 
 SRC is listed once; :func:`~pipeline.convert.splits.assign_splits` puts every image in exactly
 one split (stratified by class, deterministic for ``--seed``); each split is written as a
-complete dataset (one Spark job per split) into one staging folder next to DEST, which moves into
-place only when every split succeeded -- a failed run leaves no DEST. DEST then holds::
+complete dataset (one Spark job per split). For a local DEST all splits go into one staging
+folder next to DEST, which moves into place only when every split succeeded -- a failed run
+leaves no DEST. An object store has no rename: each split is its own conversion to
+``DEST/<split>`` with the object-store commit protocol (``docs/storage.md``), so each split is
+replaced atomically on its own, not all of them together; ``_splits.json`` is written last
+(see :func:`_write_remote`). DEST then holds::
 
     DEST/_splits.json     the spec, seed and rows per split (marks DEST as a split dataset)
     DEST/train/           a dataset (pipeline.open_loader, inspect, bench, petastorm)
@@ -17,21 +21,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pipeline.convert.common import ConversionResult, ConvertConfig
 from pipeline.convert.image_sources import ImageSource
 from pipeline.convert.splits import assign_splits, parse_split
+from pipeline.convert.staging import SPLITS_FILE, check_destination, remote_split_layout
 from pipeline.errors import InputError
+from pipeline.storage import delete_paths, is_remote, list_files, resolve, write_bytes
+from pipeline.storage.publish import COMMON_METADATA, SKIPPED_REPORT
 
 __all__ = ["SPLITS_FILE", "SplitConversionResult", "write_splits"]
 
 log = logging.getLogger(__name__)
-
-SPLITS_FILE = "_splits.json"
-"""Written at the top of a split DEST; lets ``--overwrite`` replace it like a dataset."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,11 @@ def write_splits(
     for name, counts in short.items():
         missing = ", ".join(n for n, c in counts.items() if c == 0)
         log.warning("class %r has %d image(s): none in split(s) %s", name, sum(counts.values()), missing)
-    inner = replace(settings, overwrite=False)  # each split is new inside the staging folder
-    results: dict[str, ConversionResult] = {}
-    with StagedOutput(dest, overwrite=settings.overwrite, source=src) as stage:
-        stage.data_dir.mkdir()
+
+    def write_part(at: str, part: ImageSource, how: ConvertConfig, name: str) -> ConversionResult:
+        return write_images(spark, src, at, part, options, how, encoding=encoding, extra={"split": name})
+
+    def parts() -> Iterator[tuple[str, ImageSource]]:
         for index, name in enumerate(plan.names):
             part = ImageSource(
                 source.layout,
@@ -99,16 +107,9 @@ def write_splits(
                 source.class_names,
             )
             log.info("split %s: %d image(s)", name, len(part.items))
-            results[name] = write_images(
-                spark,
-                src,
-                str(stage.data_dir / name),
-                part,
-                options,
-                inner,
-                encoding=encoding,
-                extra={"split": name},
-            )
+            yield name, part
+
+    def record_of(results: dict[str, ConversionResult]) -> bytes:
         record = {
             "split": options.split,
             "seed": options.seed,
@@ -116,20 +117,39 @@ def write_splits(
             "images": dict(plan.counts),
             "classes_missing_from_a_split": short,
         }
-        (stage.data_dir / SPLITS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        stage.commit()
-    final = stage.dest
+        return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    results: dict[str, ConversionResult] = {}
+    if is_remote(dest):
+        output = os.fspath(dest).rstrip("/")
+        _write_remote(output, src, settings, parts(), record_of, results, write_part)
+        outputs = {name: r.output for name, r in results.items()}
+        reports = {name: r.skipped_report for name, r in results.items()}
+    else:
+        inner = replace(settings, overwrite=False)  # each split is new inside the staging folder
+        with StagedOutput(dest, overwrite=settings.overwrite, source=src) as stage:
+            stage.data_dir.mkdir()
+            for name, part in parts():
+                results[name] = write_part(str(stage.data_dir / name), part, inner, name)
+            (stage.data_dir / SPLITS_FILE).write_bytes(record_of(results))
+            stage.commit()
+        final = Path(stage.dest)
+        output = "file://" + str(final)
+        outputs = {name: "file://" + str(final / name) for name in results}
+        reports = {
+            name: str(final / name / SKIPPED_REPORT) if r.skipped else None for name, r in results.items()
+        }
     splits = {
         name: {
             "rows": r.rows,
             "skipped": r.skipped,
-            "output": "file://" + str(final / name),
+            "output": outputs[name],
             "files": r.files,
             "row_groups": r.row_groups,
             "output_bytes": r.output_bytes,
             "passed_through": r.extra.get("passed_through", 0),
             "re_encoded": r.extra.get("re_encoded", 0),
-            "skipped_report": str(final / name / "_skipped.jsonl") if r.skipped else None,
+            "skipped_report": reports[name] if r.skipped else None,
         }
         for name, r in results.items()
     }
@@ -137,7 +157,7 @@ def write_splits(
     result = SplitConversionResult(
         kind="images",
         source=str(src),
-        output="file://" + str(final),
+        output=output,
         rows=sum(r.rows for r in values),
         skipped=sum(r.skipped for r in values),
         input_bytes=sum(source.sizes),
@@ -159,6 +179,63 @@ def write_splits(
     )
     log.info("%s", result.summary())
     return result
+
+
+def _write_remote(
+    url: str,
+    src: str,
+    settings: ConvertConfig,
+    parts: Iterable[tuple[str, Any]],
+    record_of: Callable[[dict[str, ConversionResult]], bytes],
+    results: dict[str, ConversionResult],
+    write_part: Callable[[str, Any, ConvertConfig, str], ConversionResult],
+) -> None:
+    """Object-store DEST: each split is its own dataset at ``DEST/<split>``, then ``_splits.json``.
+
+    1. DEST is checked as for a local DEST (a split DEST, a dataset or ``_splits.json`` without
+       ``--overwrite`` is refused); with ``--overwrite`` an old ``_splits.json`` is deleted first,
+       so a DEST whose splits are partly replaced never carries a record that describes it;
+    2. each split is written and committed on its own (``_common_metadata`` of ``DEST/<split>``
+       is its commit point: a reader of a split sees the old or the new one, never a mix);
+    3. what the new splits do not own is deleted: splits of an old run that the new ``--split``
+       does not name, an old dataset at DEST itself (its ``_common_metadata`` first);
+    4. ``_splits.json`` is written last, in one PUT.
+
+    A run that fails into a DEST that held nothing deletes the splits it committed (the DEST is
+    left as it was); one that fails under ``--overwrite`` leaves the splits it replaced, the old
+    ones it did not reach, and no ``_splits.json``.
+    """
+    check_destination(url, overwrite=settings.overwrite, source=src)
+    fs, prefix = resolve(url)
+
+    def listing() -> dict[str, str]:
+        return {e.path[len(prefix) :].lstrip("/"): e.path for e in list_files(fs, prefix, url=url)}
+
+    before = listing()
+    layout = remote_split_layout(url) if before else None
+    fresh = not before or (layout is not None and not layout.exists)
+    if SPLITS_FILE in before:
+        delete_paths(fs, [before[SPLITS_FILE]], url=url)
+    try:
+        for name, part in parts:
+            results[name] = write_part(f"{url}/{name}", part, settings, name)
+    except BaseException:
+        if fresh and results:
+            log.info("removing the split(s) %s this failed run committed under %s", ", ".join(results), url)
+            try:
+                objects = listing()
+                delete_paths(fs, [p for r, p in objects.items() if r.split("/", 1)[0] in results], url=url)
+            except Exception as error:  # never hide the conversion's own error
+                log.warning("could not remove the splits of this run from %s: %s", url, error)
+        raise
+    objects = listing()
+    stale = {r: p for r, p in objects.items() if r != SPLITS_FILE and r.split("/", 1)[0] not in results}
+    if stale:
+        log.info("removing %d object(s) under %s that the new splits replace", len(stale), url)
+        marks = [p for r, p in stale.items() if r.rsplit("/", 1)[-1] == COMMON_METADATA]
+        delete_paths(fs, marks, url=url)  # each old dataset stops being one before its files go
+        delete_paths(fs, [p for p in stale.values() if p not in marks], url=url)
+    write_bytes(fs, f"{prefix}/{SPLITS_FILE}", record_of(results), url=url)
 
 
 def _class_name(source: ImageSource, label: int) -> str:

@@ -26,19 +26,24 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from pipeline.convert.listing import local_path
 from pipeline.errors import DatasetError, InputError
-from pipeline.storage import is_remote
-from pipeline.storage.publish import ObjectStoreDest
+from pipeline.storage import is_remote, list_files, resolve
+from pipeline.storage.commit import is_attempt_file
+from pipeline.storage.publish import COMMON_METADATA, SKIPPED_REPORT, ObjectStoreDest
 
-__all__ = ["StagedOutput", "check_destination"]
+__all__ = ["SPLITS_FILE", "RemoteSplitLayout", "StagedOutput", "check_destination", "remote_split_layout"]
 
 log = logging.getLogger(__name__)
 
 _MARK = ".staging-"
+
+SPLITS_FILE = "_splits.json"
+"""Written at the top of a DEST by ``--split``; marks it as datasets ``--overwrite`` may replace."""
 
 
 def check_destination(
@@ -59,9 +64,24 @@ def check_destination(
         DatasetError: DEST exists without ``overwrite``; is a file; is SRC or contains it; exists,
             is not empty and is not a dataset (``--overwrite`` replaces datasets only); its parent
             is not a folder; or its name has characters that do not survive a URL (``#``, ``?``).
+            Datasets written with ``--split`` (``_splits.json``, ``DEST/<split>/``) count as a
+            dataset, locally and on an object store (:func:`remote_split_layout`).
     """
     if is_remote(dest):
-        return _check_remote(os.fspath(dest), overwrite=overwrite, source=source).prefix_path
+        url = os.fspath(dest)
+        _check_remote_url(url, source)
+        try:
+            return ObjectStoreDest(url, overwrite=overwrite).prefix_path
+        except DatasetError:
+            layout = remote_split_layout(url)  # datasets written with --split are datasets too
+            if layout is None:
+                raise
+        if layout.exists and not overwrite:
+            raise DatasetError(
+                f"{url.rstrip('/')} already exists",
+                hint="pass --overwrite to replace it, or choose another DEST",
+            ) from None
+        return PurePosixPath(layout.prefix)
     path = local_path(dest).resolve()
     if any(c in str(path) for c in "#?"):
         raise DatasetError(
@@ -80,7 +100,7 @@ def check_destination(
         )
     if path.exists() and not path.is_dir():
         raise DatasetError(f"{path} exists and is not a folder", hint="choose another DEST")
-    marks = ("_common_metadata", "_splits.json")  # a dataset, or datasets written with --split
+    marks = (COMMON_METADATA, SPLITS_FILE)  # a dataset, or datasets written with --split
     if path.is_dir() and not any((path / m).exists() for m in marks) and any(path.iterdir()):
         raise DatasetError(
             f"{path} exists, is not empty and is not a dataset; --overwrite replaces datasets only",
@@ -92,6 +112,11 @@ def check_destination(
 
 
 def _check_remote(dest: str, *, overwrite: bool, source: str | os.PathLike[str] | None) -> ObjectStoreDest:
+    _check_remote_url(dest, source)
+    return ObjectStoreDest(dest, overwrite=overwrite)
+
+
+def _check_remote_url(dest: str, source: str | os.PathLike[str] | None) -> None:
     if any(c in dest.split("://", 1)[1] for c in "#?"):
         raise DatasetError(f"{dest}: DEST may not contain '#' or '?'", hint="choose another DEST")
     src = None if source is None else os.fspath(source).rstrip("/")
@@ -100,7 +125,46 @@ def _check_remote(dest: str, *, overwrite: bool, source: str | os.PathLike[str] 
             f"DEST {dest} is SRC {src} or a prefix above it; writing there would replace the inputs",
             hint="choose a DEST outside SRC",
         )
-    return ObjectStoreDest(dest, overwrite=overwrite)
+
+
+@dataclass(frozen=True)
+class RemoteSplitLayout:
+    """An object-store DEST that holds only what ``--split`` writes there (see :func:`remote_split_layout`)."""
+
+    prefix: str
+    """``bucket/prefix`` of DEST."""
+    splits: frozenset[str]
+    """Names of the committed split datasets (``DEST/<name>/_common_metadata`` exists)."""
+    record: bool
+    """Whether ``DEST/_splits.json`` exists."""
+
+    @property
+    def exists(self) -> bool:
+        """Whether DEST holds a split dataset or the record (not only leftovers of a killed run)."""
+        return self.record or bool(self.splits)
+
+
+def remote_split_layout(url: str) -> RemoteSplitLayout | None:
+    """What an object-store DEST written by ``--split`` holds, or ``None`` when it holds anything else.
+
+    Such a DEST holds ``_splits.json`` and, under ``<split>/``, a dataset or the leftovers of an
+    interrupted conversion (attempt files, ``_skipped.jsonl``), and nothing else. An empty DEST
+    gives ``None``.
+    """
+    fs, prefix = resolve(url.rstrip("/"))
+    rels = [e.path[len(prefix) :].lstrip("/") for e in list_files(fs, prefix, url=url)]
+    if not rels:
+        return None
+    splits: set[str] = set()
+    for rel in rels:
+        if rel == SPLITS_FILE:
+            continue
+        name, slash, rest = rel.partition("/")
+        if not slash or not (rest in (COMMON_METADATA, SKIPPED_REPORT) or is_attempt_file(rest)):
+            return None
+        if rest == COMMON_METADATA:
+            splits.add(name)
+    return RemoteSplitLayout(prefix, frozenset(splits), SPLITS_FILE in rels)
 
 
 def _local_or_none(source: str | os.PathLike[str] | None) -> Path | None:
