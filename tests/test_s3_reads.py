@@ -91,7 +91,7 @@ def test_warm_open_through_the_disk_cache_sends_no_request_per_file(slow_s3: Any
     assert read_source(DatasetSource(path, ReadOptions(filesystem=fs))) == list(range(100))
     warm = requests(log, since)
     assert not [r for r in warm if "part-" in r or "_common_metadata" in r], warm  # sizes from the listing
-    assert 1 <= len(warm) <= 3, warm  # the listing (and the root's existence check)
+    assert len(warm) == 1 and "list-type=2" in warm[0], warm  # the listing, nothing else
 
 
 def test_a_rewritten_file_is_read_anew_never_from_the_old_entries(slow_s3: Any, tmp_path: Path) -> None:
@@ -163,3 +163,17 @@ def test_reader_threads_follow_what_reads_cost(slow_s3: Any, tmp_path: Path) -> 
     (cold, cold_latency), (warm, warm_latency) = counts
     assert warm_latency < cold_latency and warm <= cold, counts
     assert np.isfinite(cold_latency)
+
+
+def test_a_missing_dataset_on_a_given_filesystem_is_a_clean_error(slow_s3: Any, tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    from pipeline.errors import DatasetError
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, _ = slow_s3
+    fs, root = resolve(f"{bucket}/nothing-here")
+    for filesystem, path in ((fs, root), (pafs.LocalFileSystem(), str(tmp_path / "nothing-here"))):
+        with pytest.raises(DatasetError, match="does not exist"):
+            DatasetSource(path, ReadOptions(filesystem=filesystem))

@@ -78,7 +78,8 @@ class DatasetSource:
         self.url = files.url
         self._fs = files.filesystem
         self._reads = RemoteReads(self._fs)  # remote: shared handles, pre-buffered ranged reads
-        footers = parallel_map(lambda path: _footer(self._fs, path), files.files, fs=self._fs)
+        # one HEAD per file, shared by the footer read and the data reads (remote stores)
+        footers = parallel_map(lambda path: _footer(self._reads, path), files.files, fs=self._fs)
         self._footers = dict(zip(files.files, footers, strict=True))
         stored = read_unischema(files)
         self.kind = "petastorm" if stored is not None else "parquet"
@@ -250,10 +251,12 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
             hint="wrap an fsspec filesystem with pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))",
         )
     root = os.fspath(url).rstrip("/")
-    info = filesystem.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise DatasetError(f"{root} does not exist on {filesystem.type_name}", hint="check the path")
-    entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    try:  # the listing alone: a get_file_info(root) first costs 2 more round trips on S3
+        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{root} does not exist on {filesystem.type_name}", hint="check the path"
+        ) from None
     common = None
     files = []
     for entry in entries:
@@ -272,9 +275,9 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
     return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common)
 
 
-def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
+def _footer(reads: RemoteReads, path: str) -> pq.FileMetaData:
     try:
-        with fs.open_input_file(path) as fh:
+        with reads.open(path) as fh:
             return pq.ParquetFile(fh).metadata
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(
