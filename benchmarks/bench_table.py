@@ -12,8 +12,9 @@ sides start from ``spark.read.parquet(table)`` and, in one run, report:
   each after a warm-up conversion of 1,000 rows in its own Spark session; each side with its
   defaults (ours: snappy, 16 MB row groups; petastorm's: uncompressed, 32 MB), and each side's
   PySpark (petastorm's environment pins an older one);
-* the executor CPU seconds of each conversion (Spark's status store): on a loaded machine they
-  move much less than the wall time;
+* the executor CPU seconds of each conversion (Spark's status store), and the CPU seconds of the
+  whole local JVM meanwhile (tasks, JIT compilers, GC, driver; ``/proc``): on a loaded machine
+  they move much less than the wall time;
 * loader samples/s over one epoch at ``--batch-size``: ``handle.open_loader`` vs
   ``converter.make_torch_dataloader(num_epochs=1)``, each reading every column;
 * the second, cached ``spark_dataset(df)`` call of a new Python process (a restarted notebook),
@@ -43,6 +44,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def jvm_cpu_s(spark) -> float | None:
+    """CPU seconds of the whole Spark JVM so far, every thread (tasks, JIT compilers, GC, driver):
+    ``/proc/<pid>/stat`` of the local-mode JVM, ``None`` elsewhere. Also run on petastorm's side."""
+    import os
+
+    try:
+        pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except Exception:
+        return None
+
+
 def executor_cpu_s(spark) -> float | None:
     """CPU seconds of every Spark task so far (the status store; steadier than wall time on a
     loaded machine), ``None`` where this Spark does not answer. Also run on petastorm's side."""
@@ -55,8 +70,11 @@ def executor_cpu_s(spark) -> float | None:
         return None
 
 
-PETASTORM_SIDE = inspect.getsource(executor_cpu_s) + textwrap.dedent(
-    """
+PETASTORM_SIDE = (
+    inspect.getsource(jvm_cpu_s)
+    + inspect.getsource(executor_cpu_s)
+    + textwrap.dedent(
+        """
     import json, sys, time
     import pyspark
     from pyspark.sql import SparkSession
@@ -68,12 +86,13 @@ PETASTORM_SIDE = inspect.getsource(executor_cpu_s) + textwrap.dedent(
              .config(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + cache).getOrCreate())
     make_spark_converter(spark.range(1000).selectExpr("id", "rand() AS x")).delete()  # warm-up, as ours
     df = spark.read.parquet(table)
-    cpu = executor_cpu_s(spark)
+    cpu, jvm = executor_cpu_s(spark), jvm_cpu_s(spark)
     start = time.perf_counter()
     converter = make_spark_converter(df)
     convert_s = time.perf_counter() - start
-    after = executor_cpu_s(spark)
+    after, jvm_after = executor_cpu_s(spark), jvm_cpu_s(spark)
     cpu_s = None if cpu is None or after is None else after - cpu
+    jvm_s = None if jvm is None or jvm_after is None else jvm_after - jvm
     rows = 0
     start = time.perf_counter()
     with converter.make_torch_dataloader(batch_size=batch_size, num_epochs=1) as loader:
@@ -83,8 +102,9 @@ PETASTORM_SIDE = inspect.getsource(executor_cpu_s) + textwrap.dedent(
     converter.delete()
     spark.stop()
     print(json.dumps({"convert_s": convert_s, "rows": rows, "read_s": read_s, "pyspark": pyspark.__version__,
-                      "cpu_s": cpu_s}))
+                      "cpu_s": cpu_s, "jvm_cpu_s": jvm_s}))
     """
+    )
 )
 
 CACHED_CALL = textwrap.dedent(
@@ -169,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
                 spark.range(1000).selectExpr("id", "rand() AS x"), cache_dir=str(work / "warm")
             )
             df = spark.read.parquet(str(table))
-            cpu = executor_cpu_s(spark)
+            cpu, jvm = executor_cpu_s(spark), jvm_cpu_s(spark)
             start = time.perf_counter()
             ds = pipeline.spark_dataset(df, cache_dir=str(cache), float32=True)
             out["ours_convert_s"] = time.perf_counter() - start
-            after = executor_cpu_s(spark)
+            after, jvm_after = executor_cpu_s(spark), jvm_cpu_s(spark)
             out["ours_convert_executor_cpu_s"] = None if cpu is None or after is None else after - cpu
+            out["ours_convert_jvm_cpu_s"] = None if jvm is None or jvm_after is None else jvm_after - jvm
             start = time.perf_counter()
             again = pipeline.spark_dataset(df, cache_dir=str(cache), float32=True)
             out["ours_cached_same_process_s"] = time.perf_counter() - start
@@ -194,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             out["petastorm_convert_s"] = theirs["convert_s"]
             out["petastorm_pyspark"] = theirs["pyspark"]
             out["petastorm_convert_executor_cpu_s"] = theirs["cpu_s"]
+            out["petastorm_convert_jvm_cpu_s"] = theirs["jvm_cpu_s"]
             out["petastorm_read_rows"] = theirs["rows"]
             out["petastorm_samples_per_s"] = theirs["rows"] / theirs["read_s"]
             out["convert_speedup"] = out["petastorm_convert_s"] / out["ours_convert_s"]
@@ -201,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             if out["ours_convert_executor_cpu_s"] and out["petastorm_convert_executor_cpu_s"]:
                 out["convert_cpu_ratio"] = (
                     out["petastorm_convert_executor_cpu_s"] / out["ours_convert_executor_cpu_s"]
+                )
+            if out["ours_convert_jvm_cpu_s"] and out["petastorm_convert_jvm_cpu_s"]:
+                out["convert_jvm_cpu_ratio"] = (
+                    out["petastorm_convert_jvm_cpu_s"] / out["ours_convert_jvm_cpu_s"]
                 )
     finally:
         if args.work is None:
