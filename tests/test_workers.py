@@ -17,11 +17,11 @@ import psutil
 import pytest
 
 import pipeline
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.format import TransformSpec
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.source import DatasetSource
-from pipeline.reader.workers import task_rng, time_reads, untimed
+from pipeline.reader.workers import seed_task, task_rng, time_reads, untimed
 from pipeline.reader.workers_cores import cgroup_cpu_limit, usable_cores
 from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe, WorkerDied
 from tests.datasets import write_format_dataset
@@ -373,3 +373,33 @@ def test_wind_down_lets_the_workers_exit_before_close(url):
     finally:
         pool.close()
     assert not any(name.startswith(mine) for name in os.listdir("/dev/shm"))
+
+
+def missing_image(row):
+    del row["image"]
+    return row
+
+
+def wrong_shape(row):
+    row["image"] = np.zeros((2, 2), dtype=np.float32)
+    return row
+
+
+def test_row_transforms_write_straight_into_the_row_buffer(url):
+    """read_into applies a row-form transform row by row into the buffer: the rows read() gives,
+    and its errors."""
+    source = DatasetSource(url, pipeline.reader.ReadOptions(transform=spec(task_rng_only)))
+    item = WorkItem(0, 3, 2, 9)
+    seed_task(0, item, global_rngs=False)
+    expected = source.read(item).columns
+    out = {name: np.zeros((12, *s.shape), dtype=s.dtype) if s.kind == "fixed" else np.empty(12, dtype=object)
+           for name, s in source.specs.items()}  # fmt: skip
+    rows = np.array([11, 0, 5, 3, 2, 7, 1])
+    seed_task(0, item, global_rngs=False)
+    source.read_into(item, out, rows)
+    for name, column in expected.items():
+        assert np.array_equal(np.stack(out[name][rows]), np.stack(column)), name
+    for func, message in ((missing_image, "did not return field 'image'"), (wrong_shape, "shape")):
+        bad = DatasetSource(url, pipeline.reader.ReadOptions(transform=spec(func)))
+        with pytest.raises(PipelineError, match=message):
+            bad.read_into(item, out, rows)

@@ -30,7 +30,7 @@ from pipeline.format import Unischema, match_unischema_fields
 from pipeline.reader.config import ReadOptions
 from pipeline.reader.decode import decode_column, spec_from_unischema, unischema_field_from_arrow
 from pipeline.reader.plan import WorkItem
-from pipeline.reader.transform import apply_transform_spec, transformed_specs
+from pipeline.reader.transform import apply_transform_spec, transform_rows_into, transformed_specs
 from pipeline.storage import RemoteReads, committed_files, parallel_map
 
 __all__ = ["Chunk", "DatasetSource", "RowGroup"]
@@ -123,11 +123,7 @@ class DatasetSource:
 
     def read(self, item: WorkItem) -> Chunk:
         """Read, filter, slice, decode and transform the rows of one work item."""
-        table = self._table(item)
-        columns = {
-            name: decode_column(self._in_specs[name], field, table.column(name))
-            for name, field in self.schema.fields.items()
-        }
+        columns = self._decoded(item)
         if self._spec is not None:
             columns = apply_transform_spec(
                 self._spec, columns, item.rows, self.specs, batch=self.kind == "parquet"
@@ -145,12 +141,24 @@ class DatasetSource:
 
         ``cancel``, when set, stops long decode loops early (``ReadCancelled``).
         """
-        if self._spec is not None:  # the transform needs the whole chunk first
+        if self._spec is not None and self._spec.func is not None and self.kind != "parquet":
+            # row form: each transformed row goes straight into its row of ``out``
+            transform_rows_into(self._spec, self._decoded(item), item.rows, self.specs, out, rows, cancel)
+            return
+        if self._spec is not None:  # a batch-form transform needs the whole chunk first
             self.read(item).copy_into(out, rows)
             return
         table = self._table(item)
         for name, field in self.schema.fields.items():
             decode_column(self._in_specs[name], field, table.column(name), out[name], rows, cancel)
+
+    def _decoded(self, item: WorkItem) -> dict[str, np.ndarray]:
+        """The item's columns, decoded (before any transform)."""
+        table = self._table(item)
+        return {
+            name: decode_column(self._in_specs[name], field, table.column(name))
+            for name, field in self.schema.fields.items()
+        }
 
     def _table(self, item: WorkItem) -> pa.Table:
         rg = self.row_groups[item.piece]

@@ -8,6 +8,8 @@
 The fields after the transform follow petastorm's ``transform_schema`` (``edit_fields``,
 ``removed_fields``, ``selected_fields``; :func:`pipeline.format.transform_schema`); their :class:`FieldSpec` fixes how values are held.
 A transform must keep the number of rows: the shard plan counts rows before reading them.
+The reader writes the row form's results straight into its row buffer
+(:func:`transform_rows_into`: in worker processes, the shared-memory rows).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.format import transform_schema
-from pipeline.reader.decode import FieldSpec, spec_from_unischema
+from pipeline.reader.decode import FieldSpec, ReadCancelled, spec_from_unischema
 
-__all__ = ["apply_transform_spec", "transformed_specs"]
+__all__ = ["apply_transform_spec", "transform_rows_into", "transformed_specs"]
 
 
 def transformed_specs(unischema: Any, spec: Any) -> dict[str, FieldSpec]:
@@ -44,12 +46,42 @@ def apply_transform_spec(
     out = {}
     for name, fspec in out_specs.items():
         if name not in values:
-            raise PipelineError(
-                f"transform did not return field {name!r}",
-                hint="return every field of the post-transform schema, or list it in removed_fields",
-            )
+            raise _missing(name)
         out[name] = _as_column(fspec, values[name], rows)
     return out
+
+
+def transform_rows_into(
+    spec: Any,
+    columns: dict[str, np.ndarray],
+    rows: int,
+    out_specs: dict[str, FieldSpec],
+    out: dict[str, np.ndarray],
+    positions: np.ndarray,
+    cancel: Any = None,
+) -> None:
+    """Row form: apply ``spec.func`` to each row and write its fields straight into
+    ``out[name][positions[i]]`` (the reader's row buffer): no stacked column per chunk, no second
+    copy. The same checks as :func:`apply_transform_spec`; ``cancel``, when set, stops the loop
+    (``ReadCancelled``)."""
+    func = spec.func
+    names = list(columns)
+    for i in range(rows):
+        if cancel is not None and i % 64 == 0 and cancel.is_set():
+            raise ReadCancelled
+        result = func({name: columns[name][i] for name in names})
+        position = positions[i]
+        for name, fspec in out_specs.items():
+            if name not in result:
+                raise _missing(name)
+            out[name][position] = _row_value(fspec, result[name])
+
+
+def _missing(name: str) -> PipelineError:
+    return PipelineError(
+        f"transform did not return field {name!r}",
+        hint="return every field of the post-transform schema, or list it in removed_fields",
+    )
 
 
 def _apply_to_rows(func: Any, columns: dict[str, np.ndarray], rows: int) -> dict[str, list[Any]]:
@@ -83,16 +115,21 @@ def _as_column(spec: FieldSpec, values: Any, rows: int) -> np.ndarray:
         if isinstance(values, np.ndarray) and values.dtype != object and values.shape[1:] == spec.shape:
             return values.astype(spec.dtype, copy=False)
         out = np.empty((rows, *spec.shape), dtype=spec.dtype)
-        for i, value in enumerate(values):
-            value = np.asarray(value)
-            if value.shape != spec.shape:
-                raise PipelineError(
-                    f"field {spec.name!r}: transform returned shape {value.shape}, the schema says {spec.shape}",
-                    hint="declare the new shape with TransformSpec(edit_fields=[(name, dtype, shape, nullable)])",
-                )
-            out[i] = value
-        return out
-    out = np.empty(rows, dtype=object)
+    else:
+        out = np.empty(rows, dtype=object)
     for i, value in enumerate(values):
-        out[i] = np.asarray(value, dtype=spec.dtype) if spec.kind == "ragged" else value
+        out[i] = _row_value(spec, value)
     return out
+
+
+def _row_value(spec: FieldSpec, value: Any) -> Any:
+    """One row's value of a field as ``spec`` holds it (fixed: an array of the declared shape)."""
+    if spec.kind == "fixed":
+        value = np.asarray(value)
+        if value.shape != spec.shape:
+            raise PipelineError(
+                f"field {spec.name!r}: transform returned shape {value.shape}, the schema says {spec.shape}",
+                hint="declare the new shape with TransformSpec(edit_fields=[(name, dtype, shape, nullable)])",
+            )
+        return value
+    return np.asarray(value, dtype=spec.dtype) if spec.kind == "ragged" else value
