@@ -36,10 +36,10 @@ def requests(log: Path, since: float) -> list[str]:
 
 @pytest.fixture
 def slow_s3(s3_server: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``(bucket URL, proxy log)``: the AWS variables point at a proxy (2 ms) that logs requests."""
+    """``(bucket URL, proxy log)``: the AWS variables point at a proxy (20 ms) that logs requests."""
     log = tmp_path / "proxy.log"
     monkeypatch.setenv("PIPELINE_S3_PROXY_LOG", str(log))
-    proxy, endpoint = start_latency_proxy(s3_server, 2)
+    proxy, endpoint = start_latency_proxy(s3_server, 20)  # a miss >= 20 ms: far from a hit, even under load
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     try:
         yield s3_env, log
