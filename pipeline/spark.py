@@ -212,10 +212,39 @@ def _build(config: SparkConfig, archive: _Archive | None = None) -> SparkSession
         builder = builder.config(key, value)
     log.info("starting Spark (master %s)", config.master)
     started = time.perf_counter()
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except KeyboardInterrupt:  # Ctrl-C/SIGTERM while Spark starts: no JVM may outlive the command
+        _kill_unstarted_jvm()
+        raise
     spark.sparkContext.setLogLevel(config.log_level)
     log.debug("Spark started in %.2f s", time.perf_counter() - started)
     return spark
+
+
+def _kill_unstarted_jvm() -> None:
+    """Kill the JVM of a SparkContext whose start was interrupted, and forget it.
+
+    The JVM exits by itself when this process's pipe to it closes, but only once it reaches that
+    point of its start, and its shutdown hooks can then wait on the half-made SparkContext: a
+    command interrupted while Spark started left it running (and holding the command's
+    stdout/stderr) for minutes.
+    """
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if proc is None:  # not a JVM this process launched
+        return
+    with contextlib.suppress(Exception):
+        gateway.shutdown()
+    with contextlib.suppress(Exception):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkContext._active_spark_context = None
 
 
 def _stop(spark: SparkSession, interrupted: bool) -> None:

@@ -378,3 +378,64 @@ if __name__ == "__main__":
     result = _rank_main_config(json.loads(Path(sys.argv[1]).read_text()))
     keys = ("status", "global_step", "resumed_from_epoch", "resumed_from_step", "epochs_trained")
     print(json.dumps({k: result[k] for k in keys}))
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("after_s", [1.0, 6.0])
+def test_sigterm_before_any_rank_runs_stops_the_train_command_with_143(job_images, tmp_path, after_s):
+    """Nothing to save yet (Spark or torchrun starting): one line, exit 143, no training left running.
+
+    Before, the signal found no rank to pass on to and was dropped: the training ran to its end.
+    """
+    config = tmp_path / "job.yaml"
+    config.write_text("train:\n  num_classes: 4\n  width: 8\n")
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "-q",
+        "train",
+        "images",
+        *job_args(job_images, run_dir, config),
+    ]
+    proc = run_job(cmd, tmp_path, own_group=True)
+    try:
+        time.sleep(after_s)
+        if proc.poll() is None and epochs_done(run_dir) == 0 and not (run_dir / "checkpoint.pt").exists():
+            proc.send_signal(signal.SIGTERM)
+        else:
+            pytest.skip("the run got past its start before the signal")
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(
+                ["ps", "-e", "-o", "pid,ppid,pgid,stat,args"], capture_output=True, text=True
+            )
+            mine = [line for line in tree.stdout.splitlines() if f" {proc.pid} " in line]
+            raise AssertionError(f"still running 120 s after SIGTERM: {mine}") from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in stdout + stderr, stderr[-4000:]
+    if proc.returncode == 143:
+        assert stderr.strip().splitlines()[-1] == "stopped by SIGTERM: stopped and cleaned up", stderr[-4000:]
+        assert epochs_done(run_dir) < JOB_EPOCHS  # it did not train to the end
+    else:  # the ranks had started and saved a checkpoint mid-run: the preemption path
+        assert proc.returncode == 0, stderr[-4000:]
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "preempted", stdout[-4000:]
+    # Nothing of the command's process group is left running (the JVM ends when its stdin closes,
+    # torchrun when its wrapper did); zombies handed to this test process, a subreaper, are not.
+    deadline = time.monotonic() + 30
+    while True:
+        tree = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True)
+        left = [
+            ln
+            for ln in tree.stdout.splitlines()
+            if ln.split()[1] == str(proc.pid) and "Z" not in ln.split()[2]
+        ]
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.2)

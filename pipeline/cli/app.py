@@ -48,6 +48,7 @@ __all__ = [
     "add_verbosity_flags",
     "configure_logging",
     "run",
+    "signal_received",
 ]
 
 EXIT_OK = 0
@@ -60,6 +61,7 @@ ISSUES_URL = "https://github.com/spark-petastorm-pipeline/pipeline/issues"
 NOISY_LOGGERS = ("py4j", "pyspark", "petastorm", "matplotlib", "PIL", "urllib3", "botocore", "fsspec")
 
 Handler = Callable[[argparse.Namespace], "dict[str, Any] | None"]
+_RUNNING: list[_Signals] = []  # the signal state of the commands running (run() in run())
 
 
 class Interrupted(KeyboardInterrupt):
@@ -156,6 +158,16 @@ def _not_from_py4j(record: logging.LogRecord) -> bool:
     return f"{os.sep}py4j{os.sep}" not in record.pathname
 
 
+def signal_received() -> int | None:
+    """The SIGINT/SIGTERM the running command got, if any.
+
+    The handler raises :class:`Interrupted` where the main thread is; Python drops an exception
+    raised inside a finalizer (``__del__``, a weakref callback), so code about to start long work
+    asks here too.
+    """
+    return next((s.received for s in reversed(_RUNNING) if s.received), None)
+
+
 @dataclass
 class _Signals:
     """Which signal arrived (if any); turns SIGINT/SIGTERM into :class:`Interrupted`."""
@@ -179,6 +191,8 @@ class _Signals:
         finally:
             for s, previous in saved.items():
                 signal.signal(s, previous)
+            with contextlib.suppress(ValueError):
+                _RUNNING.remove(self)
 
 
 def _error(text: str) -> None:
@@ -217,6 +231,7 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
         The exit status (see the module docstring).
     """
     signals = _Signals()
+    _RUNNING.append(signals)
     as_json = bool(getattr(args, "json", False))
     # With --json, stdout holds the result only: anything printed meanwhile (TorchDistributor
     # echoes the ranks' output) goes to stderr.

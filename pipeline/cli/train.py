@@ -18,10 +18,11 @@ import functools
 import importlib
 import os
 import shlex
+import signal
 import sys
 from typing import Any
 
-from pipeline.cli.app import CommandFailed, add_json_flag
+from pipeline.cli.app import CommandFailed, Interrupted, add_json_flag, signal_received
 from pipeline.cli.flags import ConfDefaults, add_config_flag, add_master_flag
 
 __all__ = ["KINDS", "register", "run_training", "training_spark_config"]
@@ -163,6 +164,8 @@ def run_training(kind: str, args: argparse.Namespace) -> dict[str, Any] | None:
     config = config_from_args(kind, args)
     train = _load(KINDS[kind][1])
     with DriverPreemption() as preemption, mlflow_run_for_ranks():
+        if signal_received():  # arrived before this handler, and its exception was lost
+            raise Interrupted(signal_received() or signal.SIGTERM)
         try:
             spark_config = training_spark_config(args.config, args.master, config.distributed, config.run_dir)
             with spark_session(spark_config) as spark:
@@ -184,8 +187,8 @@ def _preempted(run_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.train.jobs import saved_state
 
     saved = saved_state(run_dir)
-    if saved.get("status") not in ("preempted", "finished"):
-        raise CommandFailed(f"SIGTERM before any checkpoint was saved in {run_dir}")
+    if saved.get("status") not in ("preempted", "finished"):  # the ranks were still starting
+        raise Interrupted(signal.SIGTERM)
     command = shlex.join([sys.executable, *sys.argv])
     line = saved.get("resume") or f"finished before the signal took effect; see {run_dir}/metrics.json"
     if not args.json:

@@ -3,7 +3,8 @@
 Preemption: SIGTERM to the driver is passed on to the ranks (the processes ``torchrun``
 started), which finish their step, save a checkpoint and stop; the driver waits for them
 (:class:`DriverPreemption`) and reads what they saved (:func:`saved_state`). A SIGTERM sent to
-the whole process group ends the same way.
+the whole process group ends the same way. A SIGTERM before any rank runs (Spark or ``torchrun``
+still starting) has nothing to save: the command stops as for any other SIGTERM (exit 143).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DriverPreemption:
         self.received = False
         self._ranks: list[int] = []
         self._previous: Any = None
+        self._watching = False  # a thread passes the signal on to ranks that start later
 
     def __enter__(self) -> DriverPreemption:
         if threading.current_thread() is threading.main_thread():
@@ -42,8 +44,32 @@ class DriverPreemption:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received:
             return
+        ranks = _rank_processes()
+        if not ranks and not self._watching:
+            self._watching = True
+            # No rank runs yet (Spark or torchrun still starting): nothing to save. Ranks that
+            # start anyway get the signal as soon as they exist; the caller's handler decides
+            # (the CLI's stops the command: exit 143; TorchDistributor's launcher then
+            # terminates torchrun on the way out).
+            threading.Thread(target=self._forward_when_started, name="sigterm-to-ranks", daemon=True).start()
+            if callable(self._previous):
+                self._previous(signum, frame)
+            return
+        if ranks:
+            self._forward(ranks)
+
+    def _forward_when_started(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ranks = _rank_processes()
+            if ranks:
+                self._forward(ranks)
+                return
+            time.sleep(0.2)
+
+    def _forward(self, ranks: list[int]) -> None:
         self.received = True
-        self._ranks = _rank_processes()
+        self._ranks = ranks
         log.warning("SIGTERM: asking %d rank(s) to save a checkpoint and stop", len(self._ranks))
         for pid in self._ranks:
             with contextlib.suppress(ProcessLookupError):
