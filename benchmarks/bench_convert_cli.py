@@ -112,25 +112,60 @@ def _reap_all() -> None:
             return
 
 
+def _descendant_cpu(seen: dict[int, float]) -> None:
+    """Record the CPU seconds (user + system) so far of every process under this one (``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(name)] = int(fields[1])
+        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {os.getpid()}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    for pid in tree - {os.getpid()}:
+        seen[pid] = cpu[pid]
+
+
 def run(command: list[str], env: dict[str, str]) -> tuple[float, str, float]:
     """Run a fresh process; ``(wall seconds, stdout, CPU seconds)``; exits with its stderr on failure.
 
-    The wall time ends when the command exits; the CPU seconds are those of the command and every
-    process it started (driver, JVM, Python workers), counted once they have all ended (with
-    ``_become_subreaper``; else the JVM's are missing).
+    The wall time ends when the command exits. The CPU seconds are those of the command and every
+    process under it (driver, JVM, Python worker daemon and workers), read from ``/proc`` every
+    50 ms until they have all ended (the bench adopts the JVM that outlives its command by a
+    moment: ``_become_subreaper``); process accounting alone misses the Python workers, which
+    nobody waits for.
     """
-    import resource
+    import threading
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            _descendant_cpu(seen)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     _reap_all()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stop.set()
+    sampler.join()
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
-    return seconds, done.stdout, cpu
+    return seconds, done.stdout, sum(seen.values())
 
 
 def warm_up(args: argparse.Namespace, src: Path, out: Path, env: dict[str, str]) -> None:
@@ -244,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwhole commands, fresh processes, {args.master}, best of {args.repeat}; "
           f"load average (1 min) at the starts: {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     if not counted:
-        print("  (CPU seconds without the JVM's: this system cannot adopt orphaned processes)")
+        print("  (CPU seconds may miss the JVM's last moments: this system cannot adopt orphaned processes)")
     figures = {}
     for case, _, count, _, _ in cases:
         textbook_name = "textbook petastorm (RDD + dict_to_spark_row)"
