@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +31,7 @@ __all__ = [
     "key_value_metadata",
     "list_dataset_files",
     "normalize_url",
+    "read_common_metadata",
     "read_provenance",
     "read_unischema",
 ]
@@ -80,6 +81,7 @@ class DatasetFiles:
     root: str
     files: tuple[str, ...]
     common_metadata: str | None
+    metadata: dict[bytes, bytes] | None = field(default=None, compare=False)  # of _common_metadata, read once
 
     @property
     def total_bytes(self) -> int:
@@ -125,20 +127,28 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
             f"no Parquet files under {url}",
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
-    files = committed_files(fs, root, sorted(files), common, url=url)  # only what _common_metadata lists
-    return DatasetFiles(url, fs, root, tuple(files), common)
+    metadata = read_common_metadata(fs, common, url) if common is not None else None
+    files = committed_files(fs, root, sorted(files), common, url=url, metadata=metadata)  # what it lists
+    return DatasetFiles(url, fs, root, tuple(files), common, metadata)
+
+
+def read_common_metadata(fs: pafs.FileSystem, path: str, url: str) -> dict[bytes, bytes]:
+    """The key-value metadata of the ``_common_metadata`` file at ``path`` on ``fs``."""
+    try:
+        with fs.open_input_file(path) as fh:
+            schema = pq.read_schema(fh)
+    except Exception as exc:  # a damaged metadata file is reported, not fatal for data access
+        raise DatasetError(f"{url}: cannot read _common_metadata: {exc}") from None
+    return dict(schema.metadata or {})
 
 
 def key_value_metadata(files: DatasetFiles) -> dict[bytes, bytes]:
     """The key-value metadata of the dataset's ``_common_metadata`` (``{}`` when it has none)."""
     if files.common_metadata is None:
         return {}
-    try:
-        with files.filesystem.open_input_file(files.common_metadata) as fh:
-            schema = pq.read_schema(fh)
-    except Exception as exc:  # a damaged metadata file is reported, not fatal for data access
-        raise DatasetError(f"{files.url}: cannot read _common_metadata: {exc}") from None
-    return dict(schema.metadata or {})
+    if files.metadata is not None:  # read with the listing
+        return files.metadata
+    return read_common_metadata(files.filesystem, files.common_metadata, files.url)
 
 
 def read_unischema(url: str | os.PathLike[str] | DatasetFiles) -> Any:

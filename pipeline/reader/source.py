@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.dataset import DatasetFiles, list_dataset_files, normalize_url, read_unischema
+from pipeline.dataset import (
+    DatasetFiles,
+    list_dataset_files,
+    normalize_url,
+    read_common_metadata,
+    read_unischema,
+)
 from pipeline.errors import DatasetError
 from pipeline.format import Unischema, match_unischema_fields
 from pipeline.reader.config import ReadOptions
@@ -279,8 +285,9 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
             files.append(entry.path)
     if not files:
         raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
-    files = committed_files(filesystem, root, sorted(files), common, url=root)  # what _common_metadata lists
-    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common)
+    metadata = read_common_metadata(filesystem, common, root) if common is not None else None
+    files = committed_files(filesystem, root, sorted(files), common, url=root, metadata=metadata)
+    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common, metadata)
 
 
 def _footer(reads: RemoteReads, path: str) -> pq.FileMetaData:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -61,11 +61,17 @@ def is_attempt_file(rel: str) -> bool:
     return bool(_ATTEMPT_FILE.match(rel))
 
 
-def read_index(fs: pafs.FileSystem, common_metadata: str) -> dict[str, int] | None:
-    """The committed files listed in ``_common_metadata`` (``None`` when it has no index)."""
-    with fs.open_input_file(common_metadata) as fh:
-        meta = pq.read_schema(fh).metadata or {}
-    raw = meta.get(INDEX_KEY)
+def read_index(
+    fs: pafs.FileSystem, common_metadata: str, metadata: Mapping[bytes, bytes] | None = None
+) -> dict[str, int] | None:
+    """The committed files listed in ``_common_metadata`` (``None`` when it has no index).
+
+    ``metadata``: its key-value metadata when the caller read it already (one read per open).
+    """
+    if metadata is None:
+        with fs.open_input_file(common_metadata) as fh:
+            metadata = pq.read_schema(fh).metadata or {}
+    raw = metadata.get(INDEX_KEY)
     if raw is None:
         return None
     try:
@@ -76,7 +82,13 @@ def read_index(fs: pafs.FileSystem, common_metadata: str) -> dict[str, int] | No
 
 
 def committed_files(
-    fs: pafs.FileSystem, root: str, files: Sequence[str], common_metadata: str | None, *, url: str
+    fs: pafs.FileSystem,
+    root: str,
+    files: Sequence[str],
+    common_metadata: str | None,
+    *,
+    url: str,
+    metadata: Mapping[bytes, bytes] | None = None,
 ) -> list[str]:
     """The data files a reader may read, given a listing of a dataset folder.
 
@@ -86,6 +98,7 @@ def committed_files(
         files: Data files found under ``root`` (full paths on ``fs``).
         common_metadata: Path of ``_common_metadata``, or ``None`` when there is none.
         url: The dataset's URL, for messages.
+        metadata: The key-value metadata of ``_common_metadata`` if the caller read it already.
 
     Returns:
         ``files`` restricted to the committed ones, in the order given.
@@ -103,7 +116,7 @@ def committed_files(
                 "or pass --overwrite",
             )
         return list(files)
-    index = read_index(fs, common_metadata)
+    index = read_index(fs, common_metadata, metadata)
     if index is None:
         return list(files)
     present = set(rel.values())
