@@ -247,6 +247,26 @@ def _kill_unstarted_jvm() -> None:
     SparkContext._active_spark_context = None
 
 
+def _spark_submit_children() -> set[int]:
+    """This process's child processes that run ``spark-submit`` (the JVM it launches; Linux)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    parent = int(fh.read().rsplit(b")", 1)[1].split()[1])
+                if parent != os.getpid():
+                    continue
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    if b"org.apache.spark.deploy.SparkSubmit" in fh.read():
+                        found.add(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
 def _stop(spark: SparkSession, interrupted: bool) -> None:
     if interrupted:  # the jobs are being cancelled: their tasks' errors say nothing new
         with contextlib.suppress(Exception):
@@ -307,6 +327,8 @@ class SparkStart:
         self._created = False
         self._error: BaseException | None = None
         self._abandoned = False
+        self._launching = False
+        self._children: set[int] = set()
         self._archive: _Archive | None = None
         self._thread = threading.Thread(target=self._run, name="pipeline-spark-start", daemon=True)
 
@@ -317,6 +339,11 @@ class SparkStart:
                 log.info("reusing the active SparkSession (master %s)", active.sparkContext.master)
                 spark, created = active, False
             else:
+                with self._lock:
+                    if self._abandoned:  # the caller left before the JVM was launched: launch none
+                        return
+                    self._launching = True
+                    self._children = _spark_submit_children()
                 self._archive = _class_archive(self._config, record=True)
                 spark, created = _build(self._config, self._archive), True
         except BaseException as exc:  # handed to the caller by result()
@@ -356,12 +383,22 @@ class SparkStart:
         return self._spark
 
     def _release(self) -> tuple[SparkSession | None, bool]:
-        """``(session, created)`` to stop now, or ``(None, False)``: still starting, the thread stops it."""
+        """``(session, created)`` to stop now, or ``(None, False)``: still starting. A JVM this
+        start launched is then killed (a JVM left to end with the process can wait minutes in its
+        shutdown hooks on a half-made SparkContext, holding the command's stdout/stderr); one
+        not launched yet never is."""
         with self._lock:
-            if self._spark is None and self._error is None:
+            if self._spark is None and self._error is None and not self._done.is_set():
                 self._abandoned = True
-                return None, False
-            return self._spark, self._created
+                launching = self._launching
+            else:
+                return self._spark, self._created
+        if launching:
+            _kill_unstarted_jvm()  # the starting thread's JVM calls fail; it ends with that error
+            for pid in _spark_submit_children() - self._children:  # launched, not yet connected
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        return None, False
 
 
 @contextmanager
@@ -375,9 +412,9 @@ def spark_session_in_background(
     already running in this process is reused and left running; one started here is stopped on
     exit. PySpark's own SIGINT handler is not installed (it is only from the main thread): the
     caller handles Ctrl-C, as :func:`spark_session` lets the CLI do. If the block ends while
-    Spark is still starting (an error, Ctrl-C), it returns at once and the session is stopped
-    as soon as it is up; a process that exits meanwhile takes its JVM with it (the JVM ends when
-    its parent's pipe closes).
+    Spark is still starting (an error, Ctrl-C), it returns at once: a JVM already launched is
+    killed, none is launched afterwards, and a session that still comes up is stopped by the
+    starting thread.
     """
     from pipeline.quiet import quiet_third_party_warnings
 

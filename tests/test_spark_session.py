@@ -136,3 +136,24 @@ def test_the_archive_helper_installs_nothing_when_a_step_fails(tmp_path):
         # pid 99999999 does not exist: its JVM has ended
         _install_archive("99999999", str(classes), str(final), java, str(tmp_path))
         assert not _archive_installed(final) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.spark
+def test_leaving_a_background_start_kills_the_jvm_it_launched():
+    """An error or Ctrl-C while Spark starts (the CLI lists SRC meanwhile): no JVM outlives it."""
+    code = """
+import time
+from pyspark import SparkContext
+from pipeline.spark import SparkConfig, spark_session_in_background
+try:
+    with spark_session_in_background(SparkConfig(master="local[1]", class_archive=None)):
+        deadline = time.monotonic() + 120
+        while SparkContext._gateway is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the JVM is launched; the SparkContext is being made
+        proc = SparkContext._gateway.proc
+        raise ValueError("listing failed")
+except ValueError:
+    pass
+print(proc.wait(timeout=30) is not None, SparkContext._gateway is None)
+"""
+    assert _fresh(code) == "True True"
