@@ -604,6 +604,11 @@ def _hand_over_archive(spark: SparkSession, archive: _Archive) -> None:
         classpath = args[args.index("-cp") + 1]
     except (OSError, ValueError, IndexError):
         return  # not Linux, or not the JVM itself: the recording is removed as stale later
+    log.info(
+        "making a class archive of Spark's JVM in the background, once per Java/Spark install, so "
+        "that later commands start faster (%s; class_archive: null in conf/spark.yaml turns it off)",
+        archive.final.parent,
+    )
     # the helper forks at once and its first process exits: waited for here, no child left behind
     code = (
         "import os; os.fork() and os._exit(0); import sys; "
