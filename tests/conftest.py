@@ -14,6 +14,9 @@ import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+# No JVM class archive for the commands the tests run: the first would leave its detached helper
+# (about 30 CPU-seconds) to the leak checks below. tests/test_spark_session.py tests the archive.
+os.environ.setdefault("PIPELINE_CLASS_ARCHIVE", "off")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

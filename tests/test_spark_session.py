@@ -157,3 +157,13 @@ except ValueError:
 print(proc.wait(timeout=30) is not None, SparkContext._gateway is None)
 """
     assert _fresh(code) == "True True"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("off", None), ("0", None), ("/x/jvm", "/x/jvm")])
+def test_the_class_archive_setting_can_come_from_the_environment(monkeypatch, value, expected):
+    from pipeline.spark import CLASS_ARCHIVE_ENV, load_spark_config
+
+    monkeypatch.delenv(CLASS_ARCHIVE_ENV, raising=False)
+    assert load_spark_config().class_archive == "~/.cache/pipeline/jvm"  # conf/spark.yaml
+    monkeypatch.setenv(CLASS_ARCHIVE_ENV, value)
+    assert load_spark_config().class_archive == expected
