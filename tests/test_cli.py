@@ -353,3 +353,26 @@ def test_third_party_log_records_reach_the_terminal_from_error_up_unless_v(verbo
     assert proc.returncode == 0, proc.stderr
     messages = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if ": " in line]
     assert set(messages) == shown, proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["--train-url", "--eval-url"])
+def test_train_checks_its_datasets_before_spark_starts(tmp_path, missing):
+    """A missing dataset: one paragraph and exit 2 in seconds, not ranks' tracebacks after Spark."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"label": [0, 1]}), tmp_path / "train" / "part-0.parquet")
+    urls = {"--train-url": str(tmp_path / "train"), "--eval-url": str(tmp_path / "train")}
+    urls[missing] = str(tmp_path / "missing")
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "images", *(x for kv in urls.items() for x in kv)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    text = " ".join(proc.stderr.split())
+    assert text.startswith(f"error: file://{tmp_path / 'missing'} does not exist -- HINT"), proc.stderr[
+        -3000:
+    ]
+    for noise in ("Traceback", "torch.distributed", "starting Spark", "rank "):
+        assert noise not in proc.stderr, proc.stderr[-3000:]

@@ -222,7 +222,8 @@ def test_the_same_job_runs_unchanged_on_a_standalone_cluster(digits, tmp_path):
             "--epochs", "1", "--batch-size", "32", "--workers", "1", "--json",
         ]  # fmt: skip
         proc = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=240)
-        # Ranks that fail on the executors: the error reaches the driver through the log stream.
+        # Ranks that fail on the executors (a local path is left to them with --cluster): the error
+        # reaches the driver through its report inbox.
         bad = [
             *cmd[: cmd.index("--train-url") + 1],
             str(tmp_path / "missing"),

@@ -122,6 +122,22 @@ def config_from_args(kind: str, args: argparse.Namespace) -> Any:
     return with_distribution_flags(config, args)
 
 
+def check_datasets(config: Any) -> None:
+    """The training and held-out datasets exist and are datasets, checked before Spark starts.
+
+    Raises:
+        DatasetError: one paragraph naming the URL, as a rank would (``pipeline.dataset``).
+
+    On a cluster (``--cluster``) a local path only the executors see is left to them.
+    """
+    from pipeline.dataset import list_dataset_files
+    from pipeline.storage import is_remote
+
+    for url in (config.train_url, getattr(config, "eval_url", None)):
+        if url and (config.distributed.local_mode or is_remote(url)):
+            list_dataset_files(os.path.abspath(url) if "://" not in url else url)
+
+
 def with_distribution_flags(config: Any, args: argparse.Namespace) -> Any:
     """``config`` with ``--num-processes``, ``--gpu`` and ``--cluster`` applied to ``config.distributed``."""
     changes = {
@@ -162,6 +178,7 @@ def run_training(kind: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if args.tensorboard:
         os.environ[TENSORBOARD_ENV] = os.path.abspath(args.tensorboard)
     config = config_from_args(kind, args)
+    check_datasets(config)
     train = _load(KINDS[kind][1])
     with DriverPreemption() as preemption, mlflow_run_for_ranks():
         if signal_received():  # arrived before this handler, and its exception was lost
