@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import augment  # noqa: E402  (its own module: worker processes import it by this name)
+from file_images import FileImages  # noqa: E402
 
 SIZE = 64
 WORKERS = 2
@@ -50,10 +51,9 @@ FIELDS = ["image", "label"]
 def generate(root: Path, n: int) -> tuple[str, Path]:
     """Write (once) ``n`` 64x64 JPEG files (10 class folders) and a Petastorm dataset of the
     same bytes (``CompressedImageCodec('jpeg')``, 16 row groups), without Spark."""
-    import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from bench_loader import make_image
+    from bench_loader import write_image_files
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import LongType
 
@@ -61,15 +61,7 @@ def generate(root: Path, n: int) -> tuple[str, Path]:
     from pipeline.format.metadata import format_metadata, write_common_metadata
 
     files, ds = root / f"aug-files-{n}", root / f"aug-jpeg-{n}"
-    if not (files / "done").exists():
-        files.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            folder = files / f"class_{i % 10}"
-            folder.mkdir(exist_ok=True)
-            cv2.imwrite(
-                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
-            )
-        (files / "done").touch()
+    write_image_files(files, n)
     if not (ds / "_common_metadata").exists():
         schema = Unischema(
             "AugmentBench",
@@ -139,22 +131,6 @@ def order_digest(url: str, workers: int, batches: int = 20) -> str:
     return digest.hexdigest()[:16]
 
 
-class _FileImages:
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        import cv2
-        import torch
-
-        image = cv2.cvtColor(cv2.imread(self.paths[i], cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
-        label = int(Path(self.paths[i]).parent.name[6:])
-        return {"image": torch.from_numpy(augment.augment_image(image)), "label": label}
-
-
 def torch_files(files: Path):
     import torch.utils.data as tud
 
@@ -162,7 +138,9 @@ def torch_files(files: Path):
 
     paths = sorted(str(p) for p in files.rglob("*.jpg"))
     return measure(
-        lambda: tud.DataLoader(_FileImages(paths), batch_size=64, shuffle=True, num_workers=WORKERS)
+        lambda: tud.DataLoader(
+            FileImages(paths, augment.augment_image), batch_size=64, shuffle=True, num_workers=WORKERS
+        )
     )
 
 

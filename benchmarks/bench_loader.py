@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from file_images import FileImages
 
 import pipeline
 from pipeline.bench import BenchResult, measure
@@ -56,23 +59,27 @@ def make_image(i: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
 
 
+def write_image_files(files: Path, n: int) -> None:
+    """Write (once) ``n`` images of :func:`make_image` as JPEG files in 10 class folders."""
+    import cv2
+
+    if (files / "done").exists():
+        return
+    for i in range(n):
+        folder = files / f"class_{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    (files / "done").touch()
+
+
 def generate(root: Path, n: int) -> tuple[str, Path, str]:
     """Write (once) the image files, their Petastorm dataset (``pipeline convert images``) and the
     raw-array Parquet dataset."""
-    import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     ds, files, raw = root / f"jpeg-{n}", root / f"files-{n}", root / f"raw-{n}"
-    if not (files / "done").exists():
-        files.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            folder = files / f"class_{i % 10}"
-            folder.mkdir(exist_ok=True)
-            cv2.imwrite(
-                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
-            )
-        (files / "done").touch()
+    write_image_files(files, n)
     if not (ds / "_common_metadata").exists():
         from pipeline.cli import main as cli
 
@@ -146,27 +153,13 @@ def torch_files(files: Path, args: argparse.Namespace):
     paths = sorted(str(p) for p in files.rglob("*.jpg"))
     return measure(
         lambda: tud.DataLoader(
-            _FileImages(paths),
+            FileImages(paths),
             batch_size=args.batch_size,
             shuffle=True,
             num_workers=2,
             persistent_workers=False,
         )
     )
-
-
-class _FileImages:
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        import cv2
-
-        image = cv2.cvtColor(cv2.imread(self.paths[i], cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
-        return {"image": image, "label": int(Path(self.paths[i]).parent.name.split("_")[-1])}
 
 
 def decode_ceiling(url: str) -> tuple[float, float]:

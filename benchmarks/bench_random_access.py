@@ -46,18 +46,10 @@ import pipeline
 
 def generate(root: Path, rows: int) -> str:
     """JPEG files -> ``pipeline convert images`` (once); returns the dataset URL."""
-    import cv2
-    from bench_loader import make_image
+    from bench_loader import write_image_files
 
     files, ds = root / f"ra-files-{rows}", root / f"ra-jpeg-{rows}"
-    if not (files / "done").exists():
-        for i in range(rows):
-            folder = files / f"class_{i % 10}"
-            folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(
-                str(folder / f"{i:06d}.jpg"), make_image(i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80]
-            )
-        (files / "done").touch()
+    write_image_files(files, rows)
     if not (ds / "_common_metadata").exists():
         cli = [
             sys.executable,
