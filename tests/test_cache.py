@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -136,6 +137,22 @@ def test_disk_cache_unit(tmp_path):
     assert len(entries_on_disk(tmp_path / "c")) == 1
     with pytest.raises(ConfigError):
         DiskCache(tmp_path / "c", limit=-1)
+
+
+def test_a_checked_entry_written_in_place_later_is_checked_again(tmp_path):
+    """A process checksums an entry once and trusts it while the file is unchanged; a write
+    into it afterwards (same size) is seen, and the entry is read again from the store."""
+    cache = DiskCache(tmp_path / "c")
+    key = "ab" * 20
+    assert cache.get(key, 4, lambda: b"good") == b"good"
+    time.sleep(1.1)  # the entry settles: its checksum is remembered at the next hit
+    assert cache.get(key, 4, lambda: b"miss") == b"good"
+    assert cache.get(key, 4, lambda: b"miss") == b"good"
+    path = cache.entry_path(key)
+    with open(path, "r+b") as fh:  # same size, payload changed in place
+        fh.write(b"evil")
+    assert cache.get(key, 4, lambda: b"new!") == b"new!"
+    assert cache.stats.corrupt == 1 and cache.stats.misses == 2
 
 
 def _disk_dir(mode, tmp_path):

@@ -16,10 +16,14 @@ Guarantees:
 * **Atomic**: an entry is written to a temporary file in its folder, then renamed.
 * **Validated**: each entry ends with a 16-byte trailer (magic, length, CRC-32); an entry whose
   size, trailer or checksum is wrong is deleted and read again from the store, never served.
+  A process computes an entry's checksum once and then trusts it while the file's inode, size,
+  mtime and ctime stay the same (any write to the file changes them; the cache's own writes
+  are renames, new inodes), once the file has been unchanged for a second (file times tick
+  coarsely): later epochs do not checksum page-cache bytes again.
 * **Shared**: a miss takes an exclusive ``fcntl.flock`` on one of 256 lock stripes, checks the
   entry again and only then reads the store, so N processes missing the same range read it once.
-* **Bounded**: after each write the least recently used entries (a hit touches the file's mtime)
-  are deleted until the entries fit ``limit`` bytes; an entry larger than the limit is not kept.
+* **Bounded**: after each write the least recently used entries (a hit touches the file's mtime,
+  at most once a minute per entry: the LRU order has a minute's resolution) are deleted until the entries fit ``limit`` bytes; an entry larger than the limit is not kept.
   The processes keep a running total of the entries' bytes in the eviction lock file, so that a
   write scans the folder only when the total may exceed the limit (a scan then makes it exact
   again), not at every write.
@@ -53,6 +57,9 @@ _TRAILER = struct.Struct("<4sQI")  # magic, payload length, crc32
 _MAGIC = b"PRC1"
 _STRIPES = 256
 _STALE_TMP_S = 3600
+_TOUCH_S = 60.0  # a hit older than this moves the entry to the recent end of the LRU order
+_SETTLED_S = 1.0  # file times tick coarsely: trust a checksum only for files unchanged this long
+_CHECKED_MAX = 200_000  # validated entries remembered per process (then forgotten, re-checked)
 
 
 def default_cache_dir() -> Path:
@@ -91,6 +98,7 @@ class DiskCache:
         self.directory = Path(directory).expanduser().resolve()
         self.limit = int(limit)
         self.stats = CacheStats()
+        self._checked: dict[str, tuple[int, ...]] = {}  # entry path -> stat of its validated file
         (self.directory / "locks").mkdir(parents=True, exist_ok=True)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -98,6 +106,7 @@ class DiskCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.directory, self.limit, self.stats = state["directory"], state["limit"], CacheStats()
+        self._checked = {}
 
     @staticmethod
     def key(*parts: object) -> str:
@@ -107,8 +116,10 @@ class DiskCache:
     def entry_path(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
-    def get(self, key: str, length: int, fetch: Callable[[], bytes]) -> bytes:
-        """The ``length`` bytes of entry ``key``: a valid entry, else ``fetch()`` (then stored)."""
+    def get(self, key: str, length: int, fetch: Callable[[], bytes]) -> bytes | memoryview:
+        """The ``length`` bytes of entry ``key``: a valid entry, else ``fetch()`` (then stored).
+
+        A hit is a ``memoryview`` of the entry read from disk (no copy); a miss the fetched bytes."""
         data = self._load(key, length)
         if data is not None:
             self.stats.hits += 1
@@ -129,22 +140,38 @@ class DiskCache:
             self.evict(added=length + _TRAILER.size)
         return data
 
-    def _load(self, key: str, length: int) -> bytes | None:
-        path = self.entry_path(key)
+    def _load(self, key: str, length: int) -> memoryview | None:
+        path = str(self.entry_path(key))
+        want = length + _TRAILER.size
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read(length + _TRAILER.size + 1)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        if len(raw) == length + _TRAILER.size:
+        try:
+            st = os.fstat(fd)
+            raw = bytearray(want) if st.st_size == want else None
+            got = _read_into(fd, raw) if raw is not None else st.st_size
+        finally:
+            os.close(fd)
+        if raw is not None and got == want:
             magic, size, crc = _TRAILER.unpack_from(raw, length)
-            if magic == _MAGIC and size == length and zlib.crc32(memoryview(raw)[:length]) == crc:
-                with suppress(OSError):
-                    os.utime(path)  # LRU: most recently used
-                return raw[:length]
+            data = memoryview(raw)[:length]
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if magic == _MAGIC and size == length and (
+                self._checked.get(path) == stamp or zlib.crc32(data) == crc
+            ):
+                if time.time() - st.st_mtime > _TOUCH_S:
+                    with suppress(OSError):
+                        os.utime(path)  # LRU: most recently used (the next hit checks it again)
+                elif time.time() - st.st_ctime > _SETTLED_S:  # a later write gets another ctime
+                    if len(self._checked) >= _CHECKED_MAX:
+                        self._checked.clear()
+                    self._checked[path] = stamp
+                return data
+        self._checked.pop(path, None)
         self.stats.corrupt += 1
-        log.warning("cache entry %s is corrupt or partial (%d bytes); reading it again", path, len(raw))
-        path.unlink(missing_ok=True)
+        log.warning("cache entry %s is corrupt or partial (%d bytes); reading it again", path, got)
+        Path(path).unlink(missing_ok=True)
         return None
 
     def _write(self, key: str, data: bytes) -> None:
@@ -223,6 +250,17 @@ class DiskCache:
         """Delete every entry."""
         for _, _, path in self.entries():
             path.unlink(missing_ok=True)
+
+
+def _read_into(fd: int, buf: bytearray) -> int:
+    """Read ``fd`` from its start into ``buf``; the bytes read (fewer at the end of the file)."""
+    view, done = memoryview(buf), 0
+    while done < len(buf):
+        n = os.preadv(fd, [view[done:]], done)
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def _read_total(fd: int) -> int | None:
