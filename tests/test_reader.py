@@ -278,3 +278,38 @@ def test_jpeg_fast_path_gives_petastorms_pixels(shape):
         np.testing.assert_array_equal(out[i], field.codec.decode(field, blob), err_msg=f"jpeg variant {i}")
     with pytest.raises(DatasetError, match="decodes to shape"):  # as without the fast path
         decode_column(spec, field, pa.array([grey], pa.binary()))
+
+
+def test_threads_beyond_the_cores_read_but_do_not_decode_at_once(parquet_url, monkeypatch):
+    """More threads than cores (a remote dataset): reading is not limited, decoding is -- at
+    most ``cores`` items decode at once -- and the rows are the same as without the gate."""
+    import threading
+    import time
+
+    import pipeline.reader.reader as reader_module
+    import pipeline.reader.source as source_module
+    from pipeline.reader.workers_cores import CoreCount
+
+    expected = read_all(parquet_url, workers=6)
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real_decode = source_module.decode_column
+
+    def counting_decode(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.002)  # long enough for the other threads to pile up
+        try:
+            return real_decode(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(source_module, "decode_column", counting_decode)
+    monkeypatch.setattr(reader_module, "usable_cores", lambda: CoreCount(2, 2, None, 1))
+    rows = read_all(parquet_url, workers=6)
+    assert state["most"] == 2, state
+    assert {k: [np.asarray(v).tolist() for v in vs] for k, vs in rows.items()} == {
+        k: [np.asarray(v).tolist() for v in vs] for k, vs in expected.items()
+    }

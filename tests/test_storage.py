@@ -188,3 +188,15 @@ def test_committed_files(tmp_path: Path) -> None:
     _dataset(tmp_path / "plain", ["part-0.parquet"], None)  # Spark/pyarrow output: read as it is
     plain = [str(tmp_path / "plain/part-0.parquet")]
     assert committed_files(fs, str(tmp_path / "plain"), plain, None, url="u") == plain
+
+
+def test_reader_threads_come_from_the_shortest_round_trip_not_the_queued_ones() -> None:
+    """An open sends its requests together; those that queued behind the others at the store
+    (here 60-90 ms) must not size the reader: the shortest one (the latency) does."""
+    from pipeline.storage.readahead import note_round_trip, observed_latency, read_threads
+
+    store = pafs.S3FileSystem(endpoint_override="127.0.0.1:9", scheme="http", region="us-east-1")  # never called
+    for seconds in [0.024, *([0.09, 0.06, 0.08] * 20)]:  # the listing alone, then 60 queued requests
+        note_round_trip(store, seconds)
+    assert observed_latency(store) == pytest.approx(0.024)
+    assert read_threads(store, "bucket/ds", cpu_threads=2, config=StorageConfig()) == 2 + 12

@@ -113,6 +113,9 @@ class Reader:
         """Workers (threads or processes) that read; ``0`` reads inline."""
         self.workers_type, why = choose_workers_type(config, source, self.recipe, self.workers)
         """``"thread"`` or ``"process"``: what ``workers_type="auto"`` resolved to."""
+        cores = usable_cores().cores
+        if self.workers_type == "thread" and self.workers > cores and hasattr(source, "limit_decoding"):
+            source.limit_decoding(cores)  # more threads than cores: the extra ones wait on I/O, not the GIL
         log.info(
             "reader on %s: %d worker %s (%s, %s)%s",
             source.url,

@@ -11,6 +11,7 @@ thread-safe: pyarrow reads and OpenCV decodes release the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -106,15 +107,30 @@ class DatasetSource:
         if self.options.predicate is not None:
             self._masks = [self._predicate_mask(rg, stored) for rg in self.row_groups]
         self._recent = RecentTables()
+        self._decoders: threading.Semaphore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_recent"] = None  # locks and futures stay in this process
+        state["_recent"] = state["_decoders"] = None  # locks and futures stay in this process
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._recent = RecentTables()
+
+    def limit_decoding(self, decoders: int) -> None:
+        """Let at most ``decoders`` threads decode (and transform) at once; reading is not limited.
+
+        A remote dataset is read by more threads than cores, to keep requests in flight. Were
+        they all to decode at once, the GIL would be shared among them round-robin: each work
+        item would take threads x longer, the first batch waits for the first item, and CPU goes
+        to switching. With the gate, the items whose bytes are in decode at the cores' pace, in
+        the order they arrived, while the other threads wait on the network.
+        """
+        self._decoders = threading.Semaphore(max(1, decoders))
+
+    def _decoding(self) -> Any:
+        return self._decoders if self._decoders is not None else contextlib.nullcontext()
 
     @property
     def sizes(self) -> list[int]:
@@ -129,7 +145,12 @@ class DatasetSource:
 
     def read(self, item: WorkItem) -> Chunk:
         """Read, filter, slice, decode and transform the rows of one work item."""
-        columns = self._decoded(item)
+        table = self._table(item)
+        with self._decoding():
+            return self._chunk(item, table)
+
+    def _chunk(self, item: WorkItem, table: pa.Table) -> Chunk:
+        columns = self._columns(table)
         if self._spec is not None:
             columns = apply_transform_spec(
                 self._spec, columns, item.rows, self.specs, batch=self.kind == "parquet"
@@ -147,20 +168,19 @@ class DatasetSource:
 
         ``cancel``, when set, stops long decode loops early (``ReadCancelled``).
         """
-        if self._spec is not None and self._spec.func is not None and self.kind != "parquet":
-            # row form: each transformed row goes straight into its row of ``out``
-            transform_rows_into(self._spec, self._decoded(item), item.rows, self.specs, out, rows, cancel)
-            return
-        if self._spec is not None:  # a batch-form transform needs the whole chunk first
-            self.read(item).copy_into(out, rows)
-            return
-        table = self._table(item)
-        for name, field in self.schema.fields.items():
-            decode_column(self._in_specs[name], field, table.column(name), out[name], rows, cancel)
+        table = self._table(item)  # the I/O, outside the decoding gate
+        with self._decoding():
+            if self._spec is not None and self._spec.func is not None and self.kind != "parquet":
+                # row form: each transformed row goes straight into its row of ``out``
+                transform_rows_into(self._spec, self._columns(table), item.rows, self.specs, out, rows, cancel)
+            elif self._spec is not None:  # a batch-form transform needs the whole chunk first
+                self._chunk(item, table).copy_into(out, rows)
+            else:
+                for name, field in self.schema.fields.items():
+                    decode_column(self._in_specs[name], field, table.column(name), out[name], rows, cancel)
 
-    def _decoded(self, item: WorkItem) -> dict[str, np.ndarray]:
-        """The item's columns, decoded (before any transform)."""
-        table = self._table(item)
+    def _columns(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """The columns of ``table`` (an item's rows), decoded (before any transform)."""
         return {
             name: decode_column(self._in_specs[name], field, table.column(name))
             for name, field in self.schema.fields.items()
