@@ -281,7 +281,17 @@ def _stop(spark: SparkSession, interrupted: bool) -> None:
         with contextlib.suppress(Exception):
             spark.sparkContext.setLogLevel("OFF")
     started = time.perf_counter()
+    context = spark.sparkContext
+    # pyspark's stop() waits for its accumulator server, whose handler polls once a second and
+    # whose loop polls every 0.5 s: ~0.9 s of every command's end. The updates it serves came
+    # in with the tasks' results, before the jobs ended; its threads are daemons. So the wait
+    # is moved to a daemon thread, and the command ends when the JVM's context has stopped.
+    accumulators = getattr(context, "_accumulatorServer", None)
+    if accumulators is not None:
+        context._accumulatorServer = None
     spark.stop()
+    if accumulators is not None:
+        threading.Thread(target=accumulators.shutdown, name="pipeline-spark-accumulators", daemon=True).start()
     log.debug("Spark stopped in %.2f s", time.perf_counter() - started)
 
 
