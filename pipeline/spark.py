@@ -291,7 +291,9 @@ def _stop(spark: SparkSession, interrupted: bool) -> None:
         context._accumulatorServer = None
     spark.stop()
     if accumulators is not None:
-        threading.Thread(target=accumulators.shutdown, name="pipeline-spark-accumulators", daemon=True).start()
+        threading.Thread(
+            target=accumulators.shutdown, name="pipeline-spark-accumulators", daemon=True
+        ).start()
     log.debug("Spark stopped in %.2f s", time.perf_counter() - started)
 
 

@@ -11,7 +11,11 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 def test_there_are_notebooks_for_conversion_and_training():
     names = [p.name for p in NOTEBOOKS]
-    assert names == ["01_convert_sources.ipynb", "02_train_with_torchdistributor.ipynb", "03_train_from_table.ipynb"]
+    assert names == [
+        "01_convert_sources.ipynb",
+        "02_train_with_torchdistributor.ipynb",
+        "03_train_from_table.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

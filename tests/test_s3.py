@@ -628,3 +628,36 @@ def test_disk_cache_over_s3_survives_ranks_and_corruption(s3_env: str, tmp_path:
     assert again.returncode == 0, again.stderr[-2000:]
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result["x"] == seen[0] and result["corrupt"] >= 1
+
+
+@pytest.mark.spark
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_s3_to_s3_on_a_standalone_cluster_uses_no_driver_disk(
+    s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spark-submit on a standalone cluster whose executors have their own temporary folder: the
+    executors (separate JVMs and Python workers) open the store from the shipped settings and
+    write the files; the driver's temporary folder receives nothing of the conversion."""
+    import json
+
+    from tests.cluster import cluster_env, spark_bin, standalone_cluster
+
+    for i in range(6):
+        put(f"{s3_env}/imgs/{'cat' if i % 2 else 'dog'}/{i}.jpg", jpeg(i))
+    driver_tmp, executor_tmp = tmp_path / "driver-tmp", tmp_path / "executor-tmp"
+    driver_tmp.mkdir()
+    executor_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(executor_tmp))  # inherited by the workers and their executors
+    with standalone_cluster(tmp_path / "cluster", workers=1, cores_per_worker=2) as master:
+        cmd = [spark_bin("spark-submit"), "--master", master, "--conf", "spark.driver.host=127.0.0.1",
+               "jobs/convert_images.py", f"{s3_env}/imgs", f"{s3_env}/out", "--partitions", "3", "--json"]  # fmt: skip
+        env = cluster_env({"TMPDIR": str(driver_tmp)})
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["rows"], result["files"], result["output"]) == (6, 3, f"{s3_env}/out")
+    assert not (driver_tmp / "pipeline-staging").exists()
+    parts = [n for n in names(f"{s3_env}/out") if n.endswith(".parquet")]
+    assert len(parts) == 3 and len({n.rsplit("-", 1)[1] for n in parts}) == 3  # one attempt id per task
+    assert sorted(read_all(f"{s3_env}/out", fields=["label"])["label"].tolist()) == [0, 0, 0, 1, 1, 1]

@@ -195,7 +195,9 @@ def test_reader_threads_come_from_the_shortest_round_trip_not_the_queued_ones() 
     (here 60-90 ms) must not size the reader: the shortest one (the latency) does."""
     from pipeline.storage.readahead import note_round_trip, observed_latency, read_threads
 
-    store = pafs.S3FileSystem(endpoint_override="127.0.0.1:9", scheme="http", region="us-east-1")  # never called
+    store = pafs.S3FileSystem(
+        endpoint_override="127.0.0.1:9", scheme="http", region="us-east-1"
+    )  # never called
     for seconds in [0.024, *([0.09, 0.06, 0.08] * 20)]:  # the listing alone, then 60 queued requests
         note_round_trip(store, seconds)
     assert observed_latency(store) == pytest.approx(0.024)

@@ -157,8 +157,10 @@ class DiskCache:
             magic, size, crc = _TRAILER.unpack_from(raw, length)
             data = memoryview(raw)[:length]
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if magic == _MAGIC and size == length and (
-                self._checked.get(path) == stamp or zlib.crc32(data) == crc
+            if (
+                magic == _MAGIC
+                and size == length
+                and (self._checked.get(path) == stamp or zlib.crc32(data) == crc)
             ):
                 if time.time() - st.st_mtime > _TOUCH_S:
                     with suppress(OSError):

@@ -172,7 +172,9 @@ class DatasetSource:
         with self._decoding():
             if self._spec is not None and self._spec.func is not None and self.kind != "parquet":
                 # row form: each transformed row goes straight into its row of ``out``
-                transform_rows_into(self._spec, self._columns(table), item.rows, self.specs, out, rows, cancel)
+                transform_rows_into(
+                    self._spec, self._columns(table), item.rows, self.specs, out, rows, cancel
+                )
             elif self._spec is not None:  # a batch-form transform needs the whole chunk first
                 self._chunk(item, table).copy_into(out, rows)
             else:
