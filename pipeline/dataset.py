@@ -97,21 +97,28 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
     with ``_`` (``_SUCCESS``, ``_common_metadata``, ``_skipped.jsonl``) are not data.
     """
     url = normalize_url(url)
-    from pipeline.storage import committed_files, file_info, list_files
+    from pipeline.storage import committed_files, file_info, is_remote_filesystem, list_files
 
     fs, root = _filesystem(url)
-    info = file_info(fs, root, url=url)  # retries; a missing bucket or denied access: clean error
-    if info.type == pafs.FileType.NotFound:
-        raise DatasetError(f"{url} does not exist", hint="check the path, or convert data into it first")
-    if info.type == pafs.FileType.File:
-        if not root.endswith(".parquet"):
-            raise DatasetError(
-                f"{url} is a file, not a dataset folder", hint="pass the folder that holds the Parquet files"
-            )
-        return DatasetFiles(url, fs, root, (root,), None)
+    # On a store, the listing comes first: a folder's existence check would cost 2 more round
+    # trips (a HEAD and a one-key listing) before it. Only an empty listing is looked at again.
+    listed = list_files(fs, root, url=url) if is_remote_filesystem(fs) else None
+    if not listed:
+        info = file_info(fs, root, url=url)  # retries; a missing bucket or denied access: clean error
+        if info.type == pafs.FileType.NotFound:
+            raise DatasetError(f"{url} does not exist", hint="check the path, or convert data into it first")
+        if info.type == pafs.FileType.File:
+            if not root.endswith(".parquet"):
+                raise DatasetError(
+                    f"{url} is a file, not a dataset folder",
+                    hint="pass the folder that holds the Parquet files",
+                )
+            return DatasetFiles(url, fs, root, (root,), None)
     files: list[str] = []
     common = None
-    for entry in list_files(fs, root, url=url):  # parallel, paginated, retried
+    for entry in (
+        listed if listed is not None else list_files(fs, root, url=url)
+    ):  # parallel, paginated, retried
         if entry.type != pafs.FileType.File:
             continue
         rel = entry.path[len(root) :].lstrip("/")

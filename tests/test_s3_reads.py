@@ -198,3 +198,25 @@ def test_a_cold_open_reads_common_metadata_once(slow_s3: Any) -> None:
         seen = [r for r in requests(log, since) if r.startswith("GET") and r.endswith("_common_metadata")]
         assert len(seen) <= 1, requests(log, since)
         assert read_source(source) == list(range(40))
+
+
+def test_an_s3_url_open_lists_first_with_no_existence_check_before(slow_s3: Any) -> None:
+    """``s3://bucket/prefix`` (resolved by the dataset listing, not a path on a filesystem):
+    the listing is the first request -- no ``HEAD`` and one-key listing of the folder before
+    it (2 round trips) -- and a missing prefix is still a clean error."""
+    from pipeline.errors import DatasetError
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, log = slow_s3
+    url = f"{bucket}/listed"
+    write_files(url, [range(0, 40), range(40, 80)])
+    since = time.time()
+    source = DatasetSource(url, ReadOptions())
+    assert read_source(source) == list(range(80))
+    sent = requests(log, since)
+    assert sent[0].startswith("GET /") and "list-type=2" in sent[0], sent
+    assert not any(r.startswith("HEAD") and r.rstrip("/").endswith("/listed") for r in sent), sent
+    assert sum("list-type=2" in r for r in sent) == 1, sent
+    with pytest.raises(DatasetError, match="does not exist"):
+        DatasetSource(f"{bucket}/not-there", ReadOptions())

@@ -20,10 +20,13 @@ _TRANSIENT = re.compile(
     r"Connection reset|Broken pipe|timed out|Timeout was reached|curlCode: (28|52|55|56)",
     re.IGNORECASE,
 )
-_NO_BUCKET = re.compile(r"NoSuchBucket|bucket does not exist|Bucket '[^']*' not found", re.IGNORECASE)
+_NO_BUCKET = re.compile(
+    r"NoSuchBucket|NO_SUCH_BUCKET|bucket does not exist|Bucket '[^']*' not found", re.IGNORECASE
+)
 _DENIED = re.compile(
     r"AccessDenied|Access Denied|HTTP status 403|response code 403|Forbidden|InvalidAccessKeyId|"
-    r"SignatureDoesNotMatch|ExpiredToken|InvalidToken|No response body",
+    r"SignatureDoesNotMatch|ExpiredToken|InvalidToken|No response body|"
+    r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|EXPIRED_TOKEN",  # AWS SDK error names
     re.IGNORECASE,
 )
 _UNREACHABLE = re.compile(
