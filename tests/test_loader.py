@@ -342,3 +342,31 @@ def test_variable_shape_multi_dim_field_is_flagged_at_open_and_fails_when_shapes
     crop = lambda b: {**b, "grid": [np.asarray(g)[:1, :1] for g in b["grid"]]}  # noqa: E731
     with pipeline.open_loader(tmp_path / "ds", config=None, transform=crop, shuffle=False) as loader:
         assert next(iter(loader))["grid"].tolist() == [[[1]], [[1]], [[5]]]
+
+
+def test_batches_the_loop_holds_are_never_overwritten_and_dropped_ones_are_recycled(url):
+    """CPU batches reuse the memory of batches nobody refers to any more (no new pages to
+    fault in), never of one still held -- whole, as a view, or as a numpy array."""
+    from pipeline.loader.collate import RecyclingAllocator
+
+    held, copies = [], []
+    with pipeline.open_loader(url, batch_size=8, shuffle_buffer=16, seed=5, num_epochs=4) as loader:
+        for i, batch in enumerate(loader):
+            ids_ = batch["id"]
+            if i % 3 == 0:  # hold some: as they are, as a view, as numpy
+                held.append([ids_, ids_[2:], ids_.numpy()][i % 9 // 3])
+                copies.append(held[-1].clone() if isinstance(held[-1], torch.Tensor) else held[-1].copy())
+            del batch, ids_
+    assert len(held) > 10
+    for kept, copy in zip(held, copies, strict=True):
+        assert (kept == copy).all()  # nothing written over what the loop kept
+
+    alloc = RecyclingAllocator(keep=2)
+    first = alloc("x", (64, 3), np.float32)
+    address = first.data_ptr()
+    view = first[1:]
+    del first
+    assert alloc("x", (64, 3), np.float32).data_ptr() != address  # a view still refers to it
+    del view
+    assert alloc("x", (64, 3), np.float32).data_ptr() == address  # nobody does: written again
+    assert alloc("x", (63, 3), np.float32).shape == (63, 3)  # another shape: a fresh array

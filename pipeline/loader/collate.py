@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,14 @@ from pipeline.errors import PipelineError
 from pipeline.reader.decode import FieldSpec
 from pipeline.reader.reader import Selection
 
-__all__ = ["Allocator", "collate_batch", "collate_selection", "cpu_allocator", "gather_selection"]
+__all__ = [
+    "Allocator",
+    "RecyclingAllocator",
+    "collate_batch",
+    "collate_selection",
+    "cpu_allocator",
+    "gather_selection",
+]
 
 Allocator = Callable[[str, tuple[int, ...], np.dtype], torch.Tensor]
 """``(name, shape, dtype) -> tensor`` to write a field of the batch into."""
@@ -32,6 +40,39 @@ Batch = dict[str, Any]
 def cpu_allocator(name: str, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     """A fresh (unpinned) CPU tensor: batches handed to the training loop are never reused."""
     return torch.from_numpy(np.empty(shape, dtype=dtype))
+
+
+class RecyclingAllocator:
+    """CPU batch tensors whose memory is written again once nothing refers to it any more.
+
+    A fresh multi-megabyte array is new pages of memory to the kernel: writing a batch into
+    one took twice as long as into memory written before (page faults; 13 -> 7.6 us per row of
+    a 3x56x56 float32 batch here). This allocator keeps the arrays it handed out, and gives one
+    out again only when its reference count shows that it alone holds it: the tensor made from
+    it, every view of that tensor and every ``.numpy()`` of them refer to the array, so a
+    batch (or any part of it) the training loop still holds is never overwritten. The latest
+    ``keep`` arrays per field are kept (a loop that holds on to batches gets fresh ones).
+
+    Args:
+        keep: Arrays kept per field. Defaults to ``8``.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._kept: dict[str, list[np.ndarray]] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        kept = self._kept.setdefault(name, [])
+        dtype = np.dtype(dtype)
+        for array in kept:
+            # 3 references: the list, the loop variable, getrefcount's argument -- nobody else
+            if sys.getrefcount(array) == 3 and array.shape == shape and array.dtype == dtype:
+                return torch.from_numpy(array)
+        array = np.empty(shape, dtype=dtype)
+        kept.append(array)
+        if len(kept) > self.keep:  # forget the oldest (a batch still held stays the loop's)
+            del kept[0]
+        return torch.from_numpy(array)
 
 
 def gather_selection(selection: Selection, specs: dict[str, FieldSpec]) -> dict[str, Any]:

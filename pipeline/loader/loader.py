@@ -30,7 +30,7 @@ import torch
 from pipeline.access.source import open_source
 from pipeline.config import from_mapping, load_config
 from pipeline.errors import ConfigError
-from pipeline.loader.collate import collate_batch, collate_selection, cpu_allocator, gather_selection
+from pipeline.loader.collate import RecyclingAllocator, collate_batch, collate_selection, gather_selection
 from pipeline.loader.stages import PrefetchedBatches
 from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprint
 from pipeline.loader.stats import LoaderStats, time_source_reads
@@ -123,6 +123,7 @@ class Loader(PrefetchedBatches):
             reader.stats = self._stats
             time_source_reads(reader.source, self._stats)
         self._fingerprint: str | None = None
+        self._recycled = RecyclingAllocator()  # CPU batches: memory written again once dropped
 
     def __len__(self) -> int:
         return self.reader.batches_per_epoch
@@ -139,7 +140,7 @@ class Loader(PrefetchedBatches):
         stats = self._stats
         for selection in self.reader.batches():
             slot = self._slots.acquire() if self._slots is not None else None
-            alloc = slot.allocate if slot is not None else cpu_allocator
+            alloc = slot.allocate if slot is not None else self._recycled
             t0 = time.perf_counter()
             if self._batch_fn is not None:
                 try:
