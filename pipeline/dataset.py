@@ -100,15 +100,18 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
     from pipeline.storage import committed_files, file_info, is_remote_filesystem, list_files
 
     fs, root = _filesystem(url)
-    # On a store, the listing comes first: a folder's existence check would cost 2 more round
-    # trips (a HEAD and a one-key listing) before it. Only an empty listing is looked at again.
-    listed = list_files(fs, root, url=url) if is_remote_filesystem(fs) else None
+    # On a store, a folder is listed first: its existence check would cost 2 more round trips
+    # (a HEAD and a one-key listing) before it. Only an empty listing is looked at again. A URL
+    # naming a Parquet file keeps the HEAD first (listing a file fails on fsspec stores, and
+    # needs a list permission that reading it does not).
+    is_file_url = root.endswith((".parquet", ".parq"))
+    listed = list_files(fs, root, url=url) if is_remote_filesystem(fs) and not is_file_url else None
     if not listed:
         info = file_info(fs, root, url=url)  # retries; a missing bucket or denied access: clean error
         if info.type == pafs.FileType.NotFound:
             raise DatasetError(f"{url} does not exist", hint="check the path, or convert data into it first")
         if info.type == pafs.FileType.File:
-            if not root.endswith(".parquet"):
+            if not is_file_url:
                 raise DatasetError(
                     f"{url} is a file, not a dataset folder",
                     hint="pass the folder that holds the Parquet files",

@@ -289,11 +289,13 @@ def _stop(spark: SparkSession, interrupted: bool) -> None:
     accumulators = getattr(context, "_accumulatorServer", None)
     if accumulators is not None:
         context._accumulatorServer = None
-    spark.stop()
-    if accumulators is not None:
-        threading.Thread(
-            target=accumulators.shutdown, name="pipeline-spark-accumulators", daemon=True
-        ).start()
+    try:
+        spark.stop()
+    finally:
+        if accumulators is not None:
+            threading.Thread(
+                target=accumulators.shutdown, name="pipeline-spark-accumulators", daemon=True
+            ).start()
     log.debug("Spark stopped in %.2f s", time.perf_counter() - started)
 
 

@@ -201,3 +201,19 @@ def test_mode_results_equal(big_url, tmp_path, mode):
         for k, i in enumerate(order):
             np.testing.assert_array_equal(got[name][k], reference[name][i])
             np.testing.assert_array_equal(ds[int(i)][name], reference[name][i])
+
+
+def test_a_partly_warm_cache_sizes_the_reader_from_its_misses(tmp_path):
+    """Mostly misses: the shortest miss (the store's latency), not a hit among them; mostly
+    hits: what a hit costs."""
+    import pyarrow.fs as pafs
+
+    from pipeline.access.cachedfs import CachingHandler
+
+    handler = CachingHandler(pafs.LocalFileSystem(), DiskCache(tmp_path / "c"))
+    for seconds in [0.020, 0.025, 0.030, 0.022, 0.028, 0.00007, 0.00008, 0.00006]:
+        handler.note_read(seconds)
+    assert handler.observed_latency() == 0.020
+    for seconds in [0.00007] * 8:
+        handler.note_read(seconds)
+    assert handler.observed_latency() == 0.00007

@@ -220,3 +220,5 @@ def test_an_s3_url_open_lists_first_with_no_existence_check_before(slow_s3: Any)
     assert sum("list-type=2" in r for r in sent) == 1, sent
     with pytest.raises(DatasetError, match="does not exist"):
         DatasetSource(f"{bucket}/not-there", ReadOptions())
+    single = DatasetSource(f"{bucket}/listed/part-00000.parquet", ReadOptions())  # a file URL: HEAD first
+    assert read_source(single) == list(range(40))

@@ -158,13 +158,13 @@ class CachingHandler(pafs.FileSystemHandler):
         What a read costs the reader now: after opening a dataset these are its footer reads,
         so that :func:`~pipeline.storage.read_threads` sizes the reader for the store when the
         cache is cold and for the local disk when it is warm. Mostly misses (a median of 1 ms or
-        more): the shortest of them, as the footers are read together and queue at the store.
+        more): the shortest of the misses, as the footers are read together and queue at the store.
         """
         times = list(self._read_times)
         if not times:
             return None
         median = statistics.median(times)
-        return median if median < 0.001 else min(times)
+        return median if median < 0.001 else min(t for t in times if t >= 0.001)  # the misses
 
     def note_read(self, seconds: float) -> None:
         self._read_times.append(seconds)

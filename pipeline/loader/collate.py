@@ -53,6 +53,8 @@ class RecyclingAllocator:
     batch (or any part of it) the training loop still holds is never overwritten. The latest
     ``keep`` arrays per field are kept (a loop that holds on to batches gets fresh ones).
 
+    One allocator serves one producer thread (it is not locked).
+
     Args:
         keep: Arrays kept per field. Defaults to ``8``.
     """
@@ -60,13 +62,18 @@ class RecyclingAllocator:
     def __init__(self, keep: int = 8) -> None:
         self.keep = keep
         self._kept: dict[str, list[np.ndarray]] = {}
+        # the count of an array nobody else refers to, taken in the loop shape of __call__ (it
+        # depends on the interpreter: 3 on CPython 3.11-3.13, where arguments are new references)
+        probe = [np.empty(0)]
+        for array in probe:
+            self._alone = sys.getrefcount(array)
 
     def __call__(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
         kept = self._kept.setdefault(name, [])
         dtype = np.dtype(dtype)
         for array in kept:
-            # 3 references: the list, the loop variable, getrefcount's argument -- nobody else
-            if sys.getrefcount(array) == 3 and array.shape == shape and array.dtype == dtype:
+            # the list, the loop variable, getrefcount's argument -- nobody else (see __init__)
+            if sys.getrefcount(array) == self._alone and array.shape == shape and array.dtype == dtype:
                 return torch.from_numpy(array)
         array = np.empty(shape, dtype=dtype)
         kept.append(array)

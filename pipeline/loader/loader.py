@@ -123,7 +123,6 @@ class Loader(PrefetchedBatches):
             reader.stats = self._stats
             time_source_reads(reader.source, self._stats)
         self._fingerprint: str | None = None
-        self._recycled = RecyclingAllocator()  # CPU batches: memory written again once dropped
 
     def __len__(self) -> int:
         return self.reader.batches_per_epoch
@@ -138,9 +137,12 @@ class Loader(PrefetchedBatches):
         specs = self.reader.source.specs
         pad = self.config.pad_value
         stats = self._stats
+        # CPU batches: memory written again once dropped; one pool per producer thread (a restart
+        # after a close that gave up waiting never shares it), gone with the generator
+        recycled = RecyclingAllocator(keep=self.config.prefetch + 6)
         for selection in self.reader.batches():
             slot = self._slots.acquire() if self._slots is not None else None
-            alloc = slot.allocate if slot is not None else self._recycled
+            alloc = slot.allocate if slot is not None else recycled
             t0 = time.perf_counter()
             if self._batch_fn is not None:
                 try:

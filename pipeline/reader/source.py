@@ -35,7 +35,12 @@ from pipeline.dataset import (
 from pipeline.errors import DatasetError
 from pipeline.format import Unischema, match_unischema_fields
 from pipeline.reader.config import ReadOptions
-from pipeline.reader.decode import decode_column, spec_from_unischema, unischema_field_from_arrow
+from pipeline.reader.decode import (
+    ReadCancelled,
+    decode_column,
+    spec_from_unischema,
+    unischema_field_from_arrow,
+)
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.transform import apply_transform_spec, transform_rows_into, transformed_specs
 from pipeline.storage import RemoteReads, committed_files, parallel_map
@@ -130,7 +135,8 @@ class DatasetSource:
         self._decoders = threading.Semaphore(max(1, decoders))
 
     def _decoding(self) -> Any:
-        return self._decoders if self._decoders is not None else contextlib.nullcontext()
+        gate = getattr(self, "_decoders", None)  # None in a source pickled before the gate existed
+        return gate if gate is not None else contextlib.nullcontext()
 
     @property
     def sizes(self) -> list[int]:
@@ -170,6 +176,8 @@ class DatasetSource:
         """
         table = self._table(item)  # the I/O, outside the decoding gate
         with self._decoding():
+            if cancel is not None and cancel.is_set():  # closed while this thread waited at the gate
+                raise ReadCancelled
             if self._spec is not None and self._spec.func is not None and self.kind != "parquet":
                 # row form: each transformed row goes straight into its row of ``out``
                 transform_rows_into(
