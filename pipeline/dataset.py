@@ -117,11 +117,11 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
                     hint="pass the folder that holds the Parquet files",
                 )
             return DatasetFiles(url, fs, root, (root,), None)
+    if listed is None:  # a local folder, or a file URL on a store that named a folder
+        listed = list_files(fs, root, url=url)  # parallel, paginated, retried
     files: list[str] = []
     common = None
-    for entry in (
-        listed if listed is not None else list_files(fs, root, url=url)
-    ):  # parallel, paginated, retried
+    for entry in listed:
         if entry.type != pafs.FileType.File:
             continue
         rel = entry.path[len(root) :].lstrip("/")

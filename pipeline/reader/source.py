@@ -135,8 +135,7 @@ class DatasetSource:
         self._decoders = threading.Semaphore(max(1, decoders))
 
     def _decoding(self) -> Any:
-        gate = getattr(self, "_decoders", None)  # None in a source pickled before the gate existed
-        return gate if gate is not None else contextlib.nullcontext()
+        return self._decoders if self._decoders is not None else contextlib.nullcontext()
 
     @property
     def sizes(self) -> list[int]:
