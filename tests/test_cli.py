@@ -376,3 +376,21 @@ def test_train_checks_its_datasets_before_spark_starts(tmp_path, missing):
     ]
     for noise in ("Traceback", "torch.distributed", "starting Spark", "rank "):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path, json_flag):
+    """``pipeline inspect URL | head`` when head has gone: exit 141 (as for SIGPIPE), no
+    traceback and no "this is a bug" line."""
+    url = write_parquet_dataset(tmp_path / "ds", rows=20, files=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "inspect", url, *json_flag],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "bug" not in stderr, stderr

@@ -12,7 +12,8 @@ every handler the same surroundings:
 * exit codes: :data:`EXIT_OK`, :data:`EXIT_FAILED` (a training rank failed, the demo missed its
   accuracy, or a bug: then with the traceback and a line asking for a report),
   :data:`EXIT_USER_ERROR` (a :class:`~pipeline.errors.PipelineError`, one paragraph on stderr),
-  ``128 + signal`` (130 after Ctrl-C, 143 after SIGTERM);
+  ``128 + signal`` (130 after Ctrl-C, 143 after SIGTERM; 141, as for SIGPIPE, when the reader
+  of stdout went away: ``pipeline inspect URL | head`` ends quietly);
 * output: the handler prints its human-readable report unless ``--json``; with ``--json`` the
   result is the only thing on stdout, one JSON object on the last line.
 """
@@ -256,6 +257,8 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
                 return _interrupted(signals.received)
             _error(str(exc))
             return exc.code
+        except BrokenPipeError:
+            return _stdout_gone()
         except Exception:
             if signals.received:
                 return _interrupted(signals.received)
@@ -266,5 +269,15 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
     if as_json and result is not None:
-        print(json.dumps(result, default=str, sort_keys=True))
+        try:
+            print(json.dumps(result, default=str, sort_keys=True), flush=True)
+        except BrokenPipeError:
+            return _stdout_gone()
     return EXIT_OK
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``| head``): no traceback, nothing more written to it."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would fail
+    return 128 + signal.SIGPIPE
