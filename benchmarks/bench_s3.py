@@ -187,18 +187,38 @@ def print_trace(name: str, reqs: list[dict[str, Any]], run: dict[str, float]) ->
 
 
 _PETASTORM = """
-import sys, time
+import posixpath, sys, time
+import s3fs
+from pyarrow.filesystem import S3FSWrapper
 from petastorm import make_reader
+
+
+class Wrapper(S3FSWrapper):
+    def walk(self, path, refresh=False):  # pyarrow 14's calls s3fs's _ls, a coroutine since s3fs 0.5
+        path = path.rstrip("/")
+        entries = self.fs.ls(path, detail=True, refresh=refresh)
+        dirs = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+        files = sorted(posixpath.basename(e["name"]) for e in entries if e["type"] == "file")
+        yield path, dirs, files
+        for d in dirs:
+            yield from self.walk(posixpath.join(path, d), refresh=refresh)
+
+
 endpoint, url = sys.argv[1], sys.argv[2]
-opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 t = time.perf_counter(); n = 0
-with make_reader(url, storage_options=opts, num_epochs=1, shuffle_row_groups=False, workers_count=int(sys.argv[3])) as r:
+s3 = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+with make_reader(url, filesystem=Wrapper(s3), num_epochs=1, shuffle_row_groups=False, workers_count=int(sys.argv[3])) as r:
     for row in r:
         n += 1
 print(n, time.perf_counter() - t)
 """
-# Measured here: petastorm 0.12.1 + pyarrow 14 + s3fs 2026.9 fails on s3:// ("Keyword 'validate_schema'
-# is not yet supported with the new Dataset API"); the benchmark then reports that error.
+# petastorm 0.12.1 builds a bare s3fs filesystem from storage_options= for an s3:// URL, which
+# pyarrow 14 hands to its new ParquetDataset, where petastorm's legacy keyword fails ("Keyword
+# 'validate_schema' is not yet supported with the new Dataset API"). Wrapped in pyarrow's legacy
+# S3FSWrapper and passed as filesystem=, the same s3fs filesystem takes the legacy path petastorm
+# was written for; that wrapper's walk calls an s3fs method that became a coroutine in s3fs 0.5,
+# hence the same walk over s3fs's synchronous ls above. With both, make_reader reads s3:// on
+# pyarrow 14 and a current s3fs.
 
 
 def run_petastorm(proxy: str, url: str, workers: int) -> dict[str, Any]:
@@ -262,7 +282,9 @@ def bench_size(
         runs["s3_warm"].append(run_loader(path, filesystem=warm_fs, epochs=epochs, **opts))
     if petastorm:
         out["petastorm_make_reader"] = run_petastorm(
-            slow_endpoint, f"s3://{prefix}", args.workers or os.cpu_count() or 1
+            slow_endpoint,
+            f"s3://{prefix}",
+            args.workers or 10,  # make_reader's default workers_count
         )
         if "seconds" in out["petastorm_make_reader"]:
             out["petastorm_make_reader"]["samples_per_s"] = round(
