@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from pipeline.errors import DatasetError
 from pipeline.format.metadata import unischema_from_metadata
@@ -82,6 +81,7 @@ class DatasetFiles:
     files: tuple[str, ...]
     common_metadata: str | None
     metadata: dict[bytes, bytes] | None = field(default=None, compare=False)  # of _common_metadata, read once
+    sizes: dict[str, int] = field(default_factory=dict, compare=False)  # bytes of each file, as listed
 
     @property
     def total_bytes(self) -> int:
@@ -116,7 +116,7 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
                     f"{url} is a file, not a dataset folder",
                     hint="pass the folder that holds the Parquet files",
                 )
-            return DatasetFiles(url, fs, root, (root,), None)
+            return DatasetFiles(url, fs, root, (root,), None, sizes={root: int(info.size)})
     if listed is None:  # a local folder, or a file URL on a store that named a folder
         listed = list_files(fs, root, url=url)  # parallel, paginated, retried
     files: list[str] = []
@@ -137,16 +137,24 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
             f"no Parquet files under {url}",
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
-    metadata = read_common_metadata(fs, common, url) if common is not None else None
+    sizes = {e.path: int(e.size) for e in listed if e.type == pafs.FileType.File and e.size is not None}
+    metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
     files = committed_files(fs, root, sorted(files), common, url=url, metadata=metadata)  # what it lists
-    return DatasetFiles(url, fs, root, tuple(files), common, metadata)
+    return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)
 
 
-def read_common_metadata(fs: pafs.FileSystem, path: str, url: str) -> dict[bytes, bytes]:
-    """The key-value metadata of the ``_common_metadata`` file at ``path`` on ``fs``."""
+def read_common_metadata(
+    fs: pafs.FileSystem, path: str, url: str, *, size: int | None = None
+) -> dict[bytes, bytes]:
+    """The key-value metadata of the ``_common_metadata`` file at ``path`` on ``fs``.
+
+    ``size``: its bytes as listed; on a store, the file is then read without a ``HEAD``.
+    """
+    from pipeline.storage import RemoteReads
+
     try:
-        with fs.open_input_file(path) as fh:
-            schema = pq.read_schema(fh)
+        reads = RemoteReads(fs, sizes={path: size} if size is not None else None)
+        schema = reads.footer(path).schema.to_arrow_schema()
     except Exception as exc:  # a damaged metadata file is reported, not fatal for data access
         raise DatasetError(f"{url}: cannot read _common_metadata: {exc}") from None
     return dict(schema.metadata or {})

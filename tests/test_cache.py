@@ -69,7 +69,7 @@ def test_disk_cache_stays_within_its_bound(big_url, tmp_path):
 def _read_all(url, cache_dir, queue):
     ds = open_dataset(url, cache="disk", cache_dir=cache_dir, cache_limit=None)
     ids = ds[:]["id"].tolist()
-    stats = ds._state().rows.filesystem.handler.cache.stats
+    stats = ds._state().source.options.filesystem.handler.cache.stats
     queue.put((ids, stats.hits, stats.misses, stats.corrupt))
 
 

@@ -222,3 +222,34 @@ def test_an_s3_url_open_lists_first_with_no_existence_check_before(slow_s3: Any)
         DatasetSource(f"{bucket}/not-there", ReadOptions())
     single = DatasetSource(f"{bucket}/listed/part-00000.parquet", ReadOptions())  # a file URL: HEAD first
     assert read_source(single) == list(range(40))
+
+
+def test_listed_files_are_read_without_a_head(slow_s3: Any) -> None:
+    """The listing gives every file's size: ``_common_metadata``, the footers and the row groups
+    are ranged GETs, with no ``HEAD`` before them (one round trip less per file at open), whether
+    the dataset is opened by URL, on a given filesystem, or for random access."""
+    from pipeline.access import open_dataset
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, log = slow_s3
+    url = f"{bucket}/nohead"
+    write_files(url, [range(0, 40), range(40, 80), range(80, 96)])
+    fs, path = resolve(url)
+    for open_ in (
+        lambda: DatasetSource(url, ReadOptions()),
+        lambda: DatasetSource(path, ReadOptions(filesystem=fs)),
+    ):
+        since = time.time()
+        source = open_()
+        opened = requests(log, since)
+        assert read_source(source) == list(range(96))
+        sent = requests(log, since)
+        assert not [r for r in sent if r.startswith("HEAD")], sent
+        footers = [r for r in opened if r.startswith("GET") and ".parquet" in r]
+        assert sorted(footers) == sorted(set(footers)) and len(footers) == 3, opened  # one GET per footer
+        assert len(sent) - len(opened) == 7, sent  # one GET per row group (16 rows each: 3 + 3 + 1)
+    since = time.time()
+    dataset = open_dataset(url)
+    assert [int(dataset[i]["x"]) for i in (0, 41, 95)] == [0, 41, 95]
+    assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)

@@ -40,7 +40,6 @@ from pipeline.access.stores import (
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.reader.config import ReadOptions
 from pipeline.reader.source import DatasetSource
-from pipeline.storage import resolve
 
 __all__ = ["CacheMode", "RandomAccessDataset", "open_dataset"]
 
@@ -112,13 +111,12 @@ class RandomAccessDataset:
             )
             options = dataclasses.replace(options, filesystem=fs)
         source = DatasetSource(url, options)
-        fs = options.filesystem if options.filesystem is not None else resolve(self.url)[0]
         limit = (
             self.cache_limit
             if self.cache == "stream" and self.cache_limit is not None
             else DEFAULT_STREAM_LIMIT
         )
-        return _Opened(os.getpid(), source, RowGroupReader(source, fs), TableLRU(limit))
+        return _Opened(os.getpid(), source, RowGroupReader(source), TableLRU(limit))
 
     def _state(self) -> _Opened:
         opened = self._opened
@@ -220,7 +218,7 @@ class RandomAccessDataset:
             "hits": lru.hits,
             "misses": lru.misses,
         }
-        fs = opened.rows.filesystem
+        fs = opened.source.options.filesystem  # in disk mode, the cached filesystem
         if self.cache == "disk" and isinstance(fs, pafs.PyFileSystem):
             cache = fs.handler.cache
             info["disk"] = {"dir": str(cache.directory), "limit": cache.limit, **vars(cache.stats)}

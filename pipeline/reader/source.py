@@ -89,8 +89,8 @@ class DatasetSource:
         files = _list_files(url, self.options.filesystem)
         self.url = files.url
         self._fs = files.filesystem
-        self._reads = RemoteReads(self._fs)  # remote: shared handles, pre-buffered ranged reads
-        # one HEAD per file, shared by the footer read and the data reads (remote stores)
+        # remote: pre-buffered ranged reads; listed files opened without a HEAD, footers read once
+        self._reads = RemoteReads(self._fs, sizes=files.sizes)
         footers = parallel_map(lambda path: _footer(self._reads, path), files.files, fs=self._fs)
         self._footers = dict(zip(files.files, footers, strict=True))
         stored = read_unischema(files)
@@ -206,10 +206,12 @@ class DatasetSource:
             table = table.filter(pa.array(self._masks[item.piece]))
         return table.slice(item.start, item.rows)
 
+    def read_row_group(self, piece: int) -> pa.Table:
+        """Row group ``piece`` as stored (every selected field, codec bytes not decoded, no predicate)."""
+        return self._read_table(self.row_groups[piece], list(self.schema.fields))
+
     def _read_table(self, rg: RowGroup, columns: list[str]) -> pa.Table:
-        with self._reads.open(rg.path) as fh:
-            parquet = pq.ParquetFile(fh, metadata=self._footers[rg.path], pre_buffer=self._reads.pre_buffer)
-            return parquet.read_row_group(rg.index, columns=columns)
+        return self._reads.read_row_group(rg.path, rg.index, columns, self._footers[rg.path])
 
     def _predicate_mask(self, rg: RowGroup, stored: Any) -> np.ndarray:
         predicate = self.options.predicate
@@ -314,15 +316,17 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
             files.append(entry.path)
     if not files:
         raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
-    metadata = read_common_metadata(filesystem, common, root) if common is not None else None
+    sizes = {e.path: int(e.size) for e in entries if e.type == pafs.FileType.File and e.size is not None}
+    metadata = (
+        read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
+    )
     files = committed_files(filesystem, root, sorted(files), common, url=root, metadata=metadata)
-    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common, metadata)
+    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common, metadata, sizes)
 
 
 def _footer(reads: RemoteReads, path: str) -> pq.FileMetaData:
     try:
-        with reads.open(path) as fh:
-            return pq.ParquetFile(fh).metadata
+        return reads.footer(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(
             f"{path} is not a readable Parquet file: {exc}", hint="is the dataset complete?"

@@ -3,10 +3,12 @@
 Three things make a row group cost one round trip instead of several, and keep enough of them
 in flight:
 
-* :class:`RemoteReads` opens each remote file once (one ``HEAD``, however many threads ask at
-  the same moment) and shares the handle between the footer read and the reader threads
-  (positional reads are thread-safe), and turns on ``pre_buffer``: the column chunks of a row
-  group are fetched as coalesced ranged reads, concurrently;
+* :class:`RemoteReads` reads footers and row groups with ``pre_buffer`` on: the column chunks
+  of a row group are fetched as coalesced ranged reads, concurrently. A file whose size the
+  listing gave is opened without a ``HEAD`` (a pyarrow dataset fragment takes the size), its
+  footer read once (one ``GET``) and kept with it; any other remote file is opened once (one
+  ``HEAD``, however many threads ask at the same moment) and the handle shared between the footer
+  read and the reader threads (positional reads are thread-safe);
 * :func:`parallel_map` reads the footers of all files at once when a dataset is opened;
 * :func:`read_threads`: the reader's thread count for a remote dataset, from
   ``StorageConfig.read_threads`` or the round-trip time (``cpu + latency / 2 ms``, at most 64):
@@ -24,12 +26,14 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipeline.storage.config import StorageConfig, load_storage_config
 
@@ -177,27 +181,84 @@ def read_threads(
 
 
 class RemoteReads:
-    """How the reader opens data files: shared handles and pre-buffered reads on remote stores.
+    """How the reader reads data files: pre-buffered, with as few round trips as the store allows.
 
     Args:
         fs: The dataset's filesystem.
         config: ``pre_buffer``. Defaults to ``None`` (``conf/storage.yaml``).
+        sizes: Bytes of each file as listed. On a native remote filesystem (S3, GCS, HDFS), a
+            listed file is opened without a ``HEAD``: its footer is one ``GET``. Defaults to
+            ``None`` (every file's size is asked from the store when it is opened).
     """
 
-    def __init__(self, fs: pafs.FileSystem, config: StorageConfig | None = None) -> None:
+    def __init__(
+        self, fs: pafs.FileSystem, config: StorageConfig | None = None, sizes: Mapping[str, int] | None = None
+    ) -> None:
         self.fs = fs
         self.remote = is_remote_filesystem(fs)
         self.pre_buffer = self.remote and (config or load_storage_config()).pre_buffer
         # one handle per file, shared: only for native remote files, whose read_at is thread-safe
         self._share = self.remote and not isinstance(fs, pafs.PyFileSystem)
-        self._handles: dict[str, Future[pa.NativeFile]] = {}
+        self._sizes = {path: int(size) for path, size in (sizes or {}).items()} if self._share else {}
+        self._handles: dict[str, Future[Any]] = {}
+        self._fragments: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
+        self._format = pads.ParquetFileFormat(
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
+        )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"fs": self.fs, "pre_buffer": self.pre_buffer}
+        return {"fs": self.fs, "pre_buffer": self.pre_buffer, "sizes": self._sizes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["fs"], StorageConfig(pre_buffer=state["pre_buffer"]))  # type: ignore[misc]
+        self.__init__(state["fs"], StorageConfig(pre_buffer=state["pre_buffer"]), state["sizes"])  # type: ignore[misc]
+
+    def footer(self, path: str) -> pq.FileMetaData:
+        """The Parquet footer of ``path`` (a listed file on a store: one ``GET``, no ``HEAD``)."""
+        if path in self._sizes:
+            return self._fragment(path).metadata
+        with self.open(path) as fh:
+            return pq.ParquetFile(fh).metadata
+
+    def read_row_group(
+        self, path: str, index: int, columns: list[str], metadata: pq.FileMetaData | None = None
+    ) -> pa.Table:
+        """Row group ``index`` of ``path``, ``columns`` only; ``metadata``: its footer, if read."""
+        if path in self._sizes:  # the fragment holds the footer: one GET per row group
+            return self._fragment(path).subset(row_group_ids=[index]).to_table(columns=columns)
+        with self.open(path) as fh:
+            parquet = pq.ParquetFile(fh, metadata=metadata, pre_buffer=self.pre_buffer)
+            return parquet.read_row_group(index, columns=columns)
+
+    def _fragment(self, path: str) -> Any:
+        """The dataset fragment of listed file ``path``, its footer read (once, however many ask)."""
+        return self._shared(self._fragments, path, lambda: self._read_fragment(path))
+
+    def _read_fragment(self, path: str) -> Any:
+        fragment = self._format.make_fragment(path, filesystem=self.fs, file_size=self._sizes[path])
+        fragment.ensure_complete_metadata()  # the footer: a GET of the file's last 64 KiB
+        return fragment
+
+    def _shared(self, table: dict[str, Future[Any]], path: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per ``path`` in ``table``; threads asking meanwhile wait for that call.
+        A failure is not kept (the next call tries again). Its seconds are a noted round trip."""
+        with self._lock:
+            entry = table.get(path)
+            owner = entry is None
+            if entry is None:
+                entry = table[path] = Future()
+        if owner:  # outside the lock; the other threads wait for it
+            started = time.perf_counter()
+            try:
+                entry.set_result(make())
+            except BaseException as exc:
+                entry.set_exception(exc)
+                with self._lock:
+                    if table.get(path) is entry:
+                        del table[path]
+                raise
+            note_round_trip(self.fs, time.perf_counter() - started)
+        return entry.result()
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[pa.NativeFile]:
@@ -206,28 +267,12 @@ class RemoteReads:
             with self.fs.open_input_file(path) as fh:
                 yield fh
             return
-        with self._lock:
-            entry = self._handles.get(path)
-            owner = entry is None
-            if entry is None:
-                entry = self._handles[path] = Future()
-        if owner:  # one HEAD per file, outside the lock; the other threads wait for it
-            started = time.perf_counter()
-            try:
-                entry.set_result(self.fs.open_input_file(path))
-            except BaseException as exc:
-                entry.set_exception(exc)
-                with self._lock:
-                    if self._handles.get(path) is entry:
-                        del self._handles[path]  # a failed open is tried again next time
-                raise
-            note_round_trip(self.fs, time.perf_counter() - started)
-        yield entry.result()
+        yield self._shared(self._handles, path, lambda: self.fs.open_input_file(path))
 
     def close(self) -> None:
-        """Close the shared handles."""
+        """Close the shared handles and drop the footers kept."""
         with self._lock:
-            entries, self._handles = list(self._handles.values()), {}
+            entries, self._handles, self._fragments = list(self._handles.values()), {}, {}
         for entry in entries:
             if entry.done() and entry.exception() is None:
                 entry.result().close()
