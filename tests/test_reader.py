@@ -191,6 +191,78 @@ def test_fixed_length_arrays_stored_as_spark_lists():
         decode_column(spec, field, pa.array([[1, 2, 3], [4, 5]], pa.list_(pa.int32())))
 
 
+def _npy(value):
+    import io
+
+    out = io.BytesIO()
+    np.save(out, value)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "stored"),
+    [
+        (np.float32, (16,), np.float32),
+        (np.int16, (2, 3, 4), np.int16),
+        (np.float64, (), np.float64),
+        (np.float64, (5,), ">f8"),  # big-endian bytes, read as numpy.load reads them
+        (np.float32, (4,), np.float64),  # stored wider than the field: cast on assignment
+        (np.bool_, (3,), np.bool_),
+        (np.complex64, (2,), np.complex64),
+    ],
+)
+def test_ndarray_columns_decode_at_once_as_numpy_load_value_by_value(dtype, shape, stored):
+    """The one-copy path of NdarrayCodec columns gives exactly the value-by-value result, with
+    ``out``/``rows`` scattering, a sliced column and large_binary."""
+    import pyarrow as pa
+
+    import pipeline.reader.decode as decode
+    from pipeline.format import NdarrayCodec, UnischemaField
+
+    field = UnischemaField("x", dtype, shape, NdarrayCodec(), False)
+    spec = decode.spec_from_unischema(field)
+    rng = np.random.default_rng(0)
+    values = [(rng.standard_normal(shape) * 100).astype(stored) for _ in range(40)]
+    for column in (
+        pa.array([_npy(v) for v in values], pa.binary()).slice(3, 30),
+        pa.array([_npy(v) for v in values], pa.large_binary()),
+    ):
+        rows = np.arange(len(column))[::-1].copy()
+        fast = decode.decode_column(spec, field, column, np.zeros((len(column), *shape), dtype), rows)
+        assert decode._npy_into(spec, column, np.empty_like(fast), rows)  # the one-copy path ran
+        slow = np.zeros_like(fast)
+        for row, blob in zip(rows, decode._binary_views(column), strict=True):
+            slow[row] = field.codec.decode(field, blob)
+        np.testing.assert_array_equal(fast, slow)
+        assert fast.dtype == np.dtype(dtype)
+
+
+def test_ndarray_columns_that_differ_decode_value_by_value():
+    """Mixed dtypes or shapes, Fortran order, a shape other than the field's: no one-copy path;
+    the value-by-value result (and its errors) as before."""
+    import pyarrow as pa
+
+    import pipeline.reader.decode as decode
+    from pipeline.format import NdarrayCodec, UnischemaField
+
+    field = UnischemaField("x", np.float32, (2, 3), NdarrayCodec(), False)
+    spec = decode.spec_from_unischema(field)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for values in (
+        [a, a.astype(np.float64)],  # another dtype: another length
+        [a, a.astype(np.int32)],  # same length, other header
+        [np.asfortranarray(a), np.asfortranarray(a + 1)],
+    ):
+        column = pa.array([_npy(v) for v in values], pa.binary())
+        out = np.empty((2, 2, 3), np.float32)
+        assert not decode._npy_into(spec, column, out, np.arange(2))
+        np.testing.assert_array_equal(decode.decode_column(spec, field, column), np.stack(values))
+    wrong = pa.array([_npy(np.zeros((3, 2), np.float32))], pa.binary())
+    assert not decode._npy_into(spec, wrong, np.empty((1, 2, 3), np.float32), np.arange(1))
+    with pytest.raises(ValueError):
+        decode.decode_column(spec, field, wrong)
+
+
 def test_image_decoding_matches_the_codec_and_stops_when_cancelled():
     import threading
 

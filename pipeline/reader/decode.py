@@ -115,6 +115,8 @@ def decode_column(
         out, rows = np.empty((len(blobs), *spec.shape), dtype=spec.dtype), np.arange(len(blobs))
     if type(codec).__name__ == "CompressedImageCodec":
         _decode_images_into(spec, blobs, out, rows, cancel)
+    elif type(codec).__name__ == "NdarrayCodec" and _npy_into(spec, array, out, rows):
+        pass  # every value one .npy of the field's shape: the data parts copied at once
     else:
         for row, blob in zip(rows, _checked(blobs, cancel), strict=True):
             out[row] = codec.decode(field, blob)
@@ -199,6 +201,54 @@ def _decode_images_into(
             cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[row])
         else:
             out[row] = image
+
+
+def _npy_into(spec: FieldSpec, array: pa.Array, out: np.ndarray, rows: np.ndarray) -> bool:
+    """Decode a column of ``NdarrayCodec`` values (``numpy.save`` bytes) with one copy, if it can.
+
+    The usual column holds one fixed-shape array per row, all saved with the same ``.npy``
+    header: then the values are rows of equal length in Arrow's data buffer, and their data parts
+    are one strided view, assigned to ``out`` at once (as ``out[row] = numpy.load(value)`` would,
+    dtype cast included). ``False`` (nothing written) when a value's length or header differs,
+    the stored shape is not the field's, or the data is Fortran-ordered or holds objects: the
+    caller then decodes value by value, as before.
+    """
+    from io import BytesIO
+
+    n = len(array)
+    if n == 0:
+        return True
+    buffers = array.buffers()
+    if buffers[2] is None:
+        return False
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1]
+    length = int(offsets[1] - offsets[0])
+    if length <= 0 or not (np.diff(offsets) == length).all():
+        return False
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[int(offsets[0]) : int(offsets[0]) + n * length]
+    first = BytesIO(data[:length].tobytes())
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        read_header = readers.get(np.lib.format.read_magic(first))
+        if read_header is None:  # a later format version: value by value (numpy.load knows it)
+            return False
+        shape, fortran_order, dtype = read_header(first)
+    except (ValueError, OSError, SyntaxError, TypeError):
+        return False
+    head = first.tell()
+    if (
+        fortran_order
+        or dtype.hasobject
+        or tuple(shape) != tuple(out.shape[1:])
+        or length != head + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    ):
+        return False
+    values = data.reshape(n, length)
+    if not (values[:, :head] == values[0, :head]).all():  # one header for all (dtype, shape)
+        return False
+    out[rows] = values[:, head:].view(dtype).reshape((n, *shape))
+    return True
 
 
 def _binary_views(array: pa.Array) -> list[np.ndarray]:
