@@ -11,6 +11,7 @@ names the file, the key and the expected type.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -97,10 +98,7 @@ def load_config(
     path = resolve_conf_path(name_or_path) if name_or_path is not None else None
     if path is not None:
         source = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raw = _parsed_yaml(path, source)
         if raw is None:
             raw = {}
         if section is not None:
@@ -113,6 +111,28 @@ def load_config(
     if overrides:
         data.update({k: v for k, v in overrides.items() if v is not None})
     return from_mapping(cls, data, source=source)
+
+
+_PARSED: dict[str, tuple[str, Any]] = {}  # path -> (its text, that text parsed)
+
+
+def _parsed_yaml(path: Path, source: str) -> Any:
+    """``yaml.safe_load`` of ``path``, parsed again only when its text changed.
+
+    An ``open_loader`` reads several config files (reader, loader, storage); parsing them at
+    every call cost ~1.5 ms each (reading one is ~0.02 ms). A copy is returned, so that callers
+    may change what they get.
+    """
+    text = path.read_text(encoding="utf-8")
+    held = _PARSED.get(source)
+    if held is not None and held[0] == text:
+        return copy.deepcopy(held[1])
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    _PARSED[source] = (text, copy.deepcopy(raw))
+    return raw
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str = "<mapping>") -> T:

@@ -38,6 +38,22 @@ def test_defaults_file_and_overrides_in_order(tmp_path):
     assert cfg == Example(name="from-flag", size=(32, 48), ratio=2.0, mode="fail", inner=Inner(75))
 
 
+def test_a_config_file_rewritten_at_once_is_read_anew(tmp_path, monkeypatch):
+    """Parsed files are kept by their text: an edit of the same size within the same clock tick
+    (same mtime) is still seen; unchanged text is not parsed again."""
+    import yaml
+
+    path = write(tmp_path, "name: aaa\n")
+    assert load_config(Example, path).name == "aaa"
+    path.write_text("name: bbb\n")  # same size, written at once
+    assert load_config(Example, path).name == "bbb"
+    parses = []
+    real = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: parses.append(text) or real(text))
+    load_config(Example, path).extra["k"] = "changed"  # a caller's change is not kept
+    assert load_config(Example, path) == Example(name="bbb") and parses == []
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
