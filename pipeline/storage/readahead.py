@@ -31,7 +31,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -203,9 +202,7 @@ class RemoteReads:
         self._handles: dict[str, Future[Any]] = {}
         self._fragments: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
-        self._format = pads.ParquetFileFormat(
-            default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
-        )
+        self._format: Any = None  # pyarrow.dataset's Parquet format, made with the first fragment
 
     def __getstate__(self) -> dict[str, Any]:
         return {"fs": self.fs, "pre_buffer": self.pre_buffer, "sizes": self._sizes}
@@ -235,6 +232,13 @@ class RemoteReads:
         return self._shared(self._fragments, path, lambda: self._read_fragment(path))
 
     def _read_fragment(self, path: str) -> Any:
+        if (
+            self._format is None
+        ):  # imported here: pyarrow.dataset imports pandas (0.3 s), converters need neither
+            import pyarrow.dataset as pads
+
+            scan = pads.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
+            self._format = pads.ParquetFileFormat(default_fragment_scan_options=scan)
         fragment = self._format.make_fragment(path, filesystem=self.fs, file_size=self._sizes[path])
         fragment.ensure_complete_metadata()  # the footer: a GET of the file's last 64 KiB
         return fragment
