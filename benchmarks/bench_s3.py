@@ -6,8 +6,10 @@ writes one Petastorm dataset locally per ``--rows`` size, uploads it, then reads
 * ``local``: ``open_loader`` on the local folder (second run: the page cache is warm);
 * ``s3_cold``: ``open_loader`` on ``s3://`` through the proxy (``--latency-ms`` per request);
 * ``s3_cache_fill`` / ``s3_warm``: ``open_loader`` through the disk cache of
-  ``pipeline.access`` (a first loader fills it; the second, on a new cached filesystem as a new
-  process would open, reads the data from local disk; the listing still comes from the store);
+  ``pipeline.access`` (a first loader fills it at the start of the round, written back to disk
+  with ``os.sync()`` as a later process finds it; after the local and cold runs, a loader on a
+  new cached filesystem, as a new process would open, reads the data from local disk; the
+  listing still comes from the store);
 * ``petastorm``: petastorm's ``make_reader`` on the same ``s3://`` URL through the proxy, in the
   petastorm environment (``.venv-petastorm`` with ``s3fs``, which petastorm needs for ``s3://``;
   skipped when the environment is missing), with its default 10 threads.
@@ -24,7 +26,9 @@ cache fill read three epochs, and the second one's rate is ``steady_per_s`` (no 
 reader under way at its start and at its end; in ``s3_cold`` it reads the store again). A
 smaller dataset fits the reader's window (threads x read-ahead row groups, 40 and more on S3)
 whole, so that its second epoch is mostly read during the first: no steady rate for it. ``requests`` counts the requests the proxy
-saw during the run (``--trace`` prints them, with their times); ``vs_local`` and
+saw during the run (``--trace`` prints them, with their times); ``loader_cpu_s`` and
+``server_cpu_s`` the CPU-seconds per epoch of this process and of the S3 server + proxy (which
+share the machine's cores with the loader); ``vs_local`` and
 ``steady_vs_local`` are ratios to the local run of the same size. ``--repeat N`` runs the four
 runs N times, interleaved, and reports the median of each figure (and every round's rate).
 
@@ -277,6 +281,7 @@ def bench_size(
     tmp: Path,
     log: Path,
     petastorm: bool,
+    pids: list[int],
 ) -> dict[str, Any]:
     """Every run at one dataset size."""
     from pipeline.access.cachedfs import cached_filesystem
@@ -302,16 +307,25 @@ def bench_size(
     epochs = 3 if rows // args.row_group_rows >= STEADY_MIN_ROW_GROUPS else 1
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
+
+    def measured(name: str, url: str, filesystem: Any = None, epochs: int = 1) -> None:
+        """``run_loader``, with the CPU-seconds per epoch of this process and of the server + proxy."""
+        mine, theirs = _own_cpu(), _cpu_of(pids)
+        result: dict[str, Any] = run_loader(url, filesystem=filesystem, epochs=epochs, **opts)
+        result["loader_cpu_s"] = round((_own_cpu() - mine) / epochs, 2)
+        result["server_cpu_s"] = round((_cpu_of(pids) - theirs) / epochs, 2)
+        runs[name].append(result)
+
     run_loader(str(local), **opts)  # warm the page cache
     for k in range(args.repeat):  # interleaved, so that a burst of load hits every kind of run alike
-        runs["local"].append(run_loader(str(local), epochs=epochs, **opts))
-        # epochs 2 and 3 read the store again
-        runs["s3_cold"].append(run_loader(prefix, filesystem=slow, epochs=epochs, **opts))
         cache_dir = tmp / f"cache-{rows}-{k}"
         fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
-        runs["s3_cache_fill"].append(run_loader(path, filesystem=fill_fs, **opts))
+        measured("s3_cache_fill", path, fill_fs)
+        os.sync()  # the cache as a later process finds it: written back, not dirty pages being flushed
+        measured("local", str(local), epochs=epochs)
+        measured("s3_cold", prefix, slow, epochs)  # epochs 2 and 3 read the store again
         warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
-        runs["s3_warm"].append(run_loader(path, filesystem=warm_fs, epochs=epochs, **opts))
+        measured("s3_warm", path, warm_fs, epochs)
     if petastorm:
         out["petastorm_make_reader"] = run_petastorm(
             slow_endpoint,
@@ -346,6 +360,24 @@ def bench_size(
     return out
 
 
+def _own_cpu() -> float:
+    """CPU-seconds of this process so far (all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _cpu_of(pids: list[int]) -> float:
+    """CPU-seconds of processes ``pids`` so far (Linux ``/proc``; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 def _median(values: list[float]) -> float:
     m = statistics.median(values)
     return int(m) if m == int(m) else round(m, 3)
@@ -363,6 +395,8 @@ def print_table(results: dict[str, Any]) -> None:
         "steady vs local",
         "requests",
         "open requests (round trips)",
+        "CPU s/epoch: loader",
+        "server + proxy",
     )
     print(" | ".join(head))
     for size in results["sizes"]:
@@ -380,6 +414,8 @@ def print_table(results: dict[str, Any]) -> None:
                 r.get("steady_vs_local", "-" if name != "local" else 1.0),
                 r.get("requests", "-"),
                 f"{r['open_requests']} ({r['open_round_trips']})" if "open_requests" in r else "-",
+                r["loader_cpu_s"],
+                r["server_cpu_s"],
             )
             print(" | ".join(str(c) for c in cells))
         if "petastorm_make_reader" in size:
@@ -430,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
             proxy, slow_endpoint = start_latency_proxy(endpoint, args.latency_ms)
             for rows in args.rows:
                 results["sizes"].append(
-                    bench_size(args, rows, endpoint, slow_endpoint, tmp, log, args.petastorm)
+                    bench_size(
+                        args, rows, endpoint, slow_endpoint, tmp, log, args.petastorm, [server.pid, proxy.pid]
+                    )
                 )
         finally:
             os.environ.pop("PIPELINE_S3_PROXY_LOG", None)

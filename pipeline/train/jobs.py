@@ -71,9 +71,17 @@ class DriverPreemption:
         self.received = True
         self._ranks = ranks
         log.warning("SIGTERM: asking %d rank(s) to save a checkpoint and stop", len(self._ranks))
+        waiting = []
         for pid in self._ranks:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            if _catches_sigterm(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            else:
+                waiting.append(pid)
+        if waiting:  # just started: the signal would kill them, and torchrun would print a traceback
+            threading.Thread(
+                target=_signal_when_caught, args=(waiting,), name="sigterm-when-caught", daemon=True
+            ).start()
 
     def wait_for_ranks(self, timeout_s: float = 300.0) -> None:
         """Wait until the ranks that got the signal have exited (they save first)."""
@@ -81,6 +89,40 @@ class DriverPreemption:
         while self._ranks and time.monotonic() < deadline:
             self._ranks = [pid for pid in self._ranks if _alive(pid)]
             time.sleep(0.1)
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (Linux ``/proc``: ``SigCgt``)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _signal_when_caught(pids: list[int], timeout_s: float = 120.0) -> None:
+    """SIGTERM to each of ``pids`` once it catches SIGTERM (its training loop started), or at the end.
+
+    A rank that torchrun has just started runs no handler yet: SIGTERM would end it at once,
+    with nothing saved, and torchrun would report the rank's death with a traceback. Its
+    training loop saves a checkpoint and stops when the signal comes after the loop started.
+    """
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        for pid in list(pids):
+            if not _alive(pid):
+                pids.remove(pid)
+            elif _catches_sigterm(pid):
+                pids.remove(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        time.sleep(0.05)
+    for pid in pids:  # never caught it: ended as before
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _alive(pid: int) -> bool:
