@@ -266,3 +266,24 @@ def test_listed_files_are_read_without_a_head(slow_s3: Any) -> None:
     dataset = open_dataset(url)
     assert [int(dataset[i]["x"]) for i in (0, 41, 95)] == [0, 41, 95]
     assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)
+
+
+def test_process_workers_read_a_store_as_threads_do(slow_s3: Any) -> None:
+    """Worker processes get the listed sizes with the source: they read footers and row groups
+    as GETs, no HEAD, and give the threads' batches."""
+    import pipeline
+
+    bucket, log = slow_s3
+    url = f"{bucket}/procs"
+    write_files(url, [range(0, 40), range(40, 80)])
+
+    def batches(kind: str) -> list[list[int]]:
+        with pipeline.open_loader(
+            url, batch_size=16, shuffle=False, num_epochs=1, workers=2, workers_type=kind
+        ) as loader:
+            return [b["x"].tolist() for b in loader]
+
+    threads = batches("thread")
+    since = time.time()
+    assert batches("process") == threads and [v for b in threads for v in b] == list(range(80))
+    assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)
