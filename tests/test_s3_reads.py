@@ -287,3 +287,28 @@ def test_process_workers_read_a_store_as_threads_do(slow_s3: Any) -> None:
     since = time.time()
     assert batches("process") == threads and [v for b in threads for v in b] == list(range(80))
     assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)
+
+
+def test_a_dataset_on_a_given_filesystem_is_named_by_its_store(slow_s3: Any, tmp_path: Path) -> None:
+    """Logs, errors and the loader's state name ``s3://bucket/prefix``, through the disk cache too
+    (they said ``file://<cwd>/bucket/prefix``); a local folder keeps its ``file://`` URL."""
+    import pyarrow.fs as pafs
+
+    from pipeline.access.cachedfs import cached_filesystem
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    bucket, _ = slow_s3
+    url = f"{bucket}/named"
+    write_files(url, [range(0, 8)])
+    fs, path = resolve(url)
+    assert DatasetSource(path, ReadOptions(filesystem=fs)).url == url
+    cached, path = cached_filesystem(url, cache_dir=tmp_path / "cache")
+    assert DatasetSource(path, ReadOptions(filesystem=cached)).url == url
+    local = tmp_path / "local"
+    local.mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1, 2]}), local / "part-0.parquet")
+    assert DatasetSource(str(local), ReadOptions(filesystem=pafs.LocalFileSystem())).url == local.as_uri()

@@ -44,6 +44,7 @@ from pipeline.reader.decode import (
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.transform import apply_transform_spec, transform_rows_into, transformed_specs
 from pipeline.storage import RemoteReads, committed_files, parallel_map
+from pipeline.storage.readahead import store_of
 
 __all__ = ["Chunk", "DatasetSource", "RowGroup"]
 
@@ -321,7 +322,26 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
         read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
     )
     files = committed_files(filesystem, root, sorted(files), common, url=root, metadata=metadata)
-    return DatasetFiles(normalize_url(root), filesystem, root, tuple(files), common, metadata, sizes)
+    return DatasetFiles(_url_on(filesystem, root), filesystem, root, tuple(files), common, metadata, sizes)
+
+
+_SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
+
+
+def _url_on(filesystem: pafs.FileSystem, root: str) -> str:
+    """``root`` on a given filesystem as a URL for messages and logs: ``s3://bucket/prefix`` on
+    S3 (through a disk cache too), the fsspec protocol's, ``file://`` only for the local disk."""
+    store = store_of(filesystem)
+    if isinstance(store, pafs.SubTreeFileSystem):
+        store = store.base_fs
+    name = store.type_name
+    if name == "local":
+        return normalize_url(root)
+    scheme = _SCHEMES.get(name)
+    if scheme is None and isinstance(store, pafs.PyFileSystem):
+        protocol = getattr(getattr(store.handler, "fs", None), "protocol", None)
+        scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
+    return f"{scheme}://{root.lstrip('/')}" if isinstance(scheme, str) else f"{name}:{root}"
 
 
 def _footer(reads: RemoteReads, path: str) -> pq.FileMetaData:

@@ -44,6 +44,7 @@ __all__ = [
     "observed_latency",
     "parallel_map",
     "read_threads",
+    "store_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,11 @@ def parallel_map(
         return list(pool.map(fn, items))
 
 
-def _store_of(fs: Any) -> Any:
+def store_of(fs: Any) -> Any:
     """The filesystem whose requests cross the network: a cache's store, else ``fs`` itself."""
     handler = getattr(fs, "handler", None) if isinstance(fs, pafs.PyFileSystem) else None
     inner = getattr(handler, "inner", None)
-    return _store_of(inner) if inner is not None else fs
+    return store_of(inner) if inner is not None else fs
 
 
 def note_round_trip(fs: pafs.FileSystem, seconds: float) -> None:
@@ -102,7 +103,7 @@ def note_round_trip(fs: pafs.FileSystem, seconds: float) -> None:
 
     :func:`read_threads` sizes the reader from these instead of measuring again.
     """
-    store = _store_of(fs)
+    store = store_of(fs)
     now = time.monotonic()
     with _ROUND_TRIPS_LOCK:
         entry = _ROUND_TRIPS.get(id(store))
@@ -128,7 +129,7 @@ def observed_latency(fs: pafs.FileSystem, max_age_s: float = ROUND_TRIP_MAX_AGE_
     own = getattr(handler, "observed_latency", None)
     if own is not None and (seconds := own()) is not None:
         return float(seconds)
-    store = _store_of(fs)
+    store = store_of(fs)
     with _ROUND_TRIPS_LOCK:
         entry = _ROUND_TRIPS.get(id(store))
     if entry is None or entry[0] is not store or time.monotonic() - entry[2] > max_age_s:
