@@ -37,6 +37,9 @@ ranged GET (moto 5.2), so its CPU time per request bounds the S3 figures here; o
 in its memory (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``) and data files hold ``--file-rows`` rows
 (8 MiB at the defaults), as a store serving ranges in O(range) would not need.
 
+``--warm-only`` measures the warm cache against local alone: one fill, then rounds of the local
+and warm runs with nothing between them.
+
 Run small::
 
     .venv/bin/python benchmarks/bench_s3.py --rows 4096 --json
@@ -318,12 +321,14 @@ def bench_size(
 
     run_loader(str(local), **opts)  # warm the page cache
     for k in range(args.repeat):  # interleaved, so that a burst of load hits every kind of run alike
-        cache_dir = tmp / f"cache-{rows}-{k}"
-        fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
-        measured("s3_cache_fill", path, fill_fs)
-        os.sync()  # the cache as a later process finds it: written back, not dirty pages being flushed
+        cache_dir = tmp / f"cache-{rows}-{k if not args.warm_only else 0}"
+        if k == 0 or not args.warm_only:
+            fill_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)
+            measured("s3_cache_fill", path, fill_fs)
+            os.sync()  # the cache as a later process finds it: written back, not dirty pages being flushed
         measured("local", str(local), epochs=epochs)
-        measured("s3_cold", prefix, slow, epochs)  # epochs 2 and 3 read the store again
+        if not args.warm_only:
+            measured("s3_cold", prefix, slow, epochs)  # epochs 2 and 3 read the store again
         warm_fs, path = cached_filesystem(prefix, filesystem=slow, cache_dir=cache_dir)  # as a new process
         measured("s3_warm", path, warm_fs, epochs)
     if petastorm:
@@ -339,6 +344,8 @@ def bench_size(
     time.sleep(0.2)  # the proxy's last log lines
     proxy_log = read_proxy_log(log)
     for name, done in runs.items():
+        if not done:
+            continue
         for k, run in enumerate(done):
             if name != "local":
                 reqs = requests_of(proxy_log, run)
@@ -350,6 +357,8 @@ def bench_size(
         out[name]["samples_per_s_runs"] = [r["samples_per_s"] for r in done]
     base = out["local"]
     for name in RUNS[1:]:
+        if name not in out:
+            continue
         run = out[name]
         run["vs_local"] = round(run["samples_per_s"] / base["samples_per_s"], 2)
         if "steady_per_s" in run:
@@ -402,6 +411,8 @@ def print_table(results: dict[str, Any]) -> None:
     for size in results["sizes"]:
         print(f"-- {size['rows']} rows, {size['files']} files, {size['mib']} MiB")
         for name in RUNS:
+            if name not in size:
+                continue
             r = size[name]
             cells = (
                 name,
@@ -448,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-petastorm", dest="petastorm", action="store_false", help="skip make_reader")
     parser.add_argument("--trace", action="store_true", help="print every request of the S3 runs")
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="the warm cache against local alone: one fill, then rounds of local and warm (no cold runs)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of the four runs per size (figures: medians)"
     )
