@@ -85,9 +85,10 @@ class DatasetFiles:
 
     @property
     def total_bytes(self) -> int:
-        """Bytes on disk of the data files."""
-        infos = self.filesystem.get_file_info(list(self.files))
-        return sum(info.size or 0 for info in infos)
+        """Bytes on disk of the data files (as listed; asked from the filesystem for files not listed)."""
+        missing = [f for f in self.files if f not in self.sizes]
+        asked = self.filesystem.get_file_info(missing) if missing else []  # on a store: a HEAD each
+        return sum(self.sizes[f] for f in self.files if f in self.sizes) + sum(i.size or 0 for i in asked)
 
 
 def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:

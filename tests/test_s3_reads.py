@@ -312,3 +312,19 @@ def test_a_dataset_on_a_given_filesystem_is_named_by_its_store(slow_s3: Any, tmp
 
     pq.write_table(pa.table({"x": [1, 2]}), local / "part-0.parquet")
     assert DatasetSource(str(local), ReadOptions(filesystem=pafs.LocalFileSystem())).url == local.as_uri()
+
+
+def test_total_bytes_comes_from_the_listing(slow_s3: Any) -> None:
+    """``pipeline inspect`` and ``pipeline bench`` sum the data files' sizes from the listing:
+    no HEAD per file (a dataset of thousands of files asked for each one)."""
+    from pipeline.dataset import list_dataset_files
+
+    bucket, log = slow_s3
+    url = f"{bucket}/sized"
+    write_files(url, [range(0, 10), range(10, 30)])
+    fs, _ = resolve(url)
+    since = time.time()
+    files = list_dataset_files(url)
+    total = files.total_bytes
+    assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)
+    assert total == sum(fs.get_file_info(f).size for f in files.files) > 0

@@ -233,9 +233,9 @@ class RemoteReads:
         return self._shared(self._fragments, path, lambda: self._read_fragment(path))
 
     def _read_fragment(self, path: str) -> Any:
-        if (
-            self._format is None
-        ):  # imported here: pyarrow.dataset imports pandas (0.3 s), converters need neither
+        if self._format is None:
+            # imported here, not with this module: pyarrow.dataset imports pandas (0.3 s), which
+            # converters and the CLI do not need
             import pyarrow.dataset as pads
 
             scan = pads.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
