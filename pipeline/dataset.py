@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,19 @@ class DatasetFiles:
         return sum(self.sizes[f] for f in self.files if f in self.sizes) + sum(i.size or 0 for i in asked)
 
 
-def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
+def list_dataset_files(
+    url: str | os.PathLike[str],
+    *,
+    on_listed: Callable[[pafs.FileSystem, list[str], dict[str, int]], None] | None = None,
+) -> DatasetFiles:
     """List a dataset's Parquet files, or raise :class:`DatasetError` with a hint.
 
     Data files end in ``.parquet`` or ``.parq``; hidden files and anything under a name starting
     with ``_`` (``_SUCCESS``, ``_common_metadata``, ``_skipped.jsonl``) are not data.
+
+    ``on_listed(filesystem, data_files, sizes)``, when given, is called with what the listing found
+    before ``_common_metadata`` is read (which says which of them are committed): a reader starts
+    reading their footers then, in the same round trip.
     """
     url = normalize_url(url)
     from pipeline.storage import committed_files, file_info, is_remote_filesystem, list_files
@@ -139,6 +148,8 @@ def list_dataset_files(url: str | os.PathLike[str]) -> DatasetFiles:
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
     sizes = {e.path: int(e.size) for e in listed if e.type == pafs.FileType.File and e.size is not None}
+    if on_listed is not None:
+        on_listed(fs, sorted(files), sizes)
     metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
     files = committed_files(fs, root, sorted(files), common, url=url, metadata=metadata)  # what it lists
     return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)

@@ -328,3 +328,41 @@ def test_total_bytes_comes_from_the_listing(slow_s3: Any) -> None:
     total = files.total_bytes
     assert not [r for r in requests(log, since) if r.startswith("HEAD")], requests(log, since)
     assert total == sum(fs.get_file_info(f).size for f in files.files) > 0
+
+
+def test_a_cold_open_reads_footers_in_the_round_trip_of_common_metadata(slow_s3: Any) -> None:
+    """The footers of the listed files are requested with ``_common_metadata``, not after its
+    answer (2 sequential round trips after the listing, not 3), and the partial file of an
+    interrupted attempt beside a committed dataset is not read from: its footer's failure is
+    ignored, its rows are not read."""
+    import json as json_module
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+    from pipeline.storage.commit import INDEX_KEY
+
+    bucket, log = slow_s3
+    url = f"{bucket}/early"
+    write_files(url, [range(0, 20), range(20, 40)])
+    fs, root = resolve(url)
+    index = {f"part-{i:05d}.parquet": 2 for i in range(2)}
+    with fs.open_output_stream(f"{root}/_common_metadata") as out:
+        pq.write_metadata(pa.schema([("x", pa.int64())], metadata={INDEX_KEY: json_module.dumps(index)}), out)
+    with fs.open_output_stream(f"{root}/part-00002-0123456789ab.parquet") as out:
+        out.write(b"PAR1 cut short by SIGKILL")  # an interrupted attempt's file, not committed
+    since = time.time()
+    source = DatasetSource(url, ReadOptions())
+    time.sleep(0.1)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records = [r for r in records if r["t"] >= since]
+    sent = [r for r in records if "req" in r]
+    common = next(r for r in sent if r["req"].endswith("_common_metadata"))
+    answered = min(
+        r["t"] for r in records if r["conn"] == common["conn"] and "bytes" in r and r["t"] > common["t"]
+    )
+    footers = [r["t"] for r in sent if r["req"].startswith("GET") and ".parquet" in r["req"]]
+    assert len(footers) == 3 and max(footers) < answered, sent  # before its answer: the same round trip
+    assert read_source(source) == list(range(40))

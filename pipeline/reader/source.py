@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,13 +87,16 @@ class DatasetSource:
 
     def __init__(self, url: str | os.PathLike[str], options: ReadOptions | None = None) -> None:
         self.options = options or ReadOptions()
-        files = _list_files(url, self.options.filesystem)
-        self.url = files.url
-        self._fs = files.filesystem
-        # remote: pre-buffered ranged reads; listed files opened without a HEAD, footers read once
-        self._reads = RemoteReads(self._fs, sizes=files.sizes)
-        footers = parallel_map(lambda path: _footer(self._reads, path), files.files, fs=self._fs)
-        self._footers = dict(zip(files.files, footers, strict=True))
+        early = _EarlyFooters()
+        try:
+            files = _list_files(url, self.options.filesystem, on_listed=early.start)
+            self.url = files.url
+            self._fs = files.filesystem
+            # remote: pre-buffered ranged reads; listed files opened without a HEAD, footers read once
+            self._reads = early.reads or RemoteReads(self._fs, sizes=files.sizes)
+            self._footers = early.collect(self._reads, files.files)
+        finally:
+            early.close()
         stored = read_unischema(files)
         self.kind = "petastorm" if stored is not None else "parquet"
         if stored is None:
@@ -288,9 +291,9 @@ def _predicate_values(field: Any, column: pa.ChunkedArray) -> np.ndarray:
     return values
 
 
-def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
+def _list_files(url: str | os.PathLike[str], filesystem: Any, on_listed: Any = None) -> DatasetFiles:
     if filesystem is None:
-        return list_dataset_files(url)
+        return list_dataset_files(url, on_listed=on_listed)
     if not isinstance(filesystem, pafs.FileSystem):
         raise DatasetError(
             f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}",
@@ -318,6 +321,8 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any) -> DatasetFiles:
     if not files:
         raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
     sizes = {e.path: int(e.size) for e in entries if e.type == pafs.FileType.File and e.size is not None}
+    if on_listed is not None:
+        on_listed(filesystem, sorted(files), sizes)
     metadata = (
         read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
     )
@@ -342,6 +347,46 @@ def _url_on(filesystem: pafs.FileSystem, root: str) -> str:
         protocol = getattr(getattr(store.handler, "fs", None), "protocol", None)
         scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
     return f"{scheme}://{root.lstrip('/')}" if isinstance(scheme, str) else f"{name}:{root}"
+
+
+class _EarlyFooters:
+    """The footers of a remote dataset's files, read in the round trip of ``_common_metadata``.
+
+    The listing says which files there are; ``_common_metadata`` which of them are committed.
+    Instead of waiting for the second before reading the footers (one more sequential round
+    trip per open), :meth:`start` reads every listed file's footer at once, and :meth:`collect`
+    keeps those of the committed files: a footer that failed matters only for a committed file
+    (an interrupted attempt's partial file is not read from). Local datasets read as before.
+    """
+
+    def __init__(self) -> None:
+        self.reads: RemoteReads | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[pq.FileMetaData]] = {}
+
+    def start(self, fs: pafs.FileSystem, files: list[str], sizes: dict[str, int]) -> None:
+        self.reads = RemoteReads(fs, sizes=sizes)
+        if not self.reads.remote or not files:
+            return
+        self._pool = ThreadPoolExecutor(min(64, len(files)), thread_name_prefix="pipeline-footers")
+        reads = self.reads
+        self._pending = {path: self._pool.submit(_footer, reads, path) for path in files}
+
+    def collect(self, reads: RemoteReads, files: tuple[str, ...]) -> dict[str, pq.FileMetaData]:
+        """The footers of ``files`` (the committed ones): those read early, the others now."""
+        rest = [path for path in files if path not in self._pending]
+        later = dict(
+            zip(rest, parallel_map(lambda path: _footer(reads, path), rest, fs=reads.fs), strict=True)
+        )
+        return {
+            path: self._pending[path].result() if path in self._pending else later[path] for path in files
+        }
+
+    def close(self) -> None:
+        if (
+            self._pool is not None
+        ):  # footers of files that were not committed may still be read: not waited for
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _footer(reads: RemoteReads, path: str) -> pq.FileMetaData:
