@@ -403,3 +403,47 @@ def test_row_transforms_write_straight_into_the_row_buffer(url):
         bad = DatasetSource(url, pipeline.reader.ReadOptions(transform=spec(func)))
         with pytest.raises(PipelineError, match=message):
             bad.read_into(item, out, rows)
+
+
+def _attach_segment(name):
+    from multiprocessing import shared_memory
+
+    segment = shared_memory.SharedMemory(name=name)  # registers with the resource tracker (< 3.13)
+    segment.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method")
+def test_a_worker_forked_while_another_thread_holds_the_tracker_lock_does_not_hang():
+    """The hang seen in CI: a fork worker attaching shared memory waited forever for the resource
+    tracker's lock, held at the fork by another thread of the parent."""
+    import multiprocessing
+    import threading
+    from multiprocessing import resource_tracker, shared_memory
+
+    import pipeline.reader.workers_process  # noqa: F401 - registers the at-fork reset
+
+    segment = shared_memory.SharedMemory(create=True, size=64)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with resource_tracker._resource_tracker._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        holding.wait(10)
+        child = multiprocessing.get_context("fork").Process(target=_attach_segment, args=(segment.name,))
+        child.start()
+        release.set()
+        child.join(20)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+        assert not hung and child.exitcode == 0, child.exitcode
+    finally:
+        release.set()
+        holder.join()
+        segment.close()
+        segment.unlink()

@@ -56,6 +56,28 @@ _JOIN_S = 10.0
 _DIED_S = 3.0
 
 
+def _fresh_tracker_lock() -> None:
+    """In a forked child: a new lock for multiprocessing's resource tracker.
+
+    A worker attaching the row buffer's shared memory registers it with the tracker (Python
+    < 3.13), under the tracker's lock. Were another thread of the parent holding that lock at the
+    fork (creating or unlinking a segment, e.g. the previous loader's cleanup), the child would
+    inherit it held by a thread that does not exist in the child, and wait for it forever: a
+    loader with ``start_method="fork"`` hung in CI that way. The child's tracker state is the
+    parent's at the fork; only the lock is made anew.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    lock = getattr(tracker, "_lock", None)
+    if lock is not None:
+        tracker._lock = type(lock)()  # type: ignore[union-attr]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_tracker_lock)
+
+
 class WorkerDied(PipelineError):
     """A reader worker process ended without finishing its work item."""
 
