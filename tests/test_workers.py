@@ -447,3 +447,48 @@ def test_a_worker_forked_while_another_thread_holds_the_tracker_lock_does_not_ha
         holder.join()
         segment.close()
         segment.unlink()
+
+
+def _use_storage_locks():
+    import importlib
+
+    import pyarrow.fs as pafs
+
+    readahead = importlib.import_module("pipeline.storage.readahead")
+    resolve = importlib.import_module("pipeline.storage.resolve")  # the module, not the function
+    readahead.note_round_trip(pafs.LocalFileSystem(), 0.01)
+    resolve._drop_filesystems()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method")
+def test_a_child_forked_while_storage_locks_are_held_does_not_hang():
+    """The same hazard for this project's module-level locks (the S3 filesystem cache, the
+    round trips noted for sizing readers): a forked child gets new ones."""
+    import importlib
+    import multiprocessing
+    import threading
+
+    readahead = importlib.import_module("pipeline.storage.readahead")
+    resolve = importlib.import_module("pipeline.storage.resolve")  # the module, not the function
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with readahead._ROUND_TRIPS_LOCK, resolve._LOCK:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        holding.wait(10)
+        child = multiprocessing.get_context("fork").Process(target=_use_storage_locks)
+        child.start()
+        release.set()
+        child.join(20)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+        assert not hung and child.exitcode == 0, child.exitcode
+    finally:
+        release.set()
+        holder.join()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import statistics
 import threading
 import time
@@ -59,6 +60,15 @@ ROUND_TRIP_MAX_AGE_S = 60.0
 _ROUND_TRIPS: dict[int, tuple[Any, list[float], float]] = {}  # id(fs) -> (fs, last samples, monotonic)
 _ROUND_TRIPS_LOCK = threading.Lock()
 _KEPT_FILESYSTEMS = 16
+
+
+def _fresh_lock() -> None:  # a forked child: the lock may have been held by a parent thread at the fork
+    global _ROUND_TRIPS_LOCK
+    _ROUND_TRIPS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
 
 
 @atexit.register

@@ -48,6 +48,15 @@ log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple[Any, ...], pafs.FileSystem] = {}
 _LOCK = threading.Lock()
+
+
+def _fresh_lock() -> None:  # a forked child: the lock may have been held by a parent thread at the fork
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
 _IO_THREADS_SET: list[int] = []
 _TASK_DEFAULT: list[dict[str, Any]] = []  # set by task_defaults() inside a Spark task only
 
