@@ -412,21 +412,19 @@ def _attach_segment(name):
     segment.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method")
-def test_a_worker_forked_while_another_thread_holds_the_tracker_lock_does_not_hang():
-    """The hang seen in CI: a fork worker attaching shared memory waited forever for the resource
-    tracker's lock, held at the fork by another thread of the parent."""
+def _fork_while_held(locks, target, *args):
+    """Fork a child running ``target(*args)`` while another thread of this process holds
+    ``locks``; returns whether the child hung (killed after 20 s) and its exit code."""
+    import contextlib
     import multiprocessing
     import threading
-    from multiprocessing import resource_tracker, shared_memory
 
-    import pipeline.reader.workers_process  # noqa: F401 - registers the at-fork reset
-
-    segment = shared_memory.SharedMemory(create=True, size=64)
     holding, release = threading.Event(), threading.Event()
 
     def hold():
-        with resource_tracker._resource_tracker._lock:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
             holding.set()
             release.wait(30)
 
@@ -434,17 +432,34 @@ def test_a_worker_forked_while_another_thread_holds_the_tracker_lock_does_not_ha
     holder.start()
     try:
         holding.wait(10)
-        child = multiprocessing.get_context("fork").Process(target=_attach_segment, args=(segment.name,))
+        child = multiprocessing.get_context("fork").Process(target=target, args=args)
         child.start()
         release.set()
         child.join(20)
         hung = child.is_alive()
         if hung:
             child.kill()
-        assert not hung and child.exitcode == 0, child.exitcode
+        return hung, child.exitcode
     finally:
         release.set()
         holder.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method")
+def test_a_worker_forked_while_another_thread_holds_the_tracker_lock_does_not_hang():
+    """The hang seen in CI: a fork worker attaching shared memory waited forever for the resource
+    tracker's lock, held at the fork by another thread of the parent."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    import pipeline.reader.workers_process  # noqa: F401 - registers the at-fork reset
+
+    segment = shared_memory.SharedMemory(create=True, size=64)
+    try:
+        hung, code = _fork_while_held(
+            [resource_tracker._resource_tracker._lock], _attach_segment, segment.name
+        )
+        assert not hung and code == 0, code
+    finally:
         segment.close()
         segment.unlink()
 
@@ -465,30 +480,8 @@ def test_a_child_forked_while_storage_locks_are_held_does_not_hang():
     """The same hazard for this project's module-level locks (the S3 filesystem cache, the
     round trips noted for sizing readers): a forked child gets new ones."""
     import importlib
-    import multiprocessing
-    import threading
 
     readahead = importlib.import_module("pipeline.storage.readahead")
     resolve = importlib.import_module("pipeline.storage.resolve")  # the module, not the function
-    holding, release = threading.Event(), threading.Event()
-
-    def hold():
-        with readahead._ROUND_TRIPS_LOCK, resolve._LOCK:
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        holding.wait(10)
-        child = multiprocessing.get_context("fork").Process(target=_use_storage_locks)
-        child.start()
-        release.set()
-        child.join(20)
-        hung = child.is_alive()
-        if hung:
-            child.kill()
-        assert not hung and child.exitcode == 0, child.exitcode
-    finally:
-        release.set()
-        holder.join()
+    hung, code = _fork_while_held([readahead._ROUND_TRIPS_LOCK, resolve._LOCK], _use_storage_locks)
+    assert not hung and code == 0, code
