@@ -30,7 +30,7 @@ def big_url(tmp_path):
 def entries_on_disk(directory) -> list[str]:
     found = []
     for root, _, files in os.walk(directory):
-        if os.path.basename(root) != "locks":
+        if os.path.basename(root) not in ("locks", "listings"):
             found.extend(os.path.join(root, f) for f in files)
     return found
 
@@ -217,3 +217,55 @@ def test_a_partly_warm_cache_sizes_the_reader_from_its_misses(tmp_path):
     for seconds in [0.00007] * 8:
         handler.note_read(seconds)
     assert handler.observed_latency() == 0.00007
+
+
+@pytest.mark.parametrize("workers_type", ["thread", "process"])
+def test_a_loader_on_a_kept_listing_checks_it_before_len_state_and_batches(tmp_path, workers_type):
+    """The listing a disk cache kept opens the next loader at once; whatever the loader tells
+    first -- its length, its state, a batch -- waits for the store's listing, and a changed
+    dataset is opened anew with the same options (a resume point of the old one is refused)."""
+    import pyarrow.fs as pafs
+
+    import pipeline
+    from pipeline.access.cachedfs import cached_filesystem
+
+    url = write_uneven(tmp_path / "ds", [[8, 8], [8]])
+    fs, path = cached_filesystem(url, filesystem=pafs.LocalFileSystem(), cache_dir=tmp_path / "c")
+    opts = dict(filesystem=fs, batch_size=4, shuffle=False, workers=2, workers_type=workers_type, config=None)
+
+    def ids(loader):
+        return [int(i) for b in loader for i in b["id"]]
+
+    with pipeline.open_loader(path, **opts) as loader:
+        assert ids(loader) == list(range(24))
+        state = loader.state_dict()
+    first = pipeline.open_loader(path, **opts)
+    assert first.reader.source.speculative  # opened on the kept listing
+    saved = first.state_dict()  # confirmed first: unchanged, the same reader goes on
+    assert not first.reader.source.speculative and saved["dataset"] == state["dataset"]
+    with first:
+        for _ in zip(range(2), first, strict=False):
+            pass
+        resume = first.state_dict()
+
+    write_uneven(tmp_path / "ds", [[8, 8], [8, 8]])  # rewritten: another file, 8 rows more
+    loader = pipeline.open_loader(path, **opts)
+    assert loader.reader.source.speculative
+    assert len(loader) == 8  # 32 rows, not the kept listing's 24
+    assert not loader.reader.source.speculative
+    with loader:
+        assert ids(loader) == list(range(32))
+
+    write_uneven(tmp_path / "ds", [[8, 8], [8, 8], [8]])
+    loader = pipeline.open_loader(path, **opts)
+    with pytest.raises(ConfigError, match="dataset"):  # a resume point of another dataset: refused
+        loader.load_state_dict(resume)
+    loader.close()
+
+    (tmp_path / "ds" / "part-002.parquet").unlink()  # back to the 32 rows
+    os.utime(tmp_path / "ds" / "part-001.parquet", ns=(1, 1))  # same bytes, other mtime: changed
+    loader = pipeline.open_loader(path, **opts)
+    assert loader.reader.source.speculative
+    with loader:  # the workers start reading, the listing is checked, then the dataset reopened
+        assert loader.reader.workers_type == workers_type
+        assert ids(loader) == list(range(32))

@@ -366,3 +366,50 @@ def test_a_cold_open_reads_footers_in_the_round_trip_of_common_metadata(slow_s3:
     footers = [r["t"] for r in sent if r["req"].startswith("GET") and ".parquet" in r["req"]]
     assert len(footers) == 3 and max(footers) < answered, sent  # before its answer: the same round trip
     assert read_source(source) == list(range(40))
+
+
+def test_a_warm_loader_reads_while_the_store_is_listed_and_never_serves_a_changed_dataset(
+    slow_s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the disk cache, a loader starts on the listing its cache kept while the store is
+    listed again (its only request), and checks that listing before the first batch: a dataset
+    rewritten or deleted on the store since is opened anew (or fails), never read from old entries."""
+    import logging
+
+    import pyarrow.fs as pafs
+
+    import pipeline
+    from pipeline.errors import DatasetError
+
+    bucket, log = slow_s3
+    url = f"{bucket}/spec"
+    cache = tmp_path / "cache"
+    write_files(url, [range(0, 40), range(40, 80)])
+
+    def read_all(expect_speculative: bool) -> tuple[list[int], int]:
+        loader = pipeline.open_loader(url, cache_dir=cache, batch_size=16, shuffle=False, workers=2)
+        assert loader.reader.source.speculative is expect_speculative  # until the loader starts
+        with loader:
+            assert not loader.reader.source.speculative  # checked before anything is handed out
+            values = [int(v) for b in loader for v in b["x"]]
+            return values, len(loader)
+
+    assert read_all(False) == (list(range(80)), 5)  # cold: no listing kept yet
+    since = time.time()
+    assert read_all(True) == (list(range(80)), 5)  # warm: opened at once on the kept listing
+    warm = requests(log, since)
+    assert len(warm) == 1 and "list-type=2" in warm[0], warm  # the listing: sent, and nothing else
+
+    time.sleep(1.1)  # S3 mtimes have whole seconds
+    write_files(url, [range(100, 140), range(140, 180), range(180, 200)])  # rewritten, one file more
+    caplog.set_level(logging.INFO, logger="pipeline.access.cachedfs")
+    assert read_all(True) == (list(range(100, 200)), 7)
+    assert "changed on the store since it was last listed" in caplog.text
+    assert read_all(True) == (list(range(100, 200)), 7)  # and kept: the next open goes straight on
+
+    fs, root = resolve(url)
+    fs.delete_dir_contents(root)
+    assert fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)) == []
+    loader = pipeline.open_loader(url, cache_dir=cache, batch_size=16, shuffle=False)
+    with pytest.raises(DatasetError), loader:  # not the cached rows of a dataset that is gone
+        list(loader)

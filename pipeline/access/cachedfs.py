@@ -14,16 +14,28 @@ footers from the cache without a ``HEAD`` per file; a file not seen in a listing
 said, so a rewritten file gets a new key, never the old entries. The store is opened once per
 file (and size and mtime) and its handle shared by the reads that miss; a file whose size on the
 store is no longer the listed one is an error, not an entry.
+
+Warm opens without waiting for the listing (:meth:`CachingHandler.listing`): the latest listing of
+a dataset's folder is kept in the cache folder (``listings/``). A reader that opens the dataset
+again may start from it at once -- its footers and row groups are cache hits keyed by the sizes
+and mtimes it names -- while the folder is listed again in the background; the reader waits for
+that listing before it hands out anything, and opens the dataset anew if the store's listing is
+not the kept one (``pipeline.open_loader`` does: the first batch waits for the listing's round
+trip, no longer for the listing *and* the reads after it).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +46,12 @@ from pipeline.storage import is_remote_filesystem, resolve
 from pipeline.storage.readahead import note_round_trip
 
 __all__ = ["CachingHandler", "cached_filesystem"]
+
+log = logging.getLogger(__name__)
+
+_LISTING_VERSION = 1
+_LISTING_MAX_FILES = 200_000  # a larger folder's listing is not kept (nor opened from)
+_LISTINGS_KEPT = 256  # listings of this many folders at most (the least recently written go)
 
 
 def cached_filesystem(
@@ -126,6 +144,86 @@ class CachingHandler(pafs.FileSystemHandler):
         note_round_trip(self.inner, time.perf_counter() - started)  # sizes the reader's threads
         self._remember(infos)
         return infos
+
+    def listing(
+        self, root: str, *, speculate: bool = False
+    ) -> tuple[list[pafs.FileInfo], Callable[[], bool] | None]:
+        """Every entry under ``root`` (a recursive listing), and how to confirm it.
+
+        Without ``speculate``, or when no listing of ``root`` is kept: the store's listing (kept
+        for the next open), and ``None``. With ``speculate`` and a kept listing: the kept one at
+        once, the store listed again in a background thread, and ``confirm()``: it waits for that
+        listing and returns whether the store still holds exactly the kept files (path, size,
+        mtime). The caller must not hand anything read on the kept listing to its user before
+        ``confirm()`` returned ``True``; on ``False`` (or a failed listing) it opens the dataset
+        again without ``speculate``.
+        """
+        selector = pafs.FileSelector(root, recursive=True)
+        kept = self._kept_listing(root) if speculate else None
+        if kept is None:
+            infos = self.get_file_info_selector(selector)
+            self._keep_listing(root, infos)
+            return infos, None
+        self._remember(kept)
+        fresh: Future[list[pafs.FileInfo]] = Future()
+
+        def relist() -> None:
+            try:
+                fresh.set_result(self.get_file_info_selector(selector))
+            except BaseException as exc:  # the confirmation reports it as a change: reopened
+                fresh.set_exception(exc)
+
+        # not a daemon: an exit waits for it rather than finalizing the S3 client under it
+        threading.Thread(target=relist, name="pipeline-relist").start()
+
+        def confirm() -> bool:
+            try:
+                infos = fresh.result()
+            except Exception as exc:
+                log.debug("listing %s again failed (%s): opening it anew", root, exc)
+                return False
+            same = _files_of(infos) == _files_of(kept)
+            if not same:
+                log.info("%s changed on the store since it was last listed: opening it anew", root)
+                self._keep_listing(root, infos)
+            return same
+
+        return kept, confirm
+
+    def _listing_path(self, root: str) -> Path:
+        key = self.cache.key("listing", self.inner.type_name, root)
+        return self.cache.directory / "listings" / key
+
+    def _kept_listing(self, root: str) -> list[pafs.FileInfo] | None:
+        """The listing of ``root`` kept by an earlier open, or ``None`` (none, unreadable, other)."""
+        try:
+            kept = json.loads(self._listing_path(root).read_bytes())
+            if kept.get("version") != _LISTING_VERSION or kept.get("root") != root:
+                return None
+            return [
+                pafs.FileInfo(path, pafs.FileType.File, size=size, mtime_ns=mtime)
+                for path, size, mtime in kept["files"]
+            ]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def _keep_listing(self, root: str, infos: list[pafs.FileInfo]) -> None:
+        """Keep the files of a listing of ``root`` (atomically; best effort: a read-only disk keeps none)."""
+        files = _files_of(infos)
+        if len(files) > _LISTING_MAX_FILES or any(mtime is None for _, _, mtime in files):
+            return  # too large to be worth it, or no mtimes (a rewrite of the same size would not show)
+        path = self._listing_path(root)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_text(json.dumps({"version": _LISTING_VERSION, "root": root, "files": sorted(files)}))
+            os.replace(tmp, path)
+            kept = sorted((e for e in os.scandir(path.parent) if not e.name.startswith(".")), key=_mtime)
+            for old in kept[: max(0, len(kept) - _LISTINGS_KEPT)]:
+                Path(old.path).unlink(missing_ok=True)
+        except OSError as exc:
+            log.debug("cannot keep the listing of %s: %s", root, exc)
+            tmp.unlink(missing_ok=True)
 
     def _info(self, path: str) -> pafs.FileInfo:
         """The listed size and mtime of ``path``, else one ``HEAD`` (shared by concurrent callers)."""
@@ -280,6 +378,18 @@ class _CachedFile:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:  # deleted meanwhile by another process
+        return 0.0
+
+
+def _files_of(infos: list[pafs.FileInfo]) -> list[tuple[str, int | None, int | None]]:
+    """``(path, size, mtime_ns)`` of the files of a listing, sorted: what a kept listing holds."""
+    return sorted((info.path, info.size, info.mtime_ns) for info in infos if info.type == pafs.FileType.File)
 
 
 def _timed(fh: pa.NativeFile, start: int, length: int, took: list[float]) -> bytes:

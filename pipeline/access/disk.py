@@ -60,6 +60,7 @@ _STALE_TMP_S = 3600
 _TOUCH_S = 60.0  # a hit older than this moves the entry to the recent end of the LRU order
 _SETTLED_S = 1.0  # file times tick coarsely: trust a checksum only for files unchanged this long
 _CHECKED_MAX = 200_000  # validated entries remembered per process (then forgotten, re-checked)
+_NOT_ENTRIES = ("locks", "listings")  # folders beside the entries' (listings: see cachedfs)
 
 
 def default_cache_dir() -> Path:
@@ -205,7 +206,7 @@ class DiskCache:
         found = []
         now = time.time()
         for sub in os.scandir(self.directory):
-            if not sub.is_dir() or sub.name == "locks":
+            if not sub.is_dir() or sub.name in _NOT_ENTRIES:
                 continue
             for entry in os.scandir(sub.path):
                 try:
@@ -249,9 +250,12 @@ class DiskCache:
             _write_total(fd, total)  # exact again; entries deleted by others only make it high (safe)
 
     def clear(self) -> None:  # the running total stays high until the next write scans: safe
-        """Delete every entry."""
+        """Delete every entry (and the listings kept beside them)."""
         for _, _, path in self.entries():
             path.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            for entry in os.scandir(self.directory / "listings"):
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def _read_into(fd: int, buf: bytearray) -> int:

@@ -59,6 +59,7 @@ def open_source(
     cache: str = "stream",
     cache_limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    speculate: bool = False,
 ) -> DatasetSource | CachedSource:
     """A dataset source read in loading mode ``cache``.
 
@@ -70,19 +71,22 @@ def open_source(
         cache_limit: ``memory``: refuse above this many decoded bytes (default half the
             available RAM); ``disk``: bytes of entries kept (default 10 GiB). Defaults to ``None``.
         cache_dir: ``disk``: the cache folder. Defaults to ``None`` (``~/.cache/pipeline/ranges``).
+        speculate: On a disk cache (``"disk"``, or one given as ``options.filesystem``): open
+            on the listing it kept, confirmed later (``DatasetSource.confirm_listing``, which
+            the caller must call before handing out anything read). Defaults to ``False``.
 
     Raises:
         ConfigError: Unknown mode, or the dataset does not fit the memory limit.
     """
     options = options or ReadOptions()
     cache = cache_mode(cache, cache_dir)
-    if cache == "stream":
-        return DatasetSource(url, options)
+    if cache == "stream":  # options.filesystem may be a disk cache itself
+        return DatasetSource(url, options, speculate=speculate)
     if cache == "disk":
         fs, path = cached_filesystem(
             url, filesystem=options.filesystem, cache_dir=cache_dir, cache_limit=cache_limit
         )
-        return DatasetSource(path, dataclasses.replace(options, filesystem=fs))
+        return DatasetSource(path, dataclasses.replace(options, filesystem=fs), speculate=speculate)
     return CachedSource(DatasetSource(url, options), limit=cache_limit)
 
 

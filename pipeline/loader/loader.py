@@ -96,8 +96,11 @@ class Loader(PrefetchedBatches):
     batch came from.
     """
 
-    def __init__(self, reader: Reader, config: LoaderConfig, transform: Any = None) -> None:
+    def __init__(
+        self, reader: Reader, config: LoaderConfig, transform: Any = None, *, reopen: Any = None
+    ) -> None:
         self.reader = reader
+        self._reopen = reopen  # () -> Reader on a fresh listing, when reader's source is speculative
         self.config = config
         self._stats = LoaderStats(reader.workers)
         super().__init__(config.device, config.prefetch, name="pipeline-loader", stats=self._stats)
@@ -119,18 +122,52 @@ class Loader(PrefetchedBatches):
         """Epoch of the batch most recently returned (the epoch to start in before the first one)."""
         self.batches_returned = 0
         self._epoch_batches = reader.start_batch  # batches of `epoch` delivered, restored ones included
+        self._attach(reader)
+        self._fingerprint: str | None = None
+
+    def _attach(self, reader: Reader) -> None:
         if reader.stats is None:
             reader.stats = self._stats
             time_source_reads(reader.source, self._stats)
-        self._fingerprint: str | None = None
+
+    def _confirmed(self) -> Reader:
+        """The reader, once its source is known to be the dataset on the store.
+
+        A source opened on a disk cache's kept listing (``speculate``) is confirmed here, before
+        anything read from it -- a batch, the batch count, the fingerprint -- leaves the loader:
+        this waits for the store's listing (its workers already reading, when started). Should
+        the store hold other files now, the reader is stopped and the dataset opened anew, and
+        the new reader starts where the old one was told to.
+        """
+        reader = self.reader
+        confirm = getattr(reader.source, "confirm_listing", None)
+        if confirm is None or not getattr(reader.source, "speculative", False) or confirm():
+            return reader
+        started = self._prefetcher is not None
+        if started:
+            self._stop_threads()
+        fresh = self._reopen()
+        fresh.start_epoch, fresh.start_batch = reader.start_epoch, reader.start_batch
+        self.reader = fresh
+        self._attach(fresh)
+        self._fingerprint = None
+        if started:
+            self._start()
+        return fresh
+
+    def _start(self) -> None:
+        started = self._prefetcher is not None
+        super()._start()  # the workers start reading ...
+        if not started:
+            self._confirmed()  # ... while the listing is confirmed
 
     def __len__(self) -> int:
-        return self.reader.batches_per_epoch
+        return self._confirmed().batches_per_epoch
 
     @property
     def fields(self) -> list[str]:
         """Names of the fields in each batch (before any ``<name>_lengths`` and batch callable)."""
-        return list(self.reader.source.specs)
+        return list(self._confirmed().source.specs)
 
     def _host_batches(self) -> Iterator[tuple[dict[str, Any], Any, tuple[int, int]]]:
         """Runs in the prefetch thread: rows -> (host batch, pinned slot or None, (epoch, rows))."""
@@ -194,7 +231,7 @@ class Loader(PrefetchedBatches):
         the dataset. Give it to :meth:`load_state_dict` of a new loader to go on from there. An
         epoch whose batches were all returned is recorded as the start of the next one.
         """
-        reader = self.reader
+        reader = self._confirmed()
         epoch, batches = self.epoch, self._epoch_batches
         if batches >= len(self) > 0 or (len(self) == 0 and batches):
             epoch, batches = epoch + 1, 0
@@ -378,27 +415,36 @@ def open_loader(
         predicate=predicate,
         filesystem=filesystem,
     )
-    source = open_source(url, options, cache=cache, cache_limit=cache_limit, cache_dir=cache_dir)
     recipe = SourceRecipe(
         os.fspath(url), options, cache, cache_limit, os.fspath(cache_dir) if cache_dir is not None else None
     )
-    kind, _ = choose_workers_type(reader_cfg, source, recipe, reader_cfg.worker_threads)
-    # a remote dataset read by threads: enough of them to hide the round trips
-    if reader_cfg.workers is None and kind == "thread":
-        fs, path = resolve(url, filesystem=filesystem)
-        threads = read_threads(fs, path, cpu_threads=reader_cfg.worker_threads)
-        reader_cfg = dataclasses.replace(reader_cfg, workers=threads)
-    reader = Reader(
-        source,
-        reader_cfg,
-        batch_size=loader_cfg.batch_size,
-        drop_last=loader_cfg.drop_last,
-        rank=rank,
-        world_size=world_size,
-        recipe=recipe,
-    )
-    log.debug("loader on %s: %s, %s, rank %d/%d", source.url, reader_cfg, loader_cfg, rank, world_size)
-    return Loader(reader, loader_cfg, transform)
+
+    def open_reader(speculate: bool) -> Reader:
+        source = open_source(
+            url, options, cache=cache, cache_limit=cache_limit, cache_dir=cache_dir, speculate=speculate
+        )
+        config = reader_cfg
+        kind, _ = choose_workers_type(config, source, recipe, config.worker_threads)
+        # a remote dataset read by threads: enough of them to hide the round trips
+        if config.workers is None and kind == "thread":
+            fs, path = resolve(url, filesystem=source.options.filesystem or filesystem)  # a disk cache's own
+            threads = read_threads(fs, path, cpu_threads=config.worker_threads)
+            config = dataclasses.replace(config, workers=threads)
+        reader = Reader(
+            source,
+            config,
+            batch_size=loader_cfg.batch_size,
+            drop_last=loader_cfg.drop_last,
+            rank=rank,
+            world_size=world_size,
+            recipe=recipe,
+        )
+        log.debug("loader on %s: %s, %s, rank %d/%d", source.url, config, loader_cfg, rank, world_size)
+        return reader
+
+    # Through a disk cache, the reader starts on the listing the cache kept while the store is
+    # listed again; the loader checks that listing before its first batch (Loader._confirmed).
+    return Loader(open_reader(True), loader_cfg, transform, reopen=lambda: open_reader(False))
 
 
 def resolve_configs(

@@ -80,16 +80,24 @@ class DatasetSource:
         url: Dataset folder or URL (``file://``, ``hdfs://``, ``s3://``...), or a path on
             ``options.filesystem``.
         options: Fields, transform, predicate and filesystem. Defaults to ``ReadOptions()``.
+        speculate: On a disk cache (``options.filesystem`` from
+            :func:`~pipeline.access.cachedfs.cached_filesystem`), open on the listing kept by
+            the last open while the store is listed again; the caller then calls
+            :meth:`confirm_listing` before it hands out anything read. Defaults to ``False``.
 
     Raises:
         DatasetError: The dataset is missing or a requested field does not exist.
     """
 
-    def __init__(self, url: str | os.PathLike[str], options: ReadOptions | None = None) -> None:
+    def __init__(
+        self, url: str | os.PathLike[str], options: ReadOptions | None = None, *, speculate: bool = False
+    ) -> None:
         self.options = options or ReadOptions()
         early = _EarlyFooters()
         try:
-            files = _list_files(url, self.options.filesystem, on_listed=early.start)
+            files, self._confirm = _list_files(
+                url, self.options.filesystem, on_listed=early.start, speculate=speculate
+            )
             self.url = files.url
             self._fs = files.filesystem
             # remote: pre-buffered ranged reads; listed files opened without a HEAD, footers read once
@@ -120,8 +128,24 @@ class DatasetSource:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_recent"] = state["_decoders"] = None  # locks and futures stay in this process
+        state["_recent"] = state["_decoders"] = state["_confirm"] = None  # locks, futures: this process's
         return state
+
+    def confirm_listing(self) -> bool:
+        """Whether what this source was opened on is still the dataset on the store.
+
+        ``True`` at once unless the source was opened with ``speculate=True`` on a disk cache's
+        kept listing: then it waits for the store's listing (once) and says whether the files
+        are the same. On ``False`` nothing read from this source may be handed out: open the
+        dataset again (``pipeline.open_loader`` does).
+        """
+        confirm, self._confirm = self._confirm, None
+        return True if confirm is None else bool(confirm())
+
+    @property
+    def speculative(self) -> bool:
+        """Opened on a kept listing that :meth:`confirm_listing` has not confirmed yet."""
+        return self._confirm is not None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -291,17 +315,25 @@ def _predicate_values(field: Any, column: pa.ChunkedArray) -> np.ndarray:
     return values
 
 
-def _list_files(url: str | os.PathLike[str], filesystem: Any, on_listed: Any = None) -> DatasetFiles:
+def _list_files(
+    url: str | os.PathLike[str], filesystem: Any, on_listed: Any = None, speculate: bool = False
+) -> tuple[DatasetFiles, Any]:
+    """The dataset's files, and ``confirm()`` when they came from a disk cache's kept listing
+    (``speculate``; see :meth:`~pipeline.access.cachedfs.CachingHandler.listing`), else ``None``."""
     if filesystem is None:
-        return list_dataset_files(url, on_listed=on_listed)
+        return list_dataset_files(url, on_listed=on_listed), None
     if not isinstance(filesystem, pafs.FileSystem):
         raise DatasetError(
             f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}",
             hint="wrap an fsspec filesystem with pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))",
         )
     root = os.fspath(url).rstrip("/")
+    handler = filesystem.handler if isinstance(filesystem, pafs.PyFileSystem) else None
     try:  # the listing alone: a get_file_info(root) first costs 2 more round trips on S3
-        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        if hasattr(handler, "listing"):  # a disk cache: its kept listing, confirmed later
+            entries, confirm = handler.listing(root, speculate=speculate)
+        else:
+            entries, confirm = filesystem.get_file_info(pafs.FileSelector(root, recursive=True)), None
     except FileNotFoundError:
         raise DatasetError(
             f"{root} does not exist on {filesystem.type_name}", hint="check the path"
@@ -327,7 +359,8 @@ def _list_files(url: str | os.PathLike[str], filesystem: Any, on_listed: Any = N
         read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
     )
     files = committed_files(filesystem, root, sorted(files), common, url=root, metadata=metadata)
-    return DatasetFiles(_url_on(filesystem, root), filesystem, root, tuple(files), common, metadata, sizes)
+    listed = DatasetFiles(_url_on(filesystem, root), filesystem, root, tuple(files), common, metadata, sizes)
+    return listed, confirm
 
 
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
