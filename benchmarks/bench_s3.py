@@ -34,8 +34,14 @@ runs N times, interleaved, and reports the median of each figure (and every roun
 
 The S3 server shares the machine's cores with the loader and reads a whole object for every
 ranged GET (moto 5.2), so its CPU time per request bounds the S3 figures here; objects are kept
-in its memory (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``) and data files hold ``--file-rows`` rows
-(8 MiB at the defaults), as a store serving ranges in O(range) would not need.
+in its memory (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``).
+
+The dataset's layout (``--layout``): ``convert`` (default), row groups and files as ``pipeline
+convert`` writes them with ``conf/convert.yaml`` (16 MB row groups: ~9,000 64x64 JPEGs or
+~4,000 4 KiB arrays; at least one file per core), what a user reads; ``small``, 256-row row
+groups in 2,048-row files (0.4-1 MiB per request, 128+ row groups: the steady rate is measured),
+a stress case for the read-ahead and for the S3 server, which handles each request in Python on
+the same cores.
 
 ``--warm-only`` measures the warm cache against local alone: one fill, then rounds of the local
 and warm runs with nothing between them.
@@ -72,6 +78,38 @@ from tests.s3_server import KEY, create_bucket, start_latency_proxy, start_moto,
 STEADY_MIN_ROW_GROUPS = 128
 RUNS = ("local", "s3_cold", "s3_cache_fill", "s3_warm")
 PETASTORM_PY = REPO / ".venv-petastorm" / "bin" / "python"
+
+
+def layout(args: argparse.Namespace, rows: int) -> tuple[int, int]:
+    """``(rows per row group, rows per file)`` of the dataset of ``rows`` rows.
+
+    ``convert``: what ``pipeline convert`` writes with the settings of ``conf/convert.yaml``:
+    row groups of ``row_group_mb``, and ``max(cores, input / file_mb)`` files (its Spark tasks;
+    the rows' stored bytes stand for the input's). ``small``: 256-row row groups in 2,048-row
+    files (a dataset of many small requests). ``--row-group-rows`` / ``--file-rows`` override.
+    """
+    from pipeline.config import load_config
+    from pipeline.convert.common import ConvertConfig
+
+    if args.layout == "small":
+        group, per_file = 256, 2048
+    else:
+        settings = load_config(ConvertConfig, REPO / "conf" / "convert.yaml")
+        row_bytes = sample_row_bytes(args.kind, args.dim, args.image_size)
+        group = max(1, settings.row_group_mb * 2**20 // row_bytes)
+        files = max(os.cpu_count() or 1, -(-rows * row_bytes // (settings.file_mb * 2**20)))
+        per_file = -(-rows // files)
+    group = args.row_group_rows or group
+    per_file = args.file_rows or per_file
+    return min(group, per_file), per_file
+
+
+def sample_row_bytes(kind: str, dim: int, image_size: int) -> int:
+    """Stored bytes of a row (its encoded value and label), from a small dataset written the same way."""
+    with tempfile.TemporaryDirectory(prefix="bench-s3-sample-") as folder:
+        write_dataset(Path(folder), 256, dim, 256, 1, kind, image_size)
+        meta = pq.read_metadata(Path(folder) / "part-00000.parquet")
+        return max(1, meta.row_group(0).total_byte_size // 256)
 
 
 def write_dataset(
@@ -294,8 +332,9 @@ def bench_size(
     creds = {"access_key_id": KEY, "secret_access_key": KEY, "region": "us-east-1"}
     local = tmp / f"ds-{rows}"
     local.mkdir()
-    files = max(1, -(-rows // args.file_rows))
-    write_dataset(local, rows, args.dim, args.row_group_rows, files, args.kind, args.image_size)
+    row_group_rows, file_rows = layout(args, rows)
+    files = max(1, -(-rows // file_rows))
+    write_dataset(local, rows, args.dim, row_group_rows, files, args.kind, args.image_size)
     direct = s3_filesystem(StorageConfig(endpoint_url=endpoint, **creds))
     prefix = f"bench/ds-{rows}"
     for f in sorted(local.iterdir()):
@@ -304,10 +343,11 @@ def bench_size(
     out: dict[str, Any] = {
         "rows": rows,
         "files": files,
+        "row_group_rows": row_group_rows,
         "mib": round(sum(f.stat().st_size for f in local.iterdir()) / 2**20, 1),
     }
     opts = {"workers": args.workers, "batch": args.batch_size}
-    epochs = 3 if rows // args.row_group_rows >= STEADY_MIN_ROW_GROUPS else 1
+    epochs = 3 if rows // row_group_rows >= STEADY_MIN_ROW_GROUPS else 1
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
 
@@ -448,10 +488,18 @@ def main(argv: list[str] | None = None) -> int:
         "--dim", type=int, default=1024, help="arrays: float32 values per row (4 KiB at 1024)"
     )
     parser.add_argument("--image-size", type=int, default=64, help="images: side in pixels")
-    parser.add_argument("--row-group-rows", type=int, default=256)
     parser.add_argument(
-        "--file-rows", type=int, default=2048, help="rows per data file (8 MiB at the defaults)"
+        "--layout",
+        choices=("convert", "small"),
+        default="convert",
+        help="convert: row groups and files as `pipeline convert` writes them (conf/convert.yaml: "
+        "16 MB row groups, 256 MB files, at least one file per core); small: 256-row row groups, "
+        "2,048-row files (many small requests)",
     )
+    parser.add_argument(
+        "--row-group-rows", type=int, default=None, help="rows per row group (overrides --layout)"
+    )
+    parser.add_argument("--file-rows", type=int, default=None, help="rows per data file (overrides --layout)")
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument(
         "--workers", type=int, default=None, help="reader threads (default: CPU cores, more on S3)"
