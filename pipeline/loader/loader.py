@@ -29,7 +29,7 @@ import torch
 
 from pipeline.access.source import open_source
 from pipeline.config import from_mapping, load_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DatasetError
 from pipeline.loader.collate import RecyclingAllocator, collate_batch, collate_selection, gather_selection
 from pipeline.loader.stages import PrefetchedBatches
 from pipeline.loader.state import STATE_VERSION, check_state, dataset_fingerprint
@@ -146,6 +146,11 @@ class Loader(PrefetchedBatches):
         started = self._prefetcher is not None
         if started:
             self._stop_threads()
+        if self._reopen is None:  # a Loader built by hand around a speculative source
+            raise DatasetError(
+                f"{reader.source.url} changed on the store since its listing was kept",
+                hint="open it again with pipeline.open_loader(...)",
+            )
         fresh = self._reopen()
         fresh.start_epoch, fresh.start_batch = reader.start_epoch, reader.start_batch
         self.reader = fresh
