@@ -129,16 +129,35 @@ def list_dataset_files(
             return DatasetFiles(url, fs, root, (root,), None, sizes={root: int(info.size)})
     if listed is None:  # a local folder, or a file URL on a store that named a folder
         listed = list_files(fs, root, url=url)  # parallel, paginated, retried
+    files, common, sizes = dataset_entries(listed, root, url)
+    if on_listed is not None:
+        on_listed(fs, files, sizes)
+    metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
+    files = committed_files(fs, root, files, common, url=url, metadata=metadata)  # what it lists
+    return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)
+
+
+def dataset_entries(
+    listed: list[pafs.FileInfo], root: str, url: str
+) -> tuple[list[str], str | None, dict[str, int]]:
+    """What a recursive listing of ``root`` holds: the data files (sorted), the
+    ``_common_metadata`` file (or ``None``) and every listed file's size.
+
+    Data files end in ``.parquet`` or ``.parq``, with no part of their path under ``root``
+    starting with ``_`` or ``.``.
+
+    Raises:
+        DatasetError: There is no data file (``url`` names the dataset in the message).
+    """
     files: list[str] = []
     common = None
     for entry in listed:
         if entry.type != pafs.FileType.File:
             continue
         rel = entry.path[len(root) :].lstrip("/")
-        parts = rel.split("/")
         if rel == "_common_metadata":
             common = entry.path
-        if any(p.startswith(_NOT_DATA) for p in parts):
+        if any(p.startswith(_NOT_DATA) for p in rel.split("/")):
             continue
         if entry.path.endswith((".parquet", ".parq")):
             files.append(entry.path)
@@ -148,11 +167,7 @@ def list_dataset_files(
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
     sizes = {e.path: int(e.size) for e in listed if e.type == pafs.FileType.File and e.size is not None}
-    if on_listed is not None:
-        on_listed(fs, sorted(files), sizes)
-    metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
-    files = committed_files(fs, root, sorted(files), common, url=url, metadata=metadata)  # what it lists
-    return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)
+    return sorted(files), common, sizes
 
 
 def read_common_metadata(

@@ -385,3 +385,23 @@ def test_threads_beyond_the_cores_read_but_do_not_decode_at_once(parquet_url, mo
     assert {k: [np.asarray(v).tolist() for v in vs] for k, vs in rows.items()} == {
         k: [np.asarray(v).tolist() for v in vs] for k, vs in expected.items()
     }
+
+
+def test_a_folder_without_parquet_files_is_a_clean_error_by_url_and_on_a_filesystem(tmp_path):
+    """The same listing rules and message whether the dataset is named by URL or given as a path
+    on a filesystem: hidden and ``_``-prefixed files are not data."""
+    import pyarrow.fs as pafs
+
+    from pipeline.errors import DatasetError
+    from pipeline.reader.config import ReadOptions
+    from pipeline.reader.source import DatasetSource
+
+    folder = tmp_path / "notes"
+    (folder / "_staging").mkdir(parents=True)
+    (folder / "_staging" / "part-0.parquet").write_bytes(b"PAR1")
+    (folder / ".hidden.parquet").write_bytes(b"PAR1")
+    (folder / "readme.txt").write_text("not data")
+    for options in (ReadOptions(), ReadOptions(filesystem=pafs.LocalFileSystem())):
+        with pytest.raises(DatasetError, match=f"no Parquet files under file://{folder}") as info:
+            DatasetSource(str(folder), options)
+        assert "root folder" in str(info.value)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.dataset import (
     DatasetFiles,
+    dataset_entries,
     list_dataset_files,
     normalize_url,
     read_common_metadata,
@@ -338,28 +339,15 @@ def _list_files(
         raise DatasetError(
             f"{root} does not exist on {filesystem.type_name}", hint="check the path"
         ) from None
-    common = None
-    files = []
-    for entry in entries:
-        rel = entry.path[len(root) :].lstrip("/")
-        if rel == "_common_metadata":
-            common = entry.path
-        elif (
-            entry.type == pafs.FileType.File
-            and entry.path.endswith((".parquet", ".parq"))
-            and not any(p.startswith(("_", ".")) for p in rel.split("/"))
-        ):
-            files.append(entry.path)
-    if not files:
-        raise DatasetError(f"no Parquet files under {root}", hint="pass the dataset's root folder")
-    sizes = {e.path: int(e.size) for e in entries if e.type == pafs.FileType.File and e.size is not None}
+    shown = _url_on(filesystem, root)
+    files, common, sizes = dataset_entries(entries, root, shown)
     if on_listed is not None:
-        on_listed(filesystem, sorted(files), sizes)
+        on_listed(filesystem, files, sizes)
     metadata = (
         read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
     )
-    files = committed_files(filesystem, root, sorted(files), common, url=root, metadata=metadata)
-    listed = DatasetFiles(_url_on(filesystem, root), filesystem, root, tuple(files), common, metadata, sizes)
+    files = committed_files(filesystem, root, files, common, url=root, metadata=metadata)
+    listed = DatasetFiles(shown, filesystem, root, tuple(files), common, metadata, sizes)
     return listed, confirm
 
 
