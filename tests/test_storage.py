@@ -202,25 +202,3 @@ def test_reader_threads_come_from_the_shortest_round_trip_not_the_queued_ones() 
         note_round_trip(store, seconds)
     assert observed_latency(store) == pytest.approx(0.024)
     assert read_threads(store, "bucket/ds", cpu_threads=2, config=StorageConfig()) == 2 + 12
-
-
-def test_filesystems_are_let_go_at_exit_with_a_collection_only_when_still_held(monkeypatch):
-    """At exit the cached S3 filesystems are dropped before pyarrow finalizes S3; a full garbage
-    collection (most of a second on a large heap) runs only when one of them is still alive."""
-    import gc
-    import importlib
-
-    resolve_module = importlib.import_module("pipeline.storage.resolve")
-    collections = []
-    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or 0)
-    config = StorageConfig(endpoint_url="http://127.0.0.1:1", region="us-east-1")
-
-    held = resolve_module.s3_filesystem(config)
-    resolve_module._drop_filesystems()
-    assert collections and resolve_module._CACHE == {}  # held here: collected, in case of a cycle
-
-    del held
-    collections.clear()
-    resolve_module.s3_filesystem(config)  # cached only
-    resolve_module._drop_filesystems()
-    assert collections == [] and resolve_module._CACHE == {}

@@ -24,7 +24,6 @@ import gc
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,10 +161,8 @@ def _drop_filesystems() -> None:
     """Let go of cached S3 filesystems before pyarrow finalizes S3 (atexit runs last-in first):
     an S3 client alive after ``finalize_s3`` can abort the interpreter at exit (pyarrow 14)."""
     with _LOCK:
-        made = [weakref.ref(fs) for fs in _CACHE.values()]
         _CACHE.clear()
-    if any(ref() is not None for ref in made):  # still held, maybe by a cycle: collect (slow on a big heap)
-        gc.collect()
+    gc.collect()
 
 
 def _set_io_threads(config: StorageConfig) -> None:
