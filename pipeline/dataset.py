@@ -107,7 +107,7 @@ def list_dataset_files(
     reading their footers then, in the same round trip.
     """
     url = normalize_url(url)
-    from pipeline.storage import committed_files, file_info, is_remote_filesystem, list_files
+    from pipeline.storage import file_info, is_remote_filesystem, list_files
 
     fs, root = _filesystem(url)
     # On a store, a folder is listed first: its existence check would cost 2 more round trips
@@ -129,26 +129,29 @@ def list_dataset_files(
             return DatasetFiles(url, fs, root, (root,), None, sizes={root: int(info.size)})
     if listed is None:  # a local folder, or a file URL on a store that named a folder
         listed = list_files(fs, root, url=url)  # parallel, paginated, retried
-    files, common, sizes = dataset_entries(listed, root, url)
-    if on_listed is not None:
-        on_listed(fs, files, sizes)
-    metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
-    files = committed_files(fs, root, files, common, url=url, metadata=metadata)  # what it lists
-    return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)
+    return dataset_from_listing(fs, root, url, listed, on_listed=on_listed)
 
 
-def dataset_entries(
-    listed: list[pafs.FileInfo], root: str, url: str
-) -> tuple[list[str], str | None, dict[str, int]]:
-    """What a recursive listing of ``root`` holds: the data files (sorted), the
-    ``_common_metadata`` file (or ``None``) and every listed file's size.
+def dataset_from_listing(
+    fs: pafs.FileSystem,
+    root: str,
+    url: str,
+    listed: list[pafs.FileInfo],
+    *,
+    on_listed: Callable[[pafs.FileSystem, list[str], dict[str, int]], None] | None = None,
+) -> DatasetFiles:
+    """The dataset at ``root`` on ``fs`` from a recursive listing of it: its committed data files.
 
     Data files end in ``.parquet`` or ``.parq``, with no part of their path under ``root``
-    starting with ``_`` or ``.``.
+    starting with ``_`` or ``.``. ``_common_metadata``, when listed, is read (once) and says
+    which of them are committed. ``url`` names the dataset in messages. ``on_listed``: as in
+    :func:`list_dataset_files`.
 
     Raises:
-        DatasetError: There is no data file (``url`` names the dataset in the message).
+        DatasetError: There is no data file, or ``_common_metadata`` is damaged.
     """
+    from pipeline.storage import committed_files
+
     files: list[str] = []
     common = None
     for entry in listed:
@@ -166,8 +169,13 @@ def dataset_entries(
             f"no Parquet files under {url}",
             hint="was it written by `pipeline convert`, Spark or pyarrow? pass the dataset's root folder",
         )
+    files.sort()
     sizes = {e.path: int(e.size) for e in listed if e.type == pafs.FileType.File and e.size is not None}
-    return sorted(files), common, sizes
+    if on_listed is not None:
+        on_listed(fs, files, sizes)
+    metadata = read_common_metadata(fs, common, url, size=sizes.get(common)) if common is not None else None
+    files = committed_files(fs, root, files, common, url=url, metadata=metadata)  # what it lists
+    return DatasetFiles(url, fs, root, tuple(files), common, metadata, sizes)
 
 
 def read_common_metadata(

@@ -216,7 +216,7 @@ class CachingHandler(pafs.FileSystemHandler):
         tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
         try:
             path.parent.mkdir(exist_ok=True)
-            tmp.write_text(json.dumps({"version": _LISTING_VERSION, "root": root, "files": sorted(files)}))
+            tmp.write_text(json.dumps({"version": _LISTING_VERSION, "root": root, "files": files}))
             os.replace(tmp, path)
             kept = sorted((e for e in os.scandir(path.parent) if not e.name.startswith(".")), key=_mtime)
             for old in kept[: max(0, len(kept) - _LISTINGS_KEPT)]:

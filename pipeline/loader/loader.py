@@ -140,8 +140,7 @@ class Loader(PrefetchedBatches):
         the new reader starts where the old one was told to.
         """
         reader = self.reader
-        confirm = getattr(reader.source, "confirm_listing", None)
-        if confirm is None or not getattr(reader.source, "speculative", False) or confirm():
+        if not getattr(reader.source, "speculative", False) or reader.source.confirm_listing():
             return reader
         started = self._prefetcher is not None
         if started:

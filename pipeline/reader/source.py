@@ -27,10 +27,9 @@ import pyarrow.parquet as pq
 
 from pipeline.dataset import (
     DatasetFiles,
-    dataset_entries,
+    dataset_from_listing,
     list_dataset_files,
     normalize_url,
-    read_common_metadata,
     read_unischema,
 )
 from pipeline.errors import DatasetError
@@ -44,7 +43,7 @@ from pipeline.reader.decode import (
 )
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.transform import apply_transform_spec, transform_rows_into, transformed_specs
-from pipeline.storage import RemoteReads, committed_files, parallel_map
+from pipeline.storage import RemoteReads, parallel_map
 from pipeline.storage.readahead import store_of
 
 __all__ = ["Chunk", "DatasetSource", "RowGroup"]
@@ -339,15 +338,7 @@ def _list_files(
         raise DatasetError(
             f"{root} does not exist on {filesystem.type_name}", hint="check the path"
         ) from None
-    shown = _url_on(filesystem, root)
-    files, common, sizes = dataset_entries(entries, root, shown)
-    if on_listed is not None:
-        on_listed(filesystem, files, sizes)
-    metadata = (
-        read_common_metadata(filesystem, common, root, size=sizes.get(common)) if common is not None else None
-    )
-    files = committed_files(filesystem, root, files, common, url=root, metadata=metadata)
-    listed = DatasetFiles(shown, filesystem, root, tuple(files), common, metadata, sizes)
+    listed = dataset_from_listing(filesystem, root, _url_on(filesystem, root), entries, on_listed=on_listed)
     return listed, confirm
 
 
