@@ -269,3 +269,10 @@ def test_a_loader_on_a_kept_listing_checks_it_before_len_state_and_batches(tmp_p
     with loader:  # the workers start reading, the listing is checked, then the dataset reopened
         assert loader.reader.workers_type == workers_type
         assert ids(loader) == list(range(32))
+
+
+def test_a_cache_dir_that_cannot_hold_a_cache_is_a_config_error(tmp_path):
+    (tmp_path / "a-file").write_text("in the way")
+    with pytest.raises(ConfigError, match="cannot hold a cache") as info:
+        DiskCache(tmp_path / "a-file")
+    assert "folder this process may write to" in str(info.value)

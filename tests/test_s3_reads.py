@@ -182,14 +182,21 @@ def test_reader_threads_follow_what_reads_cost(
 def test_a_missing_dataset_on_a_given_filesystem_is_a_clean_error(slow_s3: Any, tmp_path: Path) -> None:
     import pyarrow.fs as pafs
 
+    from pipeline.access.cachedfs import cached_filesystem
     from pipeline.errors import DatasetError
     from pipeline.reader.config import ReadOptions
     from pipeline.reader.source import DatasetSource
 
     bucket, _ = slow_s3
     fs, root = resolve(f"{bucket}/nothing-here")
-    for filesystem, path in ((fs, root), (pafs.LocalFileSystem(), str(tmp_path / "nothing-here"))):
-        with pytest.raises(DatasetError, match="does not exist"):
+    cached, _ = cached_filesystem(root, filesystem=fs, cache_dir=tmp_path / "cache")
+    local = str(tmp_path / "nothing-here")
+    for filesystem, path, url in (
+        (fs, root, f"{bucket}/nothing-here"),
+        (cached, root, f"{bucket}/nothing-here"),  # named by its store's URL, through the cache too
+        (pafs.LocalFileSystem(), local, f"file://{local}"),
+    ):
+        with pytest.raises(DatasetError, match=f"^{url} does not exist"):
             DatasetSource(path, ReadOptions(filesystem=filesystem))
 
 

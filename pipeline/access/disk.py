@@ -100,7 +100,13 @@ class DiskCache:
         self.limit = int(limit)
         self.stats = CacheStats()
         self._checked: dict[str, tuple[int, ...]] = {}  # entry path -> stat of its validated file
-        (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise ConfigError(
+                f"cache_dir {self.directory} cannot hold a cache: {exc.strerror or exc}",
+                hint="pass a folder this process may write to",
+            ) from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"directory": self.directory, "limit": self.limit}

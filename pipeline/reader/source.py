@@ -335,9 +335,7 @@ def _list_files(
         else:
             entries, confirm = filesystem.get_file_info(pafs.FileSelector(root, recursive=True)), None
     except FileNotFoundError:
-        raise DatasetError(
-            f"{root} does not exist on {filesystem.type_name}", hint="check the path"
-        ) from None
+        raise DatasetError(f"{_url_on(filesystem, root)} does not exist", hint="check the path") from None
     listed = dataset_from_listing(filesystem, root, _url_on(filesystem, root), entries, on_listed=on_listed)
     return listed, confirm
 
