@@ -177,6 +177,38 @@ def test_runner_exit_codes_and_output(outcome, code, stderr, capsys):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
 
 
+@pytest.mark.parametrize("driver", [False, True], ids=["command", "train-driver"])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command_without_a_traceback(driver):
+    """Python drops an exception raised inside ``__del__`` or a weakref callback and prints
+    "Exception ignored in ... Traceback". A SIGTERM that arrived just then (CI: during an import,
+    in importlib's module-lock callback) was lost, and the command went on with a traceback."""
+    code = textwrap.dedent(
+        """
+        import argparse, contextlib, signal, sys, time
+        from pipeline.cli.app import run
+        from pipeline.train.jobs import DriverPreemption
+
+        class Finalized:
+            def __del__(self):
+                signal.raise_signal(signal.SIGTERM)  # the handler runs inside __del__
+
+        def handler(args):
+            with DriverPreemption() if sys.argv[1] == "1" else contextlib.nullcontext():
+                Finalized()
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    sum(range(1000))
+                print("went on after the signal", file=sys.stderr)
+            return {}
+
+        sys.exit(run(handler, argparse.Namespace(json=False)))
+        """
+    )
+    proc = _py(code, "1" if driver else "0")
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["stopped by SIGTERM: stopped and cleaned up"], proc.stderr
+
+
 def test_user_errors_are_reported_before_spark_starts_in_one_paragraph(tmp_path):
     (tmp_path / "dest").mkdir()
     (tmp_path / "dest" / "x").write_text("x")

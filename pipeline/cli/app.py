@@ -20,6 +20,7 @@ every handler the same surroundings:
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import json
@@ -29,6 +30,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -162,9 +164,9 @@ def _not_from_py4j(record: logging.LogRecord) -> bool:
 def signal_received() -> int | None:
     """The SIGINT/SIGTERM the running command got, if any.
 
-    The handler raises :class:`Interrupted` where the main thread is; Python drops an exception
-    raised inside a finalizer (``__del__``, a weakref callback), so code about to start long work
-    asks here too.
+    The handler raises :class:`Interrupted` where the main thread is. Python drops an exception
+    raised inside a finalizer (``__del__``, a weakref callback); the command raises it again
+    right after, and code about to start long work may ask here too.
     """
     return next((s.received for s in reversed(_RUNNING) if s.received), None)
 
@@ -174,12 +176,36 @@ class _Signals:
     """Which signal arrived (if any); turns SIGINT/SIGTERM into :class:`Interrupted`."""
 
     received: int | None = None
+    _dropped: bool = False  # Python dropped the Interrupted (raised inside a finalizer)
+    _installed: bool = False
+    _again: threading.Thread | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        again, self._dropped = self._dropped, False
         first = self.received is None
         self.received = self.received or signum
-        if first:
-            raise Interrupted(signum)
+        if first or again:
+            raise Interrupted(self.received)
+
+    def _unraisable(self, info: Any, previous: Callable[[Any], None]) -> None:
+        """Python drops an :class:`Interrupted` raised inside a finalizer (``__del__``, a weakref
+        callback) and prints "Exception ignored in ..." with a traceback. The signal must still
+        stop the command: it is raised again, outside the finalizer, and nothing is printed."""
+        if not (isinstance(info.exc_value, Interrupted) and self.received is not None):
+            previous(info)
+            return
+        self._dropped = True
+        if self._again is None or not self._again.is_alive():
+            self._again = threading.Thread(target=self._raise_again, name="pipeline-signal", daemon=True)
+            self._again.start()
+
+    def _raise_again(self) -> None:
+        # Not from the hook itself: the handler would run at once, inside the hook. A short wait
+        # lets the main thread leave the finalizer; if the handler lands in another one, again.
+        while self._installed and self._dropped:
+            time.sleep(0.01)
+            if self._installed and self._dropped and self.received is not None:
+                _thread.interrupt_main(self.received)  # the handler runs in the main thread
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -187,9 +213,14 @@ class _Signals:
             yield self
             return
         saved = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous_hook = sys.unraisablehook
+        sys.unraisablehook = lambda info: self._unraisable(info, previous_hook)
+        self._installed = True
         try:
             yield self
         finally:
+            self._installed = False
+            sys.unraisablehook = previous_hook
             for s, previous in saved.items():
                 signal.signal(s, previous)
             with contextlib.suppress(ValueError):

@@ -45,18 +45,21 @@ class DriverPreemption:
         if self.received:
             return
         ranks = _rank_processes()
-        if not ranks and not self._watching:
-            self._watching = True
+        if not ranks:
             # No rank runs yet (Spark or torchrun still starting): nothing to save. Ranks that
             # start anyway get the signal as soon as they exist; the caller's handler decides
             # (the CLI's stops the command: exit 143; TorchDistributor's launcher then
-            # terminates torchrun on the way out).
-            threading.Thread(target=self._forward_when_started, name="sigterm-to-ranks", daemon=True).start()
+            # terminates torchrun on the way out). It is asked again when the CLI raises a
+            # dropped interruption again (one raised inside a finalizer).
+            if not self._watching:
+                self._watching = True
+                threading.Thread(
+                    target=self._forward_when_started, name="sigterm-to-ranks", daemon=True
+                ).start()
             if callable(self._previous):
                 self._previous(signum, frame)
             return
-        if ranks:
-            self._forward(ranks)
+        self._forward(ranks)
 
     def _forward_when_started(self, timeout_s: float = 300.0) -> None:
         deadline = time.monotonic() + timeout_s
