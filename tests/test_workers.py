@@ -485,3 +485,41 @@ def test_a_child_forked_while_storage_locks_are_held_does_not_hang():
     resolve = importlib.import_module("pipeline.storage.resolve")  # the module, not the function
     hung, code = _fork_while_held([readahead._ROUND_TRIPS_LOCK, resolve._LOCK], _use_storage_locks)
     assert not hung and code == 0, code
+
+
+def test_workers_map_the_rows_of_an_item_before_writing_them():
+    """``populate_rows`` maps the pages of an item's rows in one call per run of pages, so the
+    writes do not fault page by page (2-3.5 us each here, 9 per 37.6 KB row); rows it was not
+    asked for keep their values, and small rows (many per page) are merged into runs."""
+    import resource
+
+    from pipeline.reader import shm
+
+    if not shm._populate_ok:
+        pytest.skip("madvise(MADV_POPULATE_WRITE) is not available here")
+    shared = shm.SharedColumns()
+    try:
+        images = shared.allocate("image", (64, 3, 56, 56), np.dtype(np.float32))  # 9.2 pages a row
+        labels = shared.allocate("label", (64,), np.dtype(np.int64))
+        images[5] = 7.0
+        columns, handles = shm.attach_columns(shared.layouts)  # a second mapping, as a worker's
+        rows = np.array([40, 3, 17, 18, 19, 63, 0])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        shm.populate_rows(handles, shared.layouts, rows)
+        assert shm._populate_ok, "madvise failed on a row range (alignment?)"
+        middle = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for r in rows.tolist():
+            columns["image"][r] = r
+            columns["label"][r] = r
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        pages = len(rows) * images[0].nbytes // 4096
+        assert middle - before >= pages  # populated (counted as faults, without the traps)
+        assert after - middle < pages // 4, (after - middle, pages)  # the writes found them mapped
+        assert (images[rows] == rows[:, None, None, None]).all() and (labels[rows] == rows).all()
+        assert (images[5] == 7.0).all() and (images[4] == 0).all() and labels[5] == 0
+        del columns
+        for h in handles:
+            h.close()
+    finally:
+        del images, labels
+        shared.close()

@@ -44,7 +44,7 @@ from pipeline.errors import PipelineError
 from pipeline.reader.config import ReadOptions
 from pipeline.reader.decode import FieldSpec, ReadCancelled, decode_column, spec_from_unischema
 from pipeline.reader.plan import WorkItem
-from pipeline.reader.shm import SharedColumns, attach_columns
+from pipeline.reader.shm import SharedColumns, attach_columns, populate_rows
 from pipeline.reader.shuffle import RowBuffer
 from pipeline.reader.workers import inheritable, read_item, time_reads, untimed
 
@@ -186,6 +186,7 @@ def _work(item: WorkItem, rows: np.ndarray) -> tuple[dict[str, np.ndarray], floa
             state.out = {**columns, **{n: np.empty(state.capacity, dtype=object) for n in state.objects}}
         assert state.out is not None
         state.read_s = 0.0
+        populate_rows(state.handles, state.layouts, rows)
         read_item(state.source, item, state.out, rows, state.cancel, seed=state.seed, global_rngs=True)
         objects = {name: state.out[name][rows] for name in state.objects}
         for name in state.objects:
