@@ -284,6 +284,7 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
         "worker: stack transformed rows": (transform_mod, "_as_column"),
         "worker: read_into": (source_mod.DatasetSource, "read_into"),
         "worker: seed generators": (workers_mod, "seed_task"),
+        "worker: map the item's rows (madvise)": (process_mod, "populate_rows"),
         "worker: item": (process_mod, "_work"),
         "parent: collate": (loader_mod, "collate_selection"),
         "parent: shuffle draw": (reader_mod.RowBuffer, "select"),
@@ -357,8 +358,12 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
     rows["worker: copy into shared memory, per-row plumbing"] = rows["worker: read_into"] - sum(
         rows[k] for k in (*transform, "worker: stack transformed rows")
     )
+    rows.setdefault("worker: map the item's rows (madvise)", 0.0)
     rows["worker: pipe, bookkeeping"] = (
-        rows["worker: item"] - rows["worker: read_into"] - rows["worker: seed generators"]
+        rows["worker: item"]
+        - rows["worker: read_into"]
+        - rows["worker: seed generators"]
+        - rows["worker: map the item's rows (madvise)"]
     )
     rows["parent: training loop thread"] = main / n * 1e6
     parent = after.user + after.system - before.user - before.system
@@ -369,8 +374,8 @@ def breakdown(url: str, epochs: int) -> dict[str, float]:
     )
     order = [
         "worker: Parquet read", "worker: decode", "worker: augment (the transform)",
-        "worker: stack transformed rows", "worker: copy into shared memory, per-row plumbing",
-        "worker: seed generators", "worker: pipe, bookkeeping", "worker: item",
+        "worker: stack transformed rows", "worker: map the item's rows (madvise)",
+        "worker: copy into shared memory, per-row plumbing", "worker: seed generators", "worker: pipe, bookkeeping", "worker: item",
         "worker: outside items (start-up, pool loop, other threads)",
         "worker: process CPU until its last item", "parent: shuffle draw",
         "parent: shuffle release", "parent: collate", "parent: close workers", "parent: prefetch thread",
