@@ -159,6 +159,35 @@ def test_auto_picks_processes_for_a_python_transform_only(url):
         assert len(list(loader)) == 2  # fork workers inherit a lambda
 
 
+def test_auto_reads_with_threads_when_the_row_buffer_does_not_fit_in_shared_memory(url, monkeypatch, caplog):
+    """A container's /dev/shm (64 MB by default) cannot hold the row buffer of a realistic
+    transform: "auto" reads with threads and warns with the sizes, instead of failing the way an
+    explicit workers_type="process" does."""
+    import logging
+
+    from pipeline.reader import shm
+
+    with pipeline.open_loader(url, config=None, workers=2, transform=spec(task_rng_only)) as loader:
+        assert loader.reader.workers_type == "process"  # room enough here
+        expected = [b["image"].numpy().tobytes() for b in loader]
+    monkeypatch.setattr(shm, "shm_free_bytes", lambda: 64 * 1024)
+    with (
+        caplog.at_level(logging.WARNING, logger="pipeline"),
+        pipeline.open_loader(url, config=None, workers=2, transform=spec(task_rng_only)) as loader,
+    ):
+        assert loader.reader.workers_type == "thread"
+        assert [b["image"].numpy().tobytes() for b in loader] == expected
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("worker threads" in m and "/dev/shm has 0.06 MiB free" in m for m in warned), warned
+    explicit = pipeline.open_loader(
+        url, config=None, workers=2, workers_type="process", transform=spec(task_rng_only)
+    )
+    with explicit, pytest.raises(ConfigError, match="shared memory for the row buffer"):
+        next(iter(explicit))
+    with pipeline.open_loader(url, config=None, workers=2) as loader:  # no transform: threads, quietly
+        assert loader.reader.workers_type == "thread"
+
+
 @pytest.mark.parametrize("how", ["break", "exception", "ctrl-c"])
 def test_leaving_the_loop_stops_the_workers_and_frees_shared_memory(url, how):
     mine = f"pipeline_{os.getpid()}_"

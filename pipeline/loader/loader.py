@@ -428,7 +428,7 @@ def open_loader(
             url, options, cache=cache, cache_limit=cache_limit, cache_dir=cache_dir, speculate=speculate
         )
         config = reader_cfg
-        kind, _ = choose_workers_type(config, source, recipe, config.worker_threads)
+        kind, _ = choose_workers_type(config, source, recipe, config.worker_threads, loader_cfg.batch_size)
         # a remote dataset read by threads: enough of them to hide the round trips
         if config.workers is None and kind == "thread":
             fs, path = resolve(url, filesystem=source.options.filesystem or filesystem)  # a disk cache's own

@@ -34,7 +34,7 @@ from pipeline.reader.config import ReaderConfig, ReadOptions
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
-from pipeline.reader.workers import ThreadWorkers, choose_workers_type
+from pipeline.reader.workers import ThreadWorkers, buffer_capacity, choose_workers_type
 from pipeline.reader.workers_cores import usable_cores
 from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe
 
@@ -111,12 +111,15 @@ class Reader:
             )
         self.workers = config.worker_threads
         """Workers (threads or processes) that read; ``0`` reads inline."""
-        self.workers_type, why = choose_workers_type(config, source, self.recipe, self.workers)
+        self.workers_type, why = choose_workers_type(config, source, self.recipe, self.workers, batch_size)
         """``"thread"`` or ``"process"``: what ``workers_type="auto"`` resolved to."""
         cores = usable_cores().cores
         if self.workers_type == "thread" and self.workers > cores and hasattr(source, "limit_decoding"):
             source.limit_decoding(cores)  # more threads than cores: the extra ones wait on I/O, not the GIL
-        log.info(
+        # "auto" wanted processes for a Python transform and could not (shared memory, pickling)
+        fallback = self.workers_type == "thread" and why.startswith("a Python TransformSpec func, but")
+        log.log(
+            logging.WARNING if fallback else logging.INFO,
             "reader on %s: %d worker %s (%s, %s)%s",
             source.url,
             self.workers,
@@ -176,10 +179,9 @@ class Reader:
             )
         return ThreadWorkers(self.source, self.workers, self.config.seed, self.stats)
 
-    def _buffer(self, limit: int, workers: ThreadWorkers | ProcessWorkers | None = None) -> RowBuffer:
-        largest = min(max(self._sizes, default=0), self.config.item_rows)  # items are at most item_rows
+    def _buffer(self, workers: ThreadWorkers | ProcessWorkers | None = None) -> RowBuffer:
         size = self.config.shuffle_buffer
-        capacity = max(size, self.batch_size) + (limit + 1) * largest
+        capacity = buffer_capacity(self.config, self._sizes, self.workers, self.batch_size)
         rng = self._row_rng(self.start_epoch)
         if workers is None:
             return RowBuffer(self.source.specs, capacity, size, rng)
@@ -240,7 +242,7 @@ class Reader:
         window: deque[tuple[WorkItem | _EpochEnd, np.ndarray | None, Any]] = deque()
         in_flight = 0
         try:
-            buffer = self._buffer(limit, workers)
+            buffer = self._buffer(workers)
             first_item = 0
             if self.start_batch:
                 first_item = self._restore(buffer, workers)

@@ -12,7 +12,10 @@ depend on the kind or the number of workers.
 with a Python ``func`` runs in the workers (it holds the GIL, so threads cannot run it on more
 than one core) and threads otherwise: decoding (pyarrow, OpenCV, libjpeg-turbo) releases the
 GIL, and threads start instantly and need no shared memory. A batch callable runs in the
-loader's batching thread, not in the workers, so it does not call for processes.
+loader's batching thread, not in the workers, so it does not call for processes. Nor does a
+row buffer larger than the free space on ``/dev/shm`` (a container's default 64 MB): "auto"
+then reads with threads and says why in a warning, where an explicit ``"process"`` is a
+``ConfigError`` naming the sizes.
 
 Randomness in transforms (:func:`seed_task`, :func:`task_rng`): every work item gets a seed
 derived from ``(seed, epoch, row group, first row)`` only. ``task_rng()`` returns a numpy
@@ -48,6 +51,7 @@ __all__ = [
     "START_METHODS",
     "WORKERS_TYPES",
     "ThreadWorkers",
+    "buffer_capacity",
     "choose_workers_type",
     "has_python_transform",
     "inheritable",
@@ -148,11 +152,52 @@ def unsendable(recipe: Any, start_method: str, *, inherits: bool = True) -> str 
     return None
 
 
-def choose_workers_type(config: Any, source: Any, recipe: Any, workers: int) -> tuple[str, str]:
+def buffer_capacity(config: Any, sizes: list[int], workers: int, batch_size: int) -> int:
+    """Rows of the reader's row buffer: the shuffle buffer (or a batch) and every item in flight."""
+    largest = min(max(sizes, default=0), config.item_rows)  # items are at most item_rows
+    limit = max(1, workers) * config.read_ahead
+    return max(config.shuffle_buffer, batch_size) + (limit + 1) * largest
+
+
+def _shared_memory_short(config: Any, source: Any, workers: int, batch_size: int) -> str | None:
+    """Why the row buffer would not fit on ``/dev/shm``, or ``None`` when it fits."""
+    from pipeline.reader.shm import SHM_DIR, shm_free_bytes
+
+    free = shm_free_bytes()
+    specs = getattr(source, "specs", None)
+    if free is None or not specs:
+        return None
+    rows = buffer_capacity(config, list(getattr(source, "sizes", [])), workers, batch_size)
+    needed = sum(
+        rows * int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize
+        for s in specs.values()
+        if s.kind == "fixed"
+    )
+    if needed <= free:
+        return None
+    return (
+        f"its row buffer needs {_mib(needed)} of shared memory and {SHM_DIR} has {_mib(free)} free "
+        "(docker run --shm-size=..., or a smaller shuffle_buffer, lets processes run it)"
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.2f} MiB"
+
+
+def choose_workers_type(
+    config: Any, source: Any, recipe: Any, workers: int, batch_size: int = 1
+) -> tuple[str, str]:
     """:func:`~pipeline.reader.workers.resolve_workers_type` for a :class:`ReaderConfig`."""
     why_not = None
     if config.workers_type != "thread" and workers:
         why_not = unsendable(recipe, config.start_method, inherits=inheritable(source))
+        if (
+            why_not is None
+            and config.workers_type == "auto"
+            and has_python_transform(getattr(source, "options", None))
+        ):
+            why_not = _shared_memory_short(config, source, workers, batch_size)
     return resolve_workers_type(config.workers_type, source, workers, why_not)
 
 
