@@ -170,7 +170,7 @@ def test_row_buffer_memory_is_fixed_by_the_settings_not_the_dataset(tmp_path):
             rank=0,
             world_size=1,
         )
-        capacities.append(reader._buffer(limit=4).capacity)
+        capacities.append(reader._buffer().capacity)  # 2 workers x read_ahead 2 = 4 items in flight
     assert capacities[0] == capacities[1] == 32 + 5 * 10
 
 

@@ -295,6 +295,47 @@ def test_usable_cores_reads_affinity_cgroup_quota_and_local_ranks(tmp_path):
     assert "usable cores" in usable_cores({}, tmp_path).describe()
 
 
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path):
+    from pipeline.reader.workers_cores import available_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24684084 kB\nMemAvailable:    2000000 kB\n")
+    cgroup = tmp_path / "cg"
+    cgroup.mkdir()
+    assert available_memory(meminfo, cgroup) == 2_000_000 * 1024  # no cgroup limit
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("1000\n")
+    assert available_memory(meminfo, cgroup) == 2_000_000 * 1024
+    (cgroup / "memory.max").write_text(f"{1 << 30}\n")  # a 1 GiB container, 256 MiB used
+    (cgroup / "memory.current").write_text(f"{1 << 28}\n")
+    assert available_memory(meminfo, cgroup) == (1 << 30) - (1 << 28)
+    assert available_memory(tmp_path / "none", tmp_path / "none") is None
+
+
+def test_a_row_buffer_larger_than_the_memory_left_is_warned_about(url, monkeypatch, caplog):
+    """``shuffle_buffer`` counts rows: a large transformed row makes it gigabytes. The loader says
+    so at open, with the sizes and what to lower, instead of leaving it to the OOM killer."""
+    import logging
+
+    import pipeline.reader.reader as reader_mod
+
+    big = TransformSpec(task_rng_only, edit_fields=[("image", np.float32, (3, 6, 6), False)])
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        monkeypatch.setattr(reader_mod, "available_memory", lambda: 1 << 40)
+        with pipeline.open_loader(url, config=None, workers=2, workers_type="thread", transform=big):
+            pass
+        assert not [r for r in caplog.records if "row buffer" in r.getMessage()]
+        monkeypatch.setattr(reader_mod, "available_memory", lambda: 64 * 1024)
+        with pipeline.open_loader(
+            url, config=None, workers=2, workers_type="thread", transform=big
+        ) as loader:
+            assert len(list(loader)) == 2  # a warning, not an error
+    warned = [r.getMessage() for r in caplog.records if "row buffer" in r.getMessage()]
+    # 90 rows in an epoch (not the 4,096 of shuffle_buffer) and 5 items of 10 rows in flight
+    assert len(warned) == 1 and "can hold 140 rows of 460 B" in warned[0], warned
+    assert "lower shuffle_buffer" in warned[0], warned
+
+
 def test_workers_do_not_take_ctrl_c(url):
     """SIGINT goes to the training loop; workers ignore it and keep going until the loader closes."""
     with pipeline.open_loader(

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CoreCount", "cgroup_cpu_limit", "usable_cores"]
+__all__ = ["CoreCount", "available_memory", "cgroup_cpu_limit", "usable_cores"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -79,3 +79,26 @@ def usable_cores(environ: dict[str, str] | None = None, cgroup_root: Path = _CGR
     except ValueError:
         local_ranks = 1
     return CoreCount(max(1, cores // local_ranks), affinity, quota, local_ranks)
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = _CGROUP) -> int | None:
+    """Bytes this process could still allocate: the machine's ``MemAvailable``, or what is left
+    under the cgroup's memory limit (v2 ``memory.max - memory.current``, v1
+    ``memory.limit_in_bytes - memory.usage_in_bytes``) if that is less; ``None`` where unknown."""
+    found: list[int] = []
+    text = _read(meminfo)
+    for line in (text or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                found.append(int(parts[1]) * 1024)
+    for limit_name, usage_name in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+        ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
+        limit, usage = _read(cgroup_root / limit_name), _read(cgroup_root / usage_name)
+        if limit and usage and limit.isdigit() and usage.isdigit() and int(limit) < 2**60:
+            found.append(max(0, int(limit) - int(usage)))
+            break
+    return min(found) if found else None
