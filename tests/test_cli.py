@@ -163,6 +163,7 @@ def _handler(outcome):
 )
 def test_runner_exit_codes_and_output(outcome, code, stderr, capsys):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    hook = sys.unraisablehook
     assert run(_handler(outcome), argparse.Namespace(json=True)) == code
     out, err = capsys.readouterr()
     assert stderr in err
@@ -175,16 +176,24 @@ def test_runner_exit_codes_and_output(outcome, code, stderr, capsys):
     elif code:
         assert len(err.strip().splitlines()) == 1  # one line / one paragraph, no traceback
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+    assert sys.unraisablehook is hook
 
 
-@pytest.mark.parametrize("driver", [False, True], ids=["command", "train-driver"])
-def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command_without_a_traceback(driver):
+@pytest.mark.parametrize(
+    ("driver", "then"),
+    [(False, "work"), (True, "work"), (False, "block")],
+    ids=["command", "train-driver", "blocked"],
+)
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command_without_a_traceback(
+    driver, then, tmp_path
+):
     """Python drops an exception raised inside ``__del__`` or a weakref callback and prints
     "Exception ignored in ... Traceback". A SIGTERM that arrived just then (CI: during an import,
-    in importlib's module-lock callback) was lost, and the command went on with a traceback."""
+    in importlib's module-lock callback) was lost, and the command went on with a traceback. It
+    is raised again, also into a call that blocks (a real signal, not only a flag)."""
     code = textwrap.dedent(
         """
-        import argparse, contextlib, signal, sys, time
+        import argparse, contextlib, signal, sys, threading, time
         from pipeline.cli.app import run
         from pipeline.train.jobs import DriverPreemption
 
@@ -194,19 +203,27 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command_without_a_tr
 
         def handler(args):
             with DriverPreemption() if sys.argv[1] == "1" else contextlib.nullcontext():
-                Finalized()
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
-                    sum(range(1000))
-                print("went on after the signal", file=sys.stderr)
+                start = time.monotonic()
+                try:
+                    Finalized()
+                    if sys.argv[2] == "block":
+                        threading.Event().wait(20)
+                    else:
+                        while time.monotonic() < start + 20:
+                            sum(range(1000))
+                    print("went on after the signal", file=sys.stderr)
+                finally:
+                    open(sys.argv[3], "w").write(str(time.monotonic() - start))
             return {}
 
         sys.exit(run(handler, argparse.Namespace(json=False)))
         """
     )
-    proc = _py(code, "1" if driver else "0")
+    took = tmp_path / "took"
+    proc = _py(code, "1" if driver else "0", then, str(took))
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip().splitlines() == ["stopped by SIGTERM: stopped and cleaned up"], proc.stderr
+    assert float(took.read_text()) < 10, took.read_text()  # not the 20 s of the wait
 
 
 def test_user_errors_are_reported_before_spark_starts_in_one_paragraph(tmp_path):

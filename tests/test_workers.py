@@ -186,6 +186,13 @@ def test_auto_reads_with_threads_when_the_row_buffer_does_not_fit_in_shared_memo
         next(iter(explicit))
     with pipeline.open_loader(url, config=None, workers=2) as loader:  # no transform: threads, quietly
         assert loader.reader.workers_type == "thread"
+    # room for one rank's buffer, not for the 4 ranks of this machine (sparse segments until written)
+    monkeypatch.setattr(shm, "shm_free_bytes", lambda: 4 << 20)
+    with pipeline.open_loader(url, config=None, workers=2, transform=spec(task_rng_only)) as loader:
+        assert loader.reader.workers_type == "process"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pipeline.open_loader(url, config=None, workers=2, transform=spec(task_rng_only)) as loader:
+        assert loader.reader.workers_type == "thread"
 
 
 @pytest.mark.parametrize("how", ["break", "exception", "ctrl-c"])
@@ -295,6 +302,28 @@ def test_usable_cores_reads_affinity_cgroup_quota_and_local_ranks(tmp_path):
     assert "usable cores" in usable_cores({}, tmp_path).describe()
 
 
+def test_a_full_dev_shm_is_a_config_error_in_the_worker_not_a_crash(monkeypatch):
+    """MADV_POPULATE_WRITE fails with ENOMEM/EFAULT where the write would raise SIGBUS (no room
+    left on /dev/shm, e.g. other ranks' buffers): the worker raises the ConfigError instead."""
+    import errno
+
+    from pipeline.reader import shm
+
+    class Full:
+        size = 1 << 20
+
+        class _mmap:
+            @staticmethod
+            def madvise(*args):
+                raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(shm, "_populate_ok", True)
+    layout = shm.ColumnLayout("image", "x", "<f4", (16, 3, 56, 56))
+    with pytest.raises(ConfigError, match="/dev/shm is full"):
+        shm.populate_rows([Full()], [layout], np.array([1, 2]))
+    assert shm._populate_ok  # still on: the next item may find room
+
+
 def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path):
     from pipeline.reader.workers_cores import available_memory
 
@@ -309,6 +338,8 @@ def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path):
     (cgroup / "memory.max").write_text(f"{1 << 30}\n")  # a 1 GiB container, 256 MiB used
     (cgroup / "memory.current").write_text(f"{1 << 28}\n")
     assert available_memory(meminfo, cgroup) == (1 << 30) - (1 << 28)
+    (cgroup / "memory.stat").write_text(f"anon 1000\ninactive_file {1 << 27}\nactive_file 5\n")
+    assert available_memory(meminfo, cgroup) == (1 << 30) - (1 << 27)  # page cache is not used
     assert available_memory(tmp_path / "none", tmp_path / "none") is None
 
 
@@ -561,12 +592,18 @@ def test_workers_map_the_rows_of_an_item_before_writing_them():
     """``populate_rows`` maps the pages of an item's rows in one call per run of pages, so the
     writes do not fault page by page (2-3.5 us each here, 9 per 37.6 KB row); rows it was not
     asked for keep their values, and small rows (many per page) are merged into runs."""
+    import mmap
     import resource
 
     from pipeline.reader import shm
 
-    if not shm._populate_ok:
-        pytest.skip("madvise(MADV_POPULATE_WRITE) is not available here")
+    probe = mmap.mmap(-1, mmap.PAGESIZE)
+    try:
+        probe.madvise(shm._POPULATE_WRITE or 0, 0, mmap.PAGESIZE)
+    except (OSError, AttributeError, ValueError):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) is not available here (Linux >= 5.14)")
+    finally:
+        probe.close()
     shared = shm.SharedColumns()
     try:
         images = shared.allocate("image", (64, 3, 56, 56), np.dtype(np.float32))  # 9.2 pages a row
@@ -582,7 +619,7 @@ def test_workers_map_the_rows_of_an_item_before_writing_them():
             columns["image"][r] = r
             columns["label"][r] = r
         after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        pages = len(rows) * images[0].nbytes // 4096
+        pages = len(rows) * images[0].nbytes // mmap.PAGESIZE
         assert middle - before >= pages  # populated (counted as faults, without the traps)
         assert after - middle < pages // 4, (after - middle, pages)  # the writes found them mapped
         assert (images[rows] == rows[:, None, None, None]).all() and (labels[rows] == rows).all()

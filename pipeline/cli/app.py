@@ -20,7 +20,6 @@ every handler the same surroundings:
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import contextlib
 import json
@@ -166,7 +165,8 @@ def signal_received() -> int | None:
 
     The handler raises :class:`Interrupted` where the main thread is. Python drops an exception
     raised inside a finalizer (``__del__``, a weakref callback); the command raises it again
-    right after, and code about to start long work may ask here too.
+    once the main thread is out of it (usually within milliseconds), and code about to start
+    long work may ask here too.
     """
     return next((s.received for s in reversed(_RUNNING) if s.received), None)
 
@@ -181,10 +181,10 @@ class _Signals:
     _again: threading.Thread | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        again, self._dropped = self._dropped, False
         first = self.received is None
         self.received = self.received or signum
-        if first or again:
+        if first or (self._dropped and self._installed):
+            self._dropped = False
             raise Interrupted(self.received)
 
     def _unraisable(self, info: Any, previous: Callable[[Any], None]) -> None:
@@ -195,17 +195,22 @@ class _Signals:
             previous(info)
             return
         self._dropped = True
-        if self._again is None or not self._again.is_alive():
+        if self._installed and (self._again is None or not self._again.is_alive()):
             self._again = threading.Thread(target=self._raise_again, name="pipeline-signal", daemon=True)
             self._again.start()
 
-    def _raise_again(self) -> None:
+    def _raise_again(self, tries: int = 50) -> None:
         # Not from the hook itself: the handler would run at once, inside the hook. A short wait
         # lets the main thread leave the finalizer; if the handler lands in another one, again.
-        while self._installed and self._dropped:
+        # A real signal to the main thread, so that a blocking call there (a queue, a sleep, a
+        # socket) is interrupted too; at most ``tries`` times (a handler stacked on ours, such as
+        # the train driver's once it passed SIGTERM on to the ranks, may keep it).
+        main = threading.main_thread().ident
+        for _ in range(tries):
             time.sleep(0.01)
-            if self._installed and self._dropped and self.received is not None:
-                _thread.interrupt_main(self.received)  # the handler runs in the main thread
+            if not (self._installed and self._dropped and self.received is not None and main):
+                return
+            signal.pthread_kill(main, self.received)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -214,13 +219,20 @@ class _Signals:
             return
         saved = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         previous_hook = sys.unraisablehook
-        sys.unraisablehook = lambda info: self._unraisable(info, previous_hook)
+
+        def hook(info: Any) -> None:
+            self._unraisable(info, previous_hook)
+
+        sys.unraisablehook = hook
         self._installed = True
         try:
             yield self
         finally:
             self._installed = False
-            sys.unraisablehook = previous_hook
+            if self._again is not None:  # no signal of its own after the handlers are put back
+                self._again.join(1.0)
+            if sys.unraisablehook is hook:
+                sys.unraisablehook = previous_hook
             for s, previous in saved.items():
                 signal.signal(s, previous)
             with contextlib.suppress(ValueError):
@@ -299,6 +311,8 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
+    if signals._dropped and signals.received:  # dropped in a finalizer as the command ended
+        return _interrupted(signals.received)
     if as_json and result is not None:
         try:
             print(json.dumps(result, default=str, sort_keys=True), flush=True)

@@ -14,6 +14,7 @@ Free space is checked before anything is allocated: a segment larger than what i
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import secrets
@@ -146,6 +147,16 @@ def populate_rows(segments: list[Any], layouts: list[ColumnLayout], rows: np.nda
         try:
             for lo, hi in zip(starts[first].tolist(), ends[last].tolist(), strict=True):
                 segment._mmap.madvise(_POPULATE_WRITE, lo, min(hi, segment.size) - lo)
-        except (OSError, ValueError, AttributeError):  # an older kernel (EINVAL), or no room left
+        except OSError as exc:
+            if exc.errno in (errno.ENOMEM, errno.EFAULT, errno.ENOSPC):  # the write would SIGBUS
+                raise ConfigError(
+                    f"{SHM_DIR} is full: a reader worker process could not place the rows of its "
+                    f"work item in shared memory ({os.strerror(exc.errno or 0)})",
+                    hint="lower shuffle_buffer or read_ahead, give the container more shared memory "
+                    "(docker run --shm-size=2g), or use workers_type='thread'",
+                ) from None
+            _populate_ok = False  # an older kernel (EINVAL): the writes fault as before
+            return
+        except (ValueError, AttributeError):
             _populate_ok = False
             return

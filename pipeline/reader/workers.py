@@ -167,16 +167,20 @@ def _shared_memory_short(config: Any, source: Any, workers: int, batch_size: int
     specs = getattr(source, "specs", None)
     if free is None or not specs:
         return None
+    from pipeline.reader.workers_cores import usable_cores
+
     rows = buffer_capacity(config, list(getattr(source, "sizes", [])), workers, batch_size)
     needed = sum(
         rows * int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize
         for s in specs.values()
         if s.kind == "fixed"
     )
-    if needed <= free:
+    ranks = usable_cores().local_ranks  # each rank on the machine makes its own, sparse until written
+    if needed * ranks <= free:
         return None
+    each = f" ({ranks} ranks on this machine, one each)" if ranks > 1 else ""
     return (
-        f"its row buffer needs {_mib(needed)} of shared memory and {SHM_DIR} has {_mib(free)} free "
+        f"its row buffer needs {_mib(needed)} of shared memory{each} and {SHM_DIR} has {_mib(free)} free "
         "(docker run --shm-size=..., or a smaller shuffle_buffer, lets processes run it)"
     )
 

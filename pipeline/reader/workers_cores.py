@@ -84,7 +84,8 @@ def usable_cores(environ: dict[str, str] | None = None, cgroup_root: Path = _CGR
 def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = _CGROUP) -> int | None:
     """Bytes this process could still allocate: the machine's ``MemAvailable``, or what is left
     under the cgroup's memory limit (v2 ``memory.max - memory.current``, v1
-    ``memory.limit_in_bytes - memory.usage_in_bytes``) if that is less; ``None`` where unknown."""
+    ``memory.limit_in_bytes - memory.usage_in_bytes``, the inactive page cache of ``memory.stat``
+    not counted as used) if that is less; ``None`` where unknown."""
     found: list[int] = []
     text = _read(meminfo)
     for line in (text or "").splitlines():
@@ -92,13 +93,20 @@ def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = 
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 found.append(int(parts[1]) * 1024)
-    for limit_name, usage_name in (
-        ("memory.max", "memory.current"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
-        ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    for folder, limit_name, usage_name, cache_name in (
+        ("", "memory.max", "memory.current", "inactive_file"),
+        ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+        ("", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
     ):
-        limit, usage = _read(cgroup_root / limit_name), _read(cgroup_root / usage_name)
+        limit, usage = _read(cgroup_root / folder / limit_name), _read(cgroup_root / folder / usage_name)
         if limit and usage and limit.isdigit() and usage.isdigit() and int(limit) < 2**60:
-            found.append(max(0, int(limit) - int(usage)))
+            # the usage counts the page cache; its inactive part is reclaimed before anything fails
+            # (what docker stats and the kubelet subtract)
+            cache = 0
+            for line in (_read(cgroup_root / folder / "memory.stat") or "").splitlines():
+                key, _, value = line.partition(" ")
+                if key == cache_name and value.strip().isdigit():
+                    cache = int(value)
+            found.append(max(0, int(limit) - max(0, int(usage) - cache)))
             break
     return min(found) if found else None
