@@ -21,7 +21,7 @@ libjpeg-turbo cannot classify, PNG -- takes the OpenCV path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -33,7 +33,14 @@ from pipeline.dataset import arrow_list_shape
 from pipeline.errors import DatasetError
 from pipeline.format import UnischemaField
 
-__all__ = ["FieldSpec", "ReadCancelled", "decode_column", "spec_from_unischema", "unischema_field_from_arrow"]
+__all__ = [
+    "FieldSpec",
+    "ReadCancelled",
+    "decode_column",
+    "fixed_row_bytes",
+    "spec_from_unischema",
+    "unischema_field_from_arrow",
+]
 
 Kind = Literal["fixed", "ragged", "list"]
 _PY_TYPES = (str, bytes, np.str_, np.bytes_, object, Decimal)
@@ -47,6 +54,15 @@ class FieldSpec:
     kind: Kind
     dtype: np.dtype | None
     shape: tuple[int | None, ...]
+
+
+def fixed_row_bytes(specs: Mapping[str, FieldSpec]) -> int:
+    """Bytes one row of the fixed-shape fields takes in a row buffer (other fields are objects)."""
+    return sum(
+        int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize
+        for s in specs.values()
+        if s.kind == "fixed" and s.dtype is not None
+    )
 
 
 def spec_from_unischema(field: Any) -> FieldSpec:

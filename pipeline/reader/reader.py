@@ -31,21 +31,16 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.reader.config import ReaderConfig, ReadOptions
+from pipeline.reader.decode import fixed_row_bytes
 from pipeline.reader.plan import WorkItem, epoch_plan, rows_per_rank
 from pipeline.reader.shuffle import RowBuffer, replay_epoch
 from pipeline.reader.source import DatasetSource
 from pipeline.reader.workers import ThreadWorkers, buffer_capacity, choose_workers_type
 from pipeline.reader.workers_cores import available_memory, usable_cores
 from pipeline.reader.workers_process import ProcessWorkers, SourceRecipe
+from pipeline.units import human_bytes
 
 __all__ = ["Reader", "Selection"]
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n} B"
 
 
 log = logging.getLogger(__name__)
@@ -142,17 +137,13 @@ class Reader:
     def _check_memory(self) -> None:
         """Warn when the row buffer could take most of the memory left (``shuffle_buffer`` is in
         rows: 4,096 rows of a 224x224 float32 image are 2.3 GiB, before the items in flight)."""
-        specs = getattr(self.source, "specs", None) or {}
-        row_bytes = sum(
-            int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize
-            for s in specs.values()
-            if s.kind == "fixed"
-        )
+        row_bytes = fixed_row_bytes(getattr(self.source, "specs", None) or {})
         capacity = buffer_capacity(self.config, self._sizes, self.workers, self.batch_size)
         in_flight = capacity - max(self.config.shuffle_buffer, self.batch_size)
         # an epoch smaller than the shuffle buffer holds no more (the next one waits for it to drain)
         rows = min(capacity, max(self.rows_per_epoch, self.batch_size) + in_flight)
-        needed = rows * row_bytes * usable_cores().local_ranks  # every rank on the machine has one
+        ranks = usable_cores().local_ranks  # every rank on the machine has one
+        needed = rows * row_bytes * ranks
         free = available_memory()
         if free is None or needed <= free // 2:
             return
@@ -161,11 +152,11 @@ class Reader:
             "%.0f%% of the %s of memory left: lower shuffle_buffer (rows), read_ahead or item_rows",
             self.source.url,
             f"{rows:,}",
-            _size(row_bytes),
-            _size(needed),
-            usable_cores().local_ranks,
+            human_bytes(row_bytes),
+            human_bytes(needed),
+            ranks,
             100 * needed / max(free, 1),
-            _size(free),
+            human_bytes(free),
         )
 
     @property

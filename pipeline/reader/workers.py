@@ -42,10 +42,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.reader import shm
 from pipeline.reader.config import START_METHODS, WORKERS_TYPES
-from pipeline.reader.decode import FieldSpec, ReadCancelled
+from pipeline.reader.decode import FieldSpec, ReadCancelled, fixed_row_bytes
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.shuffle import RowBuffer
+from pipeline.reader.workers_cores import usable_cores
+from pipeline.units import human_bytes
 
 __all__ = [
     "START_METHODS",
@@ -161,32 +164,20 @@ def buffer_capacity(config: Any, sizes: list[int], workers: int, batch_size: int
 
 def _shared_memory_short(config: Any, source: Any, workers: int, batch_size: int) -> str | None:
     """Why the row buffer would not fit on ``/dev/shm``, or ``None`` when it fits."""
-    from pipeline.reader.shm import SHM_DIR, shm_free_bytes
-
-    free = shm_free_bytes()
+    free = shm.shm_free_bytes()
     specs = getattr(source, "specs", None)
     if free is None or not specs:
         return None
-    from pipeline.reader.workers_cores import usable_cores
-
     rows = buffer_capacity(config, list(getattr(source, "sizes", [])), workers, batch_size)
-    needed = sum(
-        rows * int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize
-        for s in specs.values()
-        if s.kind == "fixed"
-    )
+    needed = rows * fixed_row_bytes(specs)
     ranks = usable_cores().local_ranks  # each rank on the machine makes its own, sparse until written
     if needed * ranks <= free:
         return None
     each = f" ({ranks} ranks on this machine, one each)" if ranks > 1 else ""
     return (
-        f"its row buffer needs {_mib(needed)} of shared memory{each} and {SHM_DIR} has {_mib(free)} free "
-        "(docker run --shm-size=..., or a smaller shuffle_buffer, lets processes run it)"
+        f"its row buffer needs {human_bytes(needed)} of shared memory{each} and {shm.SHM_DIR} has "
+        f"{human_bytes(free)} free (docker run --shm-size=..., or a smaller shuffle_buffer, lets processes run it)"
     )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.2f} MiB"
 
 
 def choose_workers_type(

@@ -42,7 +42,13 @@ import pyarrow as pa
 
 from pipeline.errors import PipelineError
 from pipeline.reader.config import ReadOptions
-from pipeline.reader.decode import FieldSpec, ReadCancelled, decode_column, spec_from_unischema
+from pipeline.reader.decode import (
+    FieldSpec,
+    ReadCancelled,
+    decode_column,
+    fixed_row_bytes,
+    spec_from_unischema,
+)
 from pipeline.reader.plan import WorkItem
 from pipeline.reader.shm import SharedColumns, attach_columns, populate_rows
 from pipeline.reader.shuffle import RowBuffer
@@ -237,9 +243,7 @@ class ProcessWorkers:
         self, specs: dict[str, FieldSpec], capacity: int, size: int, rng: np.random.Generator | None
     ) -> RowBuffer:
         """The row buffer, its fixed columns in shared memory; starts the pool."""
-        fixed = [s for s in specs.values() if s.kind == "fixed"]
-        needed = sum(capacity * int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize for s in fixed)
-        self._shared.check_space(needed)
+        self._shared.check_space(capacity * fixed_row_bytes(specs))
         buffer = RowBuffer(specs, capacity, size, rng, allocate=self._shared.allocate)
         objects = [name for name, s in specs.items() if s.kind != "fixed"]
         if self._warm:
