@@ -18,7 +18,7 @@ from pipeline.cli import COMMANDS, build_parser, leaf_parsers, main
 from pipeline.cli.app import CommandFailed, Interrupted, run
 from pipeline.errors import InputError
 from tests.conftest import REPO
-from tests.datasets import write_parquet_dataset
+from tests.datasets import write_format_dataset, write_parquet_dataset
 
 LEAVES = {leaf.prog.removeprefix("pipeline "): leaf for leaf in leaf_parsers(build_parser())}
 
@@ -128,6 +128,30 @@ def test_version_and_inspect_do_not_import_torch(tmp_path):
     proc = _py(code, url)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "False", "False"]
+
+
+def test_inspecting_and_loading_a_petastorm_dataset_do_not_import_pyspark(tmp_path):
+    """The schema's Spark types are resolved only when asked for: no 0.2 s pyspark import in a
+    training process, its spawned reader workers or ``pipeline inspect``."""
+    url = write_format_dataset(tmp_path / "ds", rows=20, files=1)
+    code = (
+        "import sys, io, contextlib\n"
+        "from pipeline.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    code = main(['inspect', sys.argv[1]])\n"
+        "assert 'petastorm' in out.getvalue() and 'scalar' in out.getvalue(), out.getvalue()\n"
+        "after_inspect = 'pyspark' in sys.modules\n"
+        "import pipeline\n"
+        "rows = 0\n"
+        "for kind in ('thread', 'process'):\n"
+        "    with pipeline.open_loader(sys.argv[1], batch_size=8, workers=1, workers_type=kind,\n"
+        "                              start_method='spawn', num_epochs=1) as loader:\n"
+        "        rows += sum(len(b['id']) for b in loader)\n"
+        "print(code, after_inspect, rows, 'pyspark' in sys.modules)\n"
+    )
+    proc = _py(code, url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "False", "40", "False"]
 
 
 def _handler(outcome):

@@ -188,3 +188,95 @@ def test_format_metadata_keys(tmp_path):
     assert list(read_unischema(tmp_path / "ds").fields) == list(tiny_schema().fields)
     stored = pq.read_schema(tmp_path / "ds" / "_common_metadata")
     assert stored.names == ["id"] and stored.metadata[UNISCHEMA_KEY] == meta[UNISCHEMA_KEY]
+
+
+def _spark_types_schema() -> Unischema:
+    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, StringType
+
+    return Unischema(
+        "Typed",
+        [
+            UnischemaField("price", np.object_, (), ScalarCodec(DecimalType(10, 2)), False),
+            UnischemaField("ids", np.int32, (None,), ScalarCodec(ArrayType(IntegerType())), False),
+            UnischemaField("name", np.str_, (), ScalarCodec(StringType()), True),
+        ],
+    )
+
+
+_LAZY_CHECK = """
+import base64, importlib.abc, json, pickle, sys
+if sys.argv[2] == "absent":  # as if pyspark were not installed
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "pyspark" or name.startswith("pyspark."):
+                raise ImportError("no pyspark here")
+    sys.meta_path.insert(0, Block())
+from pipeline.format import dumps_unischema, loads_unischema
+data = base64.b64decode(sys.argv[1])
+schema = loads_unischema(data)
+out = {"after_load": "pyspark" in sys.modules, "str": [str(f.codec) for f in schema.fields.values()]}
+copy = pickle.loads(pickle.dumps(schema))  # how worker processes get it
+out["after_plain_pickle"] = "pyspark" in sys.modules
+out["same_after_plain_pickle"] = dumps_unischema(copy) == data
+out["dumps_equal"] = dumps_unischema(schema) == data
+types = [f.codec.spark_dtype() for f in schema.fields.values()]
+out["module"] = [type(t).__module__ for t in types]
+out["real"] = [type(t).__mro__[1].__module__ for t in types]
+if sys.argv[2] == "present":
+    out["simple"] = [t.simpleString() for t in types]
+    out["spark_schema"] = schema.as_spark_schema().simpleString()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("pyspark_state", ["present", "absent"])
+def test_reading_a_schema_imports_pyspark_only_when_a_spark_type_is_asked_for(pyspark_state):
+    """Opening a dataset does not import pyspark (0.2 s per process); its types are resolved on
+    demand, pickle to workers without it, and are written back as the same bytes."""
+    data = dumps_unischema(_spark_types_schema())
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAZY_CHECK, base64.b64encode(data).decode(), pyspark_state],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["after_load"] is False and out["after_plain_pickle"] is False
+    assert out["str"] == [
+        "ScalarCodec(DecimalType())",
+        "ScalarCodec(ArrayType())",
+        "ScalarCodec(StringType())",
+    ]
+    assert out["dumps_equal"] and out["same_after_plain_pickle"]
+    assert out["module"] == ["pyspark.sql.types"] * 3
+    if pyspark_state == "present":
+        assert out["real"] == ["pyspark.sql.types"] * 3  # DecimalType's base is FractionalType
+        assert out["simple"] == ["decimal(10,2)", "array<int>", "string"]
+        assert out["spark_schema"] == "struct<price:decimal(10,2),ids:array<int>,name:string>"
+    else:  # stand-ins: the class names and state, nothing to import
+        assert out["real"] == ["pipeline.format.spark_types"] * 3
+
+
+def test_a_stand_in_spark_type_resolves_to_the_real_one_and_compares_equal():
+    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, LongType
+
+    from pipeline.format.spark_types import lazy_spark_class, resolve_spark_type
+
+    state = pickle.loads(pickle.dumps(DecimalType(10, 2))).__dict__
+    stand_in = lazy_spark_class("DecimalType").__new__(lazy_spark_class("DecimalType"))
+    stand_in.__setstate__(dict(state))
+    assert pickle.loads(pickle.dumps(stand_in)) == stand_in  # plain pickle: still a stand-in
+    assert resolve_spark_type(stand_in) == DecimalType(10, 2) and stand_in == DecimalType(10, 2)
+    codec = ScalarCodec(stand_in)
+    assert codec == ScalarCodec(DecimalType(10, 2)) and ScalarCodec(DecimalType(10, 2)) == codec
+    assert codec != ScalarCodec(DecimalType(12, 2)) and codec != ScalarCodec(LongType())
+    assert isinstance(codec.spark_dtype(), DecimalType) and codec._spark_type == DecimalType(10, 2)
+    element = lazy_spark_class("IntegerType")()
+    nested = lazy_spark_class("ArrayType").__new__(lazy_spark_class("ArrayType"))
+    nested.__setstate__({"elementType": element, "containsNull": True})
+    assert resolve_spark_type(nested) == ArrayType(IntegerType())
+    with pytest.raises(TypeError, match="not a Spark type"):
+        resolve_spark_type(lazy_spark_class("MadeUpType")())
+    assert lazy_spark_class("SparkSession") is None and lazy_spark_class("os.system") is None

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.format.spark_types import complete_spark_type, resolve_spark_type
+
 __all__ = [
     "CompressedImageCodec",
     "CompressedNdarrayCodec",
@@ -223,7 +225,18 @@ class ScalarCodec(DataframeColumnCodec):
         return unischema_field.numpy_dtype(value)
 
     def spark_dtype(self) -> Any:
+        """The Spark type (the real pyspark type: a stand-in read without pyspark is resolved)."""
+        self._spark_type = resolve_spark_type(self._spark_type)
         return self._spark_type
+
+    def __eq__(self, other: object) -> bool:
+        """Same class name and the same Spark type (a stand-in is resolved to compare)."""
+        if type(other).__name__ != type(self).__name__ or not hasattr(other, "spark_dtype"):
+            return False
+        mine, theirs = self.spark_dtype(), other.spark_dtype()
+        return bool(mine == theirs) and type(mine) is type(theirs)
+
+    __hash__ = DataframeColumnCodec.__hash__
 
     def __str__(self) -> str:
         return f"{type(self).__name__}({type(self._spark_type).__name__}())"
@@ -232,23 +245,4 @@ class ScalarCodec(DataframeColumnCodec):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._spark_type = _complete_spark_type(self.__dict__.get("_spark_type"))
-
-
-def _complete_spark_type(spark_type: Any) -> Any:
-    """A Spark type unpickled from another pyspark version, with the attributes this one sets.
-
-    pyspark 4 added attributes (``StringType.collation``) that a pickle from pyspark 3 lacks;
-    a fresh instance's attributes fill the gaps, the pickled ones win.
-    """
-    cls = type(spark_type)
-    if not cls.__module__.startswith("pyspark."):
-        return spark_type
-    try:
-        fresh = cls()
-    except Exception:  # needs arguments (DecimalType has defaults; ArrayType does not)
-        return spark_type
-    missing = {k: v for k, v in vars(fresh).items() if k not in vars(spark_type)}
-    if missing:
-        spark_type.__dict__.update(missing)
-    return spark_type
+        self._spark_type = complete_spark_type(self.__dict__.get("_spark_type"))

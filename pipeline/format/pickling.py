@@ -22,6 +22,7 @@ import copyreg
 import decimal
 import io
 import pickle
+import sys
 import types
 from collections import OrderedDict
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.format.codecs import CompressedImageCodec, CompressedNdarrayCodec, NdarrayCodec, ScalarCodec
+from pipeline.format.spark_types import LazySparkType, lazy_spark_class, spark_class
 from pipeline.format.unischema import Unischema, UnischemaField
 
 __all__ = ["PICKLE_PROTOCOL", "UnsafeMetadataError", "dumps_unischema", "loads_unischema"]
@@ -116,8 +118,18 @@ class _PetastormNamesPickler(pickle._Pickler):  # type: ignore[name-defined]
         super().__init__(file, protocol=protocol)
         self.dispatch_table: dict[type, Any] = {}
 
+    def reducer_override(self, obj: Any) -> Any:
+        """A Spark type read without pyspark (a stand-in: :func:`dumps_unischema` resolves them
+        where pyspark is installed) is written as pickle writes the real type: its
+        ``pyspark.sql.types`` name and its state."""
+        if not isinstance(obj, LazySparkType):
+            return NotImplemented
+        return (copyreg.__newobj__, (type(obj),), dict(obj.__dict__) or None)
+
     def save_global(self, obj: Any, name: str | None = None) -> None:
         target = _WRITE_AS.get(obj)
+        if isinstance(obj, type) and issubclass(obj, LazySparkType):
+            target = ("pyspark.sql.types", obj.__name__)
         if target is None:
             module = getattr(obj, "__module__", None) or ""
             if module.startswith("numpy._core."):  # loadable by numpy 1.x too
@@ -137,35 +149,22 @@ class _PetastormNamesPickler(pickle._Pickler):  # type: ignore[name-defined]
 
 def dumps_unischema(schema: Any) -> bytes:
     """Pickle ``schema`` (this package's ``Unischema``, or petastorm's) as petastorm does."""
+    for field in getattr(schema, "fields", {}).values():
+        if isinstance(field.codec, ScalarCodec):
+            field.codec.spark_dtype()  # the real Spark type, where pyspark is installed
     out = io.BytesIO()
     _PetastormNamesPickler(out, protocol=PICKLE_PROTOCOL).dump(schema)
     return out.getvalue()
 
 
-class _SparkTypeStub:
-    """Stands for a ``pyspark.sql.types`` type when pyspark is not installed (reading only)."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__.update(state if isinstance(state, dict) else {})
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-_STUBS: dict[str, type] = {}
-
-
 def _spark_type_class(name: str) -> Any:
-    try:
-        import pyspark.sql.types as T
-    except ImportError:
-        if not name.isidentifier():
-            return None
-        return _STUBS.setdefault(name, type(name, (_SparkTypeStub,), {"__module__": "pyspark.sql.types"}))
-    value = getattr(T, name, None)
-    if isinstance(value, type) and (issubclass(value, T.DataType) or value is T.StructField):
-        return value
-    return None
+    """The class a pickle's ``pyspark.sql.types.<name>`` stands for: pyspark's own if pyspark is
+    imported already, otherwise a stand-in that imports it only when the type is asked for
+    (:mod:`pipeline.format.spark_types`: opening a dataset does not import pyspark)."""
+    types_module = sys.modules.get("pyspark.sql.types")
+    if types_module is None:
+        return lazy_spark_class(name)
+    return spark_class(types_module, name)
 
 
 def _numpy_global(module: str, name: str) -> Any:
