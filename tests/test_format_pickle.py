@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pickle
@@ -191,7 +192,7 @@ def test_format_metadata_keys(tmp_path):
 
 
 def _spark_types_schema() -> Unischema:
-    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, StringType
+    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, LongType, StringType
 
     return Unischema(
         "Typed",
@@ -199,6 +200,11 @@ def _spark_types_schema() -> Unischema:
             UnischemaField("price", np.object_, (), ScalarCodec(DecimalType(10, 2)), False),
             UnischemaField("ids", np.int32, (None,), ScalarCodec(ArrayType(IntegerType())), False),
             UnischemaField("name", np.str_, (), ScalarCodec(StringType()), True),
+            # pyspark's simple types are singletons: the pickle holds one LongType and one
+            # IntegerType (shared with the array's element type), referred to again
+            UnischemaField("id", np.int64, (), ScalarCodec(LongType()), False),
+            UnischemaField("count", np.int64, (), ScalarCodec(LongType()), False),
+            UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
         ],
     )
 
@@ -215,16 +221,23 @@ from pipeline.format import dumps_unischema, loads_unischema
 data = base64.b64decode(sys.argv[1])
 schema = loads_unischema(data)
 out = {"after_load": "pyspark" in sys.modules, "str": [str(f.codec) for f in schema.fields.values()]}
-copy = pickle.loads(pickle.dumps(schema))  # how worker processes get it
+plain = pickle.dumps(schema)  # how worker processes get it
+copy = pickle.loads(plain)
 out["after_plain_pickle"] = "pyspark" in sys.modules
+out["plain_pickle_loads"] = list(loads_unischema(plain).fields) == list(schema.fields)
 out["same_after_plain_pickle"] = dumps_unischema(copy) == data
 out["dumps_equal"] = dumps_unischema(schema) == data
 types = [f.codec.spark_dtype() for f in schema.fields.values()]
 out["module"] = [type(t).__module__ for t in types]
 out["real"] = [type(t).__mro__[1].__module__ for t in types]
+out["attribute_is_the_type"] = all(f.codec._spark_type is t for f, t in zip(schema.fields.values(), types))
 if sys.argv[2] == "present":
+    import pyspark.sql.types as T
+    out["isinstance"] = isinstance(schema.fields["price"].codec._spark_type, T.DecimalType)
     out["simple"] = [t.simpleString() for t in types]
     out["spark_schema"] = schema.as_spark_schema().simpleString()
+    out["dumps_equal_after_resolving"] = dumps_unischema(schema) == data
+    out["pickles_to_workers_lazily"] = "spark_types" in pickle.dumps(schema).decode("latin-1")
 print(json.dumps(out))
 """
 
@@ -244,19 +257,25 @@ def test_reading_a_schema_imports_pyspark_only_when_a_spark_type_is_asked_for(py
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["after_load"] is False and out["after_plain_pickle"] is False
-    assert out["str"] == [
-        "ScalarCodec(DecimalType())",
-        "ScalarCodec(ArrayType())",
-        "ScalarCodec(StringType())",
-    ]
-    assert out["dumps_equal"] and out["same_after_plain_pickle"]
-    assert out["module"] == ["pyspark.sql.types"] * 3
+    names = ["DecimalType", "ArrayType", "StringType", "LongType", "LongType", "IntegerType"]
+    assert out["str"] == [f"ScalarCodec({name}())" for name in names]
+    assert out["dumps_equal"] and out["same_after_plain_pickle"] and out["plain_pickle_loads"]
+    assert out["module"] == ["pyspark.sql.types"] * 6 and out["attribute_is_the_type"]
     if pyspark_state == "present":
-        assert out["real"] == ["pyspark.sql.types"] * 3  # DecimalType's base is FractionalType
-        assert out["simple"] == ["decimal(10,2)", "array<int>", "string"]
-        assert out["spark_schema"] == "struct<price:decimal(10,2),ids:array<int>,name:string>"
+        assert out["real"] == ["pyspark.sql.types"] * 6  # DecimalType's base is FractionalType...
+        assert out["isinstance"] and out["simple"] == [
+            "decimal(10,2)",
+            "array<int>",
+            "string",
+            *["bigint"] * 2,
+            "int",
+        ]
+        assert out["spark_schema"] == (
+            "struct<price:decimal(10,2),ids:array<int>,name:string,id:bigint,count:bigint,label:int>"
+        )
+        assert out["dumps_equal_after_resolving"] and out["pickles_to_workers_lazily"]
     else:  # stand-ins: the class names and state, nothing to import
-        assert out["real"] == ["pipeline.format.spark_types"] * 3
+        assert out["real"] == ["pipeline.format.spark_types"] * 6
 
 
 def test_a_stand_in_spark_type_resolves_to_the_real_one_and_compares_equal():
@@ -277,6 +296,38 @@ def test_a_stand_in_spark_type_resolves_to_the_real_one_and_compares_equal():
     nested = lazy_spark_class("ArrayType").__new__(lazy_spark_class("ArrayType"))
     nested.__setstate__({"elementType": element, "containsNull": True})
     assert resolve_spark_type(nested) == ArrayType(IntegerType())
-    with pytest.raises(TypeError, match="not a Spark type"):
-        resolve_spark_type(lazy_spark_class("MadeUpType")())
-    assert lazy_spark_class("SparkSession") is None and lazy_spark_class("os.system") is None
+    assert hash(stand_in) == hash(DecimalType(10, 2))
+    assert resolve_spark_type(stand_in) is resolve_spark_type(stand_in)  # one real object each
+    # only Spark type names are read lazily; others go to pyspark as before (refused there)
+    assert lazy_spark_class("MadeUpType") is None and lazy_spark_class("SparkSession") is None
+    with pytest.raises(TypeError, match="not a Spark type"):  # where pyspark is not installed
+        resolve_spark_type(lazy_spark_class("MadeUpType", any_type_name=True)())
+    assert lazy_spark_class("os.system", any_type_name=True) is None
+
+
+def test_a_schema_read_while_another_thread_imports_pyspark_gets_stand_ins(monkeypatch):
+    """A module half-imported by another thread is not used (it may lack the type yet)."""
+    import types
+
+    from pipeline.format.pickling import _spark_type_class
+    from pipeline.format.spark_types import LazySparkType
+
+    half = types.ModuleType("pyspark.sql.types")
+    half.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "pyspark.sql.types", half)
+    assert issubclass(_spark_type_class("LongType"), LazySparkType)
+
+
+def test_stand_ins_are_written_as_petastorm_writes_the_real_types_at_old_protocols():
+    from pyspark.sql.types import LongType
+
+    from pipeline.format.pickling import _PetastormNamesPickler
+    from pipeline.format.spark_types import lazy_spark_class
+
+    stand_in = lazy_spark_class("LongType")()
+    for protocol in (0, 2, 4):
+        out = io.BytesIO()
+        _PetastormNamesPickler(out, protocol=protocol).dump(ScalarCodec(stand_in))
+        expected = io.BytesIO()
+        _PetastormNamesPickler(expected, protocol=protocol).dump(ScalarCodec(LongType()))
+        assert out.getvalue() == expected.getvalue(), protocol

@@ -194,6 +194,20 @@ class ScalarCodec(DataframeColumnCodec):
     def __init__(self, spark_type: Any) -> None:
         self._spark_type = spark_type
 
+    @property
+    def _spark_type(self) -> Any:
+        """The Spark type (petastorm's attribute). A schema read while pyspark was not imported
+        holds a stand-in (:mod:`pipeline.format.spark_types`): the real type is handed out in
+        its place, the stand-in stays in the state that is pickled (to worker processes)."""
+        return resolve_spark_type(self.__dict__.get("_spark_type"))
+
+    @_spark_type.setter
+    def _spark_type(self, value: Any) -> None:
+        self.__dict__["_spark_type"] = value
+
+    def _type_name(self) -> str:
+        return type(self.__dict__.get("_spark_type")).__name__  # a stand-in has the real name
+
     def encode(self, unischema_field: Any, value: Any) -> Any:
         scalar_array = isinstance(value, np.ndarray) and value.shape == ()
         if not scalar_array and hasattr(value, "__len__") and not isinstance(value, str):
@@ -206,7 +220,7 @@ class ScalarCodec(DataframeColumnCodec):
                 f"The shape of field '{unischema_field.name}' must be () for a scalar, got "
                 f"{unischema_field.shape}"
             )
-        kind = type(self._spark_type).__name__
+        kind = self._type_name()
         if kind in _INT_TYPES:
             return int(value)
         if kind in _FLOAT_TYPES:
@@ -225,21 +239,20 @@ class ScalarCodec(DataframeColumnCodec):
         return unischema_field.numpy_dtype(value)
 
     def spark_dtype(self) -> Any:
-        """The Spark type (the real pyspark type: a stand-in read without pyspark is resolved)."""
-        self._spark_type = resolve_spark_type(self._spark_type)
+        """The ``pyspark.sql.types`` type of the column."""
         return self._spark_type
 
     def __eq__(self, other: object) -> bool:
-        """Same class name and the same Spark type (a stand-in is resolved to compare)."""
+        """Same class name and the same Spark type (petastorm's ``ScalarCodec`` too)."""
         if type(other).__name__ != type(self).__name__ or not hasattr(other, "spark_dtype"):
             return False
         mine, theirs = self.spark_dtype(), other.spark_dtype()
-        return bool(mine == theirs) and type(mine) is type(theirs)
+        return type(mine) is type(theirs) and bool(mine == theirs)
 
     __hash__ = DataframeColumnCodec.__hash__
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}({type(self._spark_type).__name__}())"
+        return f"{type(self).__name__}({self._type_name()}())"
 
     __repr__ = __str__
 

@@ -22,7 +22,6 @@ import copyreg
 import decimal
 import io
 import pickle
-import sys
 import types
 from collections import OrderedDict
 from typing import Any
@@ -30,8 +29,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DatasetError
+from pipeline.format import spark_types
 from pipeline.format.codecs import CompressedImageCodec, CompressedNdarrayCodec, NdarrayCodec, ScalarCodec
-from pipeline.format.spark_types import LazySparkType, lazy_spark_class, spark_class
+from pipeline.format.spark_types import (
+    LazySparkType,
+    imported_types_module,
+    lazy_spark_class,
+    resolve_spark_type,
+    spark_class,
+)
 from pipeline.format.unischema import Unischema, UnischemaField
 
 __all__ = ["PICKLE_PROTOCOL", "UnsafeMetadataError", "dumps_unischema", "loads_unischema"]
@@ -118,13 +124,20 @@ class _PetastormNamesPickler(pickle._Pickler):  # type: ignore[name-defined]
         super().__init__(file, protocol=protocol)
         self.dispatch_table: dict[type, Any] = {}
 
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, LazySparkType):  # a Spark type read without pyspark: the real one
+            obj = resolve_spark_type(obj)  # where pyspark is installed (one per stand-in)
+        super().save(obj, save_persistent_id)
+
     def reducer_override(self, obj: Any) -> Any:
-        """A Spark type read without pyspark (a stand-in: :func:`dumps_unischema` resolves them
-        where pyspark is installed) is written as pickle writes the real type: its
-        ``pyspark.sql.types`` name and its state."""
+        """A stand-in left (pyspark is not installed) is written as pickle writes the real type:
+        its ``pyspark.sql.types`` name (:meth:`save_global`) and its state."""
         if not isinstance(obj, LazySparkType):
             return NotImplemented
-        return (copyreg.__newobj__, (type(obj),), dict(obj.__dict__) or None)
+        state = dict(obj.__dict__) or None
+        if self.proto >= 2:
+            return (copyreg.__newobj__, (type(obj),), state)
+        return (copyreg._reconstructor, (type(obj), object, None), state)
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
         target = _WRITE_AS.get(obj)
@@ -149,9 +162,6 @@ class _PetastormNamesPickler(pickle._Pickler):  # type: ignore[name-defined]
 
 def dumps_unischema(schema: Any) -> bytes:
     """Pickle ``schema`` (this package's ``Unischema``, or petastorm's) as petastorm does."""
-    for field in getattr(schema, "fields", {}).values():
-        if isinstance(field.codec, ScalarCodec):
-            field.codec.spark_dtype()  # the real Spark type, where pyspark is installed
     out = io.BytesIO()
     _PetastormNamesPickler(out, protocol=PICKLE_PROTOCOL).dump(schema)
     return out.getvalue()
@@ -161,9 +171,15 @@ def _spark_type_class(name: str) -> Any:
     """The class a pickle's ``pyspark.sql.types.<name>`` stands for: pyspark's own if pyspark is
     imported already, otherwise a stand-in that imports it only when the type is asked for
     (:mod:`pipeline.format.spark_types`: opening a dataset does not import pyspark)."""
-    types_module = sys.modules.get("pyspark.sql.types")
+    types_module = imported_types_module()  # None while another thread is still importing it
     if types_module is None:
-        return lazy_spark_class(name)
+        lazy = lazy_spark_class(name)
+        if lazy is not None:
+            return lazy
+        try:  # an unusual name: pyspark decides, as before
+            import pyspark.sql.types as types_module
+        except ImportError:  # inert stand-ins where pyspark is not installed
+            return lazy_spark_class(name, any_type_name=True)
     return spark_class(types_module, name)
 
 
@@ -201,6 +217,8 @@ def _allowed_global(module: str, name: str) -> Any:
         return decimal.Decimal
     if module == "pyspark.sql.types":
         return _spark_type_class(name)
+    if module == "pipeline.format.spark_types" and name == "_make":  # a plain pickle of a stand-in
+        return spark_types._make
     if module == "numpy" or module.startswith("numpy."):
         return _numpy_global(module, name)
     return None

@@ -5,24 +5,46 @@ A Petastorm schema pickles a Spark type in every ``ScalarCodec`` (``LongType()``
 0.2 s and tens of MB in every process that opens a dataset -- a training process, each spawned
 reader worker, ``pipeline inspect`` -- which then never uses them: the loader decodes with
 numpy types. So, unless pyspark is imported already, the unpickler makes a
-:class:`LazySparkType` instead: a stand-in with the type's class name and pickled state. It
-becomes the real type (:func:`resolve_spark_type`) when something asks for it
-(``ScalarCodec.spark_dtype()``, ``Unischema.as_spark_schema()``, writing the schema back),
-and stays a stand-in where pyspark is not installed.
+:class:`LazySparkType` for a known Spark type name instead: a stand-in with the type's class
+name and pickled state. ``ScalarCodec`` hands out the real type in its place
+(:func:`resolve_spark_type`, once per stand-in: what was one object in the pickle stays one
+object), and stand-ins stay stand-ins where pyspark is not installed.
 
 A stand-in pickles as itself with the standard pickler (worker processes get it without
-pyspark) and as the real ``pyspark.sql.types`` name in a dataset's metadata
+pyspark), and as the real type, same bytes, in a dataset's metadata
 (:mod:`pipeline.format.pickling`).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from typing import Any
 
-__all__ = ["LazySparkType", "complete_spark_type", "lazy_spark_class", "resolve_spark_type", "spark_class"]
+__all__ = [
+    "SPARK_TYPE_NAMES",
+    "LazySparkType",
+    "complete_spark_type",
+    "imported_types_module",
+    "lazy_spark_class",
+    "resolve_spark_type",
+    "spark_class",
+]
 
 _MODULE = "pyspark.sql.types"
+
+SPARK_TYPE_NAMES = frozenset(
+    {
+        *("NullType", "StringType", "CharType", "VarcharType", "BinaryType", "BooleanType"),
+        *("DateType", "TimestampType", "TimestampNTZType", "TimeType", "DecimalType", "DoubleType"),
+        *("FloatType", "ByteType", "ShortType", "IntegerType", "LongType", "DayTimeIntervalType"),
+        *("YearMonthIntervalType", "CalendarIntervalType", "VariantType", "ArrayType", "MapType"),
+        *("StructType", "StructField"),
+    }
+)
+"""The ``pyspark.sql.types`` names read as stand-ins while pyspark is not imported; any other
+name is checked against pyspark itself (imported then), as before."""
 
 
 class LazySparkType:
@@ -37,27 +59,51 @@ class LazySparkType:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, LazySparkType):
             return type(other).__name__ == type(self).__name__ and vars(other) == vars(self)
-        return resolve_spark_type(self) == other if _pyspark_available() else NotImplemented
+        real = resolve_spark_type(self)
+        return NotImplemented if real is self else bool(real == other)
 
     def __hash__(self) -> int:
-        return hash(type(self).__name__)
+        real = resolve_spark_type(self)
+        return hash(type(self).__name__) if real is self else hash(real)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        state = ", ".join(f"{key}={value!r}" for key, value in self.__dict__.items())
+        return f"{type(self).__name__}({state})"
 
 
 _CLASSES: dict[str, type[LazySparkType]] = {}
 
 
-def lazy_spark_class(name: str) -> type[LazySparkType] | None:
-    """The stand-in class for ``pyspark.sql.types.<name>``; ``None`` unless ``name`` can name a
-    Spark type (``...Type``) or ``StructField``, as a schema pickle's names do."""
-    if not name.isidentifier() or not (name.endswith("Type") or name == "StructField"):
+def lazy_spark_class(name: str, *, any_type_name: bool = False) -> type[LazySparkType] | None:
+    """The stand-in class for ``pyspark.sql.types.<name>``: for a name of
+    :data:`SPARK_TYPE_NAMES` (with ``any_type_name``, also any other ``...Type`` name: what a
+    process without pyspark reads); otherwise ``None``."""
+    known = name in SPARK_TYPE_NAMES
+    if not known and not (any_type_name and name.isidentifier() and name.endswith("Type")):
         return None
     cls = _CLASSES.get(name)
     if cls is None:
         cls = _CLASSES[name] = type(name, (LazySparkType,), {"__module__": _MODULE, "__qualname__": name})
     return cls
+
+
+def _make(name: str, state: dict[str, Any]) -> LazySparkType:
+    """A stand-in from its plain pickle (how worker processes receive it)."""
+    cls = lazy_spark_class(name, any_type_name=True)
+    if cls is None:
+        raise ValueError(f"{name!r} is not the name of a Spark type")
+    value = cls.__new__(cls)
+    value.__setstate__(state)
+    return value
+
+
+def imported_types_module() -> Any:
+    """``pyspark.sql.types`` if this process has imported it completely, else ``None`` (not
+    imported, or being imported by another thread right now)."""
+    module = sys.modules.get(_MODULE)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
 
 
 def spark_class(types_module: Any, name: str) -> type | None:
@@ -71,30 +117,30 @@ def spark_class(types_module: Any, name: str) -> type | None:
     return None
 
 
-def _make(name: str, state: dict[str, Any]) -> LazySparkType:
-    cls = lazy_spark_class(name)
-    if cls is None:
-        raise ValueError(f"{name!r} is not the name of a Spark type")
-    value = cls.__new__(cls)
-    value.__setstate__(state)
-    return value
+_RESOLVED: dict[int, tuple[weakref.ref[LazySparkType], Any]] = {}
+_RESOLVING = threading.RLock()  # a nested type is resolved inside its parent
+_NO_PYSPARK: list[bool] = []  # [True] once an import failed: stand-ins stay stand-ins
 
 
-def _pyspark_available() -> bool:
-    if _MODULE in sys.modules:
-        return True
+def _types_module() -> Any:
+    module = imported_types_module()
+    if module is not None or _NO_PYSPARK:
+        return module
     try:
-        import pyspark.sql.types  # noqa: F401
+        import pyspark.sql.types as module
     except ImportError:
-        return False
-    return True
+        _NO_PYSPARK.append(True)
+        return None
+    return module
 
 
 def resolve_spark_type(value: Any) -> Any:
     """``value`` with every :class:`LazySparkType` in it made the real pyspark type.
 
-    Lists, tuples and dicts (a ``StructType``'s fields, an ``ArrayType``'s element type) are
-    resolved inside. Without pyspark the stand-ins are returned as they are.
+    Each stand-in is resolved once: the same real object every time (a type that two fields
+    shared in the pickle stays shared). Lists, tuples and dicts (a ``StructType``'s fields, an
+    ``ArrayType``'s element type) are resolved inside. Without pyspark the stand-ins are
+    returned as they are.
 
     Raises:
         TypeError: A stand-in names something of ``pyspark.sql.types`` that is not a Spark type.
@@ -105,17 +151,28 @@ def resolve_spark_type(value: Any) -> Any:
         return tuple(resolve_spark_type(v) for v in value)
     if isinstance(value, dict):
         return {k: resolve_spark_type(v) for k, v in value.items()}
-    if not isinstance(value, LazySparkType) or not _pyspark_available():
+    if not isinstance(value, LazySparkType):
         return value
-    import pyspark.sql.types as T
-
-    name = type(value).__name__
-    cls = spark_class(T, name)
-    if cls is None:
-        raise TypeError(f"pyspark.sql.types.{name} is not a Spark type")
-    real = cls.__new__(cls)
-    real.__dict__.update(resolve_spark_type(dict(value.__dict__)))
-    return complete_spark_type(real)
+    known = _RESOLVED.get(id(value))
+    if known is not None and known[0]() is value:
+        return known[1]
+    types_module = _types_module()
+    if types_module is None:
+        return value
+    with _RESOLVING:
+        known = _RESOLVED.get(id(value))
+        if known is not None and known[0]() is value:
+            return known[1]
+        name = type(value).__name__
+        cls = spark_class(types_module, name)
+        if cls is None:
+            raise TypeError(f"pyspark.sql.types.{name} is not a Spark type")
+        real = cls.__new__(cls)
+        real.__dict__.update(resolve_spark_type(dict(value.__dict__)))
+        real = complete_spark_type(real)
+        key = id(value)
+        _RESOLVED[key] = (weakref.ref(value, lambda _, key=key: _RESOLVED.pop(key, None)), real)
+    return real
 
 
 def complete_spark_type(spark_type: Any) -> Any:
