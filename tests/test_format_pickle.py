@@ -192,11 +192,24 @@ def test_format_metadata_keys(tmp_path):
 
 
 def _spark_types_schema() -> Unischema:
-    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, LongType, StringType
+    from pyspark.sql.types import (
+        ArrayType,
+        DecimalType,
+        IntegerType,
+        LongType,
+        StringType,
+        StructField,
+        StructType,
+    )
 
+    shared = OrderedDict(comment="one metadata dict, two fields")  # stays one, and ordered
+    point = StructType(
+        [StructField("x", LongType(), True, shared), StructField("y", LongType(), True, shared)]
+    )
     return Unischema(
         "Typed",
         [
+            UnischemaField("point", np.object_, (), ScalarCodec(point), False),
             UnischemaField("price", np.object_, (), ScalarCodec(DecimalType(10, 2)), False),
             UnischemaField("ids", np.int32, (None,), ScalarCodec(ArrayType(IntegerType())), False),
             UnischemaField("name", np.str_, (), ScalarCodec(StringType()), True),
@@ -257,13 +270,14 @@ def test_reading_a_schema_imports_pyspark_only_when_a_spark_type_is_asked_for(py
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["after_load"] is False and out["after_plain_pickle"] is False
-    names = ["DecimalType", "ArrayType", "StringType", "LongType", "LongType", "IntegerType"]
+    names = ["StructType", "DecimalType", "ArrayType", "StringType", "LongType", "LongType", "IntegerType"]
     assert out["str"] == [f"ScalarCodec({name}())" for name in names]
     assert out["dumps_equal"] and out["same_after_plain_pickle"] and out["plain_pickle_loads"]
-    assert out["module"] == ["pyspark.sql.types"] * 6 and out["attribute_is_the_type"]
+    assert out["module"] == ["pyspark.sql.types"] * 7 and out["attribute_is_the_type"]
     if pyspark_state == "present":
-        assert out["real"] == ["pyspark.sql.types"] * 6  # DecimalType's base is FractionalType...
+        assert out["real"] == ["pyspark.sql.types"] * 7  # DecimalType's base is FractionalType...
         assert out["isinstance"] and out["simple"] == [
+            "struct<x:bigint,y:bigint>",
             "decimal(10,2)",
             "array<int>",
             "string",
@@ -271,17 +285,21 @@ def test_reading_a_schema_imports_pyspark_only_when_a_spark_type_is_asked_for(py
             "int",
         ]
         assert out["spark_schema"] == (
-            "struct<price:decimal(10,2),ids:array<int>,name:string,id:bigint,count:bigint,label:int>"
+            "struct<point:struct<x:bigint,y:bigint>,price:decimal(10,2),ids:array<int>,name:string,"
+            "id:bigint,count:bigint,label:int>"
         )
         assert out["dumps_equal_after_resolving"] and out["pickles_to_workers_lazily"]
     else:  # stand-ins: the class names and state, nothing to import
-        assert out["real"] == ["pipeline.format.spark_types"] * 6
+        assert out["real"] == ["pipeline.format.spark_types"] * 7
 
 
 def test_a_stand_in_spark_type_resolves_to_the_real_one_and_compares_equal():
-    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, LongType
+    from pyspark.sql.types import ArrayType, DecimalType, IntegerType, LongType, StringType
 
     from pipeline.format.spark_types import lazy_spark_class, resolve_spark_type
+
+    def made_up():
+        return lazy_spark_class("MadeUpType", any_type_name=True)()
 
     state = pickle.loads(pickle.dumps(DecimalType(10, 2))).__dict__
     stand_in = lazy_spark_class("DecimalType").__new__(lazy_spark_class("DecimalType"))
@@ -301,8 +319,16 @@ def test_a_stand_in_spark_type_resolves_to_the_real_one_and_compares_equal():
     # only Spark type names are read lazily; others go to pyspark as before (refused there)
     assert lazy_spark_class("MadeUpType") is None and lazy_spark_class("SparkSession") is None
     with pytest.raises(TypeError, match="not a Spark type"):  # where pyspark is not installed
-        resolve_spark_type(lazy_spark_class("MadeUpType", any_type_name=True)())
+        resolve_spark_type(made_up())
     assert lazy_spark_class("os.system", any_type_name=True) is None
+    with pytest.raises(DatasetError, match="MadeUpType"):  # nor through a plain pickle's _make
+        loads_unischema(
+            pickle.dumps(Unischema("U", [UnischemaField("f", np.int64, (), ScalarCodec(made_up()), False)]))
+        )
+    # two stand-ins equal when their real types are (a pyspark 3 StringType lacks `collation`)
+    old, new = lazy_spark_class("StringType")(), lazy_spark_class("StringType")()
+    new.__setstate__(dict(vars(StringType())))
+    assert old == new and hash(old) == hash(new) and old != lazy_spark_class("LongType")() and old != None  # noqa: E711
 
 
 def test_a_schema_read_while_another_thread_imports_pyspark_gets_stand_ins(monkeypatch):

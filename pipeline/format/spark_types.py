@@ -51,16 +51,22 @@ class LazySparkType:
     """Stands for an instance of ``pyspark.sql.types.<class name>`` (its pickled state kept)."""
 
     def __setstate__(self, state: Any) -> None:
-        self.__dict__.update(state if isinstance(state, dict) else {})
+        # as pickle's BUILD sets a real type's attributes: the names interned (which decides
+        # what a later pickle of the schema writes once and refers to again)
+        for key, value in (state if isinstance(state, dict) else {}).items():
+            self.__dict__[sys.intern(key) if type(key) is str else key] = value
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_make, (type(self).__name__, dict(self.__dict__)))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, LazySparkType):
+        if not isinstance(other, LazySparkType) and not type(other).__module__.startswith("pyspark."):
+            return NotImplemented  # not a Spark type: no need to import pyspark to say so
+        mine = resolve_spark_type(self)
+        theirs = resolve_spark_type(other)
+        if isinstance(mine, LazySparkType) or isinstance(theirs, LazySparkType):  # no pyspark here
             return type(other).__name__ == type(self).__name__ and vars(other) == vars(self)
-        real = resolve_spark_type(self)
-        return NotImplemented if real is self else bool(real == other)
+        return bool(mine == theirs)
 
     def __hash__(self) -> int:
         real = resolve_spark_type(self)
@@ -82,14 +88,21 @@ def lazy_spark_class(name: str, *, any_type_name: bool = False) -> type[LazySpar
     if not known and not (any_type_name and name.isidentifier() and name.endswith("Type")):
         return None
     cls = _CLASSES.get(name)
-    if cls is None:
-        cls = _CLASSES[name] = type(name, (LazySparkType,), {"__module__": _MODULE, "__qualname__": name})
+    if cls is None:  # setdefault: two threads get the same class
+        made = type(name, (LazySparkType,), {"__module__": _MODULE, "__qualname__": name})
+        cls = _CLASSES.setdefault(name, made)
     return cls
 
 
 def _make(name: str, state: dict[str, Any]) -> LazySparkType:
-    """A stand-in from its plain pickle (how worker processes receive it)."""
-    cls = lazy_spark_class(name, any_type_name=True)
+    """A stand-in from its plain pickle (how worker processes receive it): a name of
+    :data:`SPARK_TYPE_NAMES`, or another Spark type of the installed pyspark, or, where pyspark
+    is not installed, any ``...Type`` name (as the unpickler reads them)."""
+    cls = lazy_spark_class(name)
+    if cls is None:
+        types_module = _types_module()
+        if types_module is None or spark_class(types_module, name) is not None:
+            cls = lazy_spark_class(name, any_type_name=True)
     if cls is None:
         raise ValueError(f"{name!r} is not the name of a Spark type")
     value = cls.__new__(cls)
@@ -145,12 +158,26 @@ def resolve_spark_type(value: Any) -> Any:
     Raises:
         TypeError: A stand-in names something of ``pyspark.sql.types`` that is not a Spark type.
     """
-    if isinstance(value, list):
-        return [resolve_spark_type(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve_spark_type(v) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve_spark_type(v) for k, v in value.items()}
+    return _resolve(value, {})
+
+
+def _resolve(value: Any, memo: dict[int, Any]) -> Any:
+    """:func:`resolve_spark_type`; a container is rebuilt (same type) only if it holds a
+    stand-in, once per container (``memo``): shared and cyclic containers stay as they are."""
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in memo:
+            return memo[id(value)]
+        memo[id(value)] = value  # a cycle back to it finds it unchanged
+        if isinstance(value, dict):
+            items = [(k, _resolve(v, memo)) for k, v in value.items()]
+            changed = any(new is not old for (_, new), old in zip(items, value.values(), strict=True))
+            result = type(value)(items) if changed else value
+        else:
+            parts = [_resolve(v, memo) for v in value]
+            changed = any(new is not old for new, old in zip(parts, value, strict=True))
+            result = (parts if isinstance(value, list) else tuple(parts)) if changed else value
+        memo[id(value)] = result
+        return result
     if not isinstance(value, LazySparkType):
         return value
     known = _RESOLVED.get(id(value))
@@ -168,7 +195,7 @@ def resolve_spark_type(value: Any) -> Any:
         if cls is None:
             raise TypeError(f"pyspark.sql.types.{name} is not a Spark type")
         real = cls.__new__(cls)
-        real.__dict__.update(resolve_spark_type(dict(value.__dict__)))
+        real.__dict__.update({k: _resolve(v, memo) for k, v in value.__dict__.items()})
         real = complete_spark_type(real)
         key = id(value)
         _RESOLVED[key] = (weakref.ref(value, lambda _, key=key: _RESOLVED.pop(key, None)), real)
