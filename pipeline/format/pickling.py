@@ -34,9 +34,9 @@ from pipeline.format.codecs import CompressedImageCodec, CompressedNdarrayCodec,
 from pipeline.format.spark_types import (
     LazySparkType,
     imported_types_module,
-    lazy_spark_class,
     resolve_spark_type,
     spark_class,
+    stand_in_class,
 )
 from pipeline.format.unischema import Unischema, UnischemaField
 
@@ -172,15 +172,7 @@ def _spark_type_class(name: str) -> Any:
     imported already, otherwise a stand-in that imports it only when the type is asked for
     (:mod:`pipeline.format.spark_types`: opening a dataset does not import pyspark)."""
     types_module = imported_types_module()  # None while another thread is still importing it
-    if types_module is None:
-        lazy = lazy_spark_class(name)
-        if lazy is not None:
-            return lazy
-        try:  # an unusual name: pyspark decides, as before
-            import pyspark.sql.types as types_module
-        except ImportError:  # inert stand-ins where pyspark is not installed
-            return lazy_spark_class(name, any_type_name=True)
-    return spark_class(types_module, name)
+    return stand_in_class(name) if types_module is None else spark_class(types_module, name)
 
 
 def _numpy_global(module: str, name: str) -> Any:

@@ -30,6 +30,7 @@ __all__ = [
     "lazy_spark_class",
     "resolve_spark_type",
     "spark_class",
+    "stand_in_class",
 ]
 
 _MODULE = "pyspark.sql.types"
@@ -94,15 +95,22 @@ def lazy_spark_class(name: str, *, any_type_name: bool = False) -> type[LazySpar
     return cls
 
 
-def _make(name: str, state: dict[str, Any]) -> LazySparkType:
-    """A stand-in from its plain pickle (how worker processes receive it): a name of
-    :data:`SPARK_TYPE_NAMES`, or another Spark type of the installed pyspark, or, where pyspark
-    is not installed, any ``...Type`` name (as the unpickler reads them)."""
+def stand_in_class(name: str) -> type[LazySparkType] | None:
+    """The stand-in class a schema pickle's ``pyspark.sql.types.<name>`` gets without importing
+    pyspark: a name of :data:`SPARK_TYPE_NAMES`; any other name only if the installed pyspark
+    has such a Spark type (imported then) or, where pyspark is not installed, for any ``...Type``
+    name; otherwise ``None`` (refused)."""
     cls = lazy_spark_class(name)
     if cls is None:
         types_module = _types_module()
         if types_module is None or spark_class(types_module, name) is not None:
             cls = lazy_spark_class(name, any_type_name=True)
+    return cls
+
+
+def _make(name: str, state: dict[str, Any]) -> LazySparkType:
+    """A stand-in from its plain pickle (how worker processes receive it)."""
+    cls = stand_in_class(name)
     if cls is None:
         raise ValueError(f"{name!r} is not the name of a Spark type")
     value = cls.__new__(cls)
@@ -132,19 +140,27 @@ def spark_class(types_module: Any, name: str) -> type | None:
 
 _RESOLVED: dict[int, tuple[weakref.ref[LazySparkType], Any]] = {}
 _RESOLVING = threading.RLock()  # a nested type is resolved inside its parent
-_NO_PYSPARK: list[bool] = []  # [True] once an import failed: stand-ins stay stand-ins
+_pyspark_missing = False  # an import failed: stand-ins stay stand-ins
 
 
 def _types_module() -> Any:
+    """``pyspark.sql.types`` (imported now if needed), or ``None`` where pyspark is not installed."""
+    global _pyspark_missing
     module = imported_types_module()
-    if module is not None or _NO_PYSPARK:
+    if module is not None or _pyspark_missing:
         return module
     try:
         import pyspark.sql.types as module
     except ImportError:
-        _NO_PYSPARK.append(True)
+        _pyspark_missing = True
         return None
     return module
+
+
+def _cached(value: LazySparkType) -> Any:
+    """The real type ``value`` was resolved to, or ``None``."""
+    known = _RESOLVED.get(id(value))
+    return known[1] if known is not None and known[0]() is value else None
 
 
 def resolve_spark_type(value: Any) -> Any:
@@ -180,16 +196,16 @@ def _resolve(value: Any, memo: dict[int, Any]) -> Any:
         return result
     if not isinstance(value, LazySparkType):
         return value
-    known = _RESOLVED.get(id(value))
-    if known is not None and known[0]() is value:
-        return known[1]
+    real = _cached(value)
+    if real is not None:
+        return real
     types_module = _types_module()
     if types_module is None:
         return value
     with _RESOLVING:
-        known = _RESOLVED.get(id(value))
-        if known is not None and known[0]() is value:
-            return known[1]
+        real = _cached(value)
+        if real is not None:  # another thread resolved it meanwhile
+            return real
         name = type(value).__name__
         cls = spark_class(types_module, name)
         if cls is None:
